@@ -1,0 +1,252 @@
+"""Load and validate cvgen's text data: prompt stems, axes and writing prompts.
+
+Shipped data lives in the wheel under `cvgen/data/` (in a source checkout, at the repository
+root: `prompt_stems.json`, `axes/`, `writing_prompts.txt`). Users may pass their own axis file
+(any path ending in `.json`) and their own writing prompts (`.txt`, `.jsonl`, `.csv`,
+`.parquet`, or a Hugging Face dataset name).
+
+Every error is a `DataError` whose one-line message names the file, the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+AXIS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+PROMPT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input")
+
+
+class DataError(ValueError):
+    """Bad data file or field; the message names the file, the field and the value."""
+
+
+@dataclass(frozen=True)
+class Stems:
+    """Persona stems: every (pre, post) pair gives one stem `"{pre} {post}"`."""
+
+    pre: tuple[str, ...]
+    post: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.pre) * len(self.post)
+
+    def stem(self, index: int) -> str:
+        """Stem number `index` in [0, len(self)): pre index `index // len(post)`."""
+        pre, post = divmod(index, len(self.post))
+        return f"{self.pre[pre]} {self.post[post]}"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis: its two classes (negative first) and its continuation pairs."""
+
+    name: str
+    classes: tuple[str, str]
+    pairs: tuple[tuple[str, str], ...]
+    description: str = ""
+    source: str = ""
+
+    @property
+    def negative(self) -> str:
+        return self.classes[0]
+
+    @property
+    def positive(self) -> str:
+        return self.classes[1]
+
+
+def data_root() -> Path:
+    """Folder holding the shipped data: `cvgen/data` in a wheel, else the source checkout root."""
+    packaged = Path(__file__).resolve().parent / "data"
+    if (packaged / "prompt_stems.json").is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _string_list(path: Path, field: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{path}: field '{field}' must be a non-empty list of strings")
+    items: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise DataError(f"{path}: field '{field}[{index}]' must be a non-empty string")
+        items.append(item.strip())
+    return tuple(items)
+
+
+def load_stems(path: Path | None = None) -> Stems:
+    """Load `prompt_stems.json`: {"pre": [...], "post": [...]}."""
+    path = path or data_root() / "prompt_stems.json"
+    raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected an object with fields 'pre' and 'post'")
+    for field in ("pre", "post"):
+        if field not in raw:
+            raise DataError(f"{path}: field '{field}' is missing")
+    return Stems(_string_list(path, "pre", raw["pre"]), _string_list(path, "post", raw["post"]))
+
+
+def shipped_axis_names() -> list[str]:
+    """Names of the axes that ship with cvgen, sorted."""
+    return sorted(p.stem for p in (data_root() / "axes").glob("*.json"))
+
+
+def _check_pair(path: Path, index: int, pair: Any) -> tuple[str, str]:
+    field = f"data[{index}]"
+    if not isinstance(pair, list) or len(pair) != 2:
+        got = f"{len(pair)} items" if isinstance(pair, list) else type(pair).__name__
+        raise DataError(f"{path}: field '{field}' has {got}; expected [negative, positive]")
+    sides: list[str] = []
+    for side, text in zip(("negative", "positive"), pair):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}: field '{field}' has an empty {side} continuation")
+        sides.append(text.strip())
+    if sides[0] == sides[1]:
+        raise DataError(f"{path}: field '{field}' has the same text on both sides: '{sides[0]}'")
+    return sides[0], sides[1]
+
+
+def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
+    """Validate the JSON content of an axis file and return the `Axis`."""
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected an object with fields 'classes' and 'data'")
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not AXIS_NAME_PATTERN.match(name):
+        raise DataError(
+            f"{path}: field 'name' is '{name}'; use letters, digits, '_', '-' or '.' only"
+        )
+    for field in ("classes", "data"):
+        if field not in raw:
+            raise DataError(f"{path}: field '{field}' is missing")
+    classes = raw["classes"]
+    if (
+        not isinstance(classes, list)
+        or len(classes) != 2
+        or not all(isinstance(c, str) and c.strip() for c in classes)
+    ):
+        raise DataError(
+            f"{path}: field 'classes' is {json.dumps(classes)}; "
+            "expected two non-empty names [negative, positive]"
+        )
+    if classes[0].strip() == classes[1].strip():
+        raise DataError(f"{path}: field 'classes' names the same class twice: '{classes[0]}'")
+    data = raw["data"]
+    if not isinstance(data, list) or not data:
+        raise DataError(f"{path}: field 'data' must be a non-empty list of [negative, positive]")
+    pairs: list[tuple[str, str]] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, item in enumerate(data):
+        pair = _check_pair(path, index, item)
+        if pair in seen:
+            raise DataError(f"{path}: field 'data[{index}]' duplicates data[{seen[pair]}]")
+        seen[pair] = index
+        pairs.append(pair)
+    description = raw.get("description", "")
+    return Axis(
+        name=name,
+        classes=(classes[0].strip(), classes[1].strip()),
+        pairs=tuple(pairs),
+        description=description if isinstance(description, str) else "",
+        source=str(path),
+    )
+
+
+def load_axis(name_or_path: str) -> Axis:
+    """Load a shipped axis by name, or a user's axis file by path (ending in .json)."""
+    candidate = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".json") or candidate.is_file():
+        return parse_axis(candidate, _read_json(candidate), default_name=candidate.stem)
+    path = data_root() / "axes" / f"{name_or_path}.json"
+    if not path.is_file():
+        raise DataError(
+            f"unknown axis '{name_or_path}'; shipped axes: {', '.join(shipped_axis_names())} "
+            "(or pass the path of your own .json axis file)"
+        )
+    return parse_axis(path, _read_json(path), default_name=name_or_path)
+
+
+def _clean_prompts(source: str, items: Sequence[Any], field: str) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for index, item in enumerate(items):
+        if item is None:
+            continue
+        if not isinstance(item, str):
+            raise DataError(f"{source}: {field} row {index} is {type(item).__name__}, not text")
+        text = " ".join(item.split())
+        if text:
+            out.setdefault(text, None)
+    if not out:
+        raise DataError(f"{source}: no non-empty writing prompts found in {field}")
+    return tuple(out)
+
+
+def _pick_column(source: str, columns: Sequence[str], column: str | None) -> str:
+    if column is not None:
+        if column not in columns:
+            raise DataError(
+                f"{source}: column '{column}' not found; columns: {', '.join(columns)}"
+            )
+        return column
+    for guess in PROMPT_COLUMN_GUESSES:
+        if guess in columns:
+            return guess
+    if len(columns) == 1:
+        return columns[0]
+    raise DataError(
+        f"{source}: cannot tell which column holds the prompts; pass --prompts-column "
+        f"(columns: {', '.join(columns)})"
+    )
+
+
+def _load_with_datasets(source: str, split: str, column: str | None) -> tuple[str, ...]:
+    import datasets  # imported lazily: it is slow to import
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+            table = datasets.load_dataset(
+                builder[path.suffix.lower()], data_files=str(path), split="train"
+            )
+        else:
+            table = datasets.load_dataset(source, split=split)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"{source}: cannot load prompts ({exc})") from None
+    chosen = _pick_column(source, list(table.column_names), column)
+    return _clean_prompts(source, table[chosen], f"column '{chosen}'")
+
+
+def load_writing_prompts(
+    source: str | None = None, *, split: str = "train", column: str | None = None
+) -> tuple[str, ...]:
+    """Writing prompts, de-duplicated, in file order.
+
+    `source` None: the shipped list. A path ending in .txt: one prompt per line. .jsonl, .json,
+    .csv, .parquet: a column of the file (`column`, or the first of prompt/text/instruction/...).
+    Anything else: a Hugging Face dataset name, loaded with `datasets` (`split`, `column`).
+    """
+    if source is None:
+        path = data_root() / "writing_prompts.txt"
+        return _clean_prompts(str(path), path.read_text(encoding="utf-8").splitlines(), "lines")
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in PROMPT_FILE_SUFFIXES and not path.is_file():
+        raise DataError(f"{source}: file not found")
+    if suffix == ".txt":
+        return _clean_prompts(source, path.read_text(encoding="utf-8").splitlines(), "lines")
+    return _load_with_datasets(source, split, column)

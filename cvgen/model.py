@@ -1,0 +1,211 @@
+"""Load a model for collection: a local Hugging Face folder, a hub id, or a local .gguf file.
+
+A `.gguf` file is loaded through transformers' `gguf_file=` and dequantised. Remote code is
+never run unless `trust_remote_code=True` (the CLI's `--trust-remote-code`).
+
+`ModelSource.identity()` is a content key for the state store: it changes when the weights do,
+without hashing a whole multi-gigabyte file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+IDENTITY_CHUNK = 4 << 20  # bytes hashed at the head, middle and tail of each weight file
+
+
+class ModelError(ValueError):
+    """The model cannot be found, loaded or used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from: kind is "gguf", "folder" or "hub"."""
+
+    spec: str
+    kind: str
+    directory: str  # folder holding the files (gguf, folder) or the hub id
+    gguf_file: str | None = None
+
+    @property
+    def name(self) -> str:
+        """A display name: the file stem, folder name or the hub id's last part."""
+        if self.kind == "gguf" and self.gguf_file:
+            return Path(self.gguf_file).stem
+        return Path(self.directory).name or self.directory
+
+    @property
+    def slug(self) -> str:
+        """The name made safe for file names: only [A-Za-z0-9._-], never ':'."""
+        return SLUG_UNSAFE.sub("-", self.name).strip("-.") or "model"
+
+    def load_kwargs(self, *, trust_remote_code: bool) -> dict[str, Any]:
+        """Keyword arguments shared by the config, tokenizer and model loaders."""
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        return kwargs
+
+    def identity(self, config: Any) -> str:
+        """A content key of the weights: sampled file hashes, or the hub commit."""
+        if self.kind == "hub":
+            revision = getattr(config, "_commit_hash", None) or "unknown-revision"
+            return f"hub:{self.directory}@{revision}"
+        if self.kind == "gguf" and self.gguf_file:
+            return f"gguf:{_sampled_file_hash(Path(self.directory) / self.gguf_file)}"
+        folder = Path(self.directory)
+        digest = hashlib.sha256((folder / "config.json").read_bytes())
+        for path in sorted(folder.iterdir()):
+            if path.suffix in WEIGHT_SUFFIXES:
+                digest.update(path.name.encode())
+                digest.update(_sampled_file_hash(path).encode())
+        return f"folder:{digest.hexdigest()}"
+
+
+def _sampled_file_hash(path: Path) -> str:
+    """SHA-256 over the size and three 4 MiB chunks (head, middle, tail) of a file."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        for offset in sorted({0, max(0, size // 2 - IDENTITY_CHUNK // 2), max(0, size - IDENTITY_CHUNK)}):
+            handle.seek(offset)
+            digest.update(handle.read(IDENTITY_CHUNK))
+    return digest.hexdigest()
+
+
+def resolve_model_source(spec: str) -> ModelSource:
+    """Classify `spec`: a path to a .gguf file, a local model folder, or a hub id."""
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"--model: GGUF file not found: {spec}")
+        return ModelSource(spec, "gguf", str(path.resolve().parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"--model: folder {spec} has no config.json (not a Hugging Face model)")
+        return ModelSource(spec, "folder", str(path.resolve()))
+    if path.exists():
+        raise ModelError(f"--model: {spec} is a file but not a .gguf file")
+    if HUB_ID_PATTERN.match(spec):
+        return ModelSource(spec, "hub", spec)
+    raise ModelError(
+        f"--model: '{spec}' is not a .gguf file, a model folder or a hub id like 'owner/name'"
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" is cuda when available, then mps, else cpu."""
+    if device != "auto":
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            raise ModelError(f"--device: unknown device '{device}'") from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """"auto" is float32 on cpu, bfloat16 on cuda when supported, else float16."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_config(source: ModelSource, *, trust_remote_code: bool) -> Any:
+    """The model's transformers config (cheap: no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            source.directory, **source.load_kwargs(trust_remote_code=trust_remote_code)
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--model {source.spec}: cannot read its config ({_first_line(exc)})") from None
+
+
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool) -> Any:
+    """The model's tokenizer, with its chat template."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            source.directory, **source.load_kwargs(trust_remote_code=trust_remote_code)
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--model {source.spec}: cannot load its tokenizer ({_first_line(exc)})") from None
+
+
+def load_causal_lm(
+    source: ModelSource, *, dtype: torch.dtype, device: torch.device, trust_remote_code: bool
+) -> torch.nn.Module:
+    """The model in eval mode on `device`, weights in `dtype` (a GGUF file is dequantised)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.directory,
+            dtype=dtype,
+            **source.load_kwargs(trust_remote_code=trust_remote_code),
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--model {source.spec}: cannot load the model ({_first_line(exc)})") from None
+    return model.to(device).eval()
+
+
+def config_dimensions(config: Any, source: ModelSource) -> tuple[int, int]:
+    """(n_layer, n_embd) from a config, also for configs nested under text_config."""
+    text_config = getattr(config, "text_config", None) or config
+    n_layer = getattr(text_config, "num_hidden_layers", None)
+    n_embd = getattr(text_config, "hidden_size", None)
+    if not isinstance(n_layer, int) or not isinstance(n_embd, int):
+        raise ModelError(f"--model {source.spec}: config has no num_hidden_layers/hidden_size")
+    return n_layer, n_embd
+
+
+def find_decoder_blocks(model: torch.nn.Module, n_layer: int) -> torch.nn.ModuleList:
+    """The model's list of decoder blocks (e.g. `model.model.layers`, `transformer.h`)."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h",
+                 "gpt_neox.layers", "model.decoder.layers", "language_model.model.layers"):
+        module: Any = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layer:
+            return module
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layer:
+            return module
+    raise ModelError(
+        f"cannot find the {n_layer} decoder blocks in {type(model).__name__}; "
+        "cvgen looks for a ModuleList such as model.layers or transformer.h"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def describe_config(config: Any) -> dict[str, Any]:
+    """A few config facts for the manifest."""
+    text_config = getattr(config, "text_config", None) or config
+    return {
+        "architecture": str(getattr(text_config, "model_type", "unknown")),
+        "architectures": list(getattr(config, "architectures", None) or []),
+        "vocab_size": getattr(text_config, "vocab_size", None),
+    }

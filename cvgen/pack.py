@@ -1,0 +1,167 @@
+"""A pack: a folder of control-vector GGUF files, `pack.json`, `samples.jsonl` and README.md.
+
+`write_pack` stages the whole pack in a hidden sibling folder and swaps it into place, so a
+failed run leaves either the previous pack or nothing, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvgen.gguf_io import write_control_vector
+
+MANIFEST_NAME = "pack.json"
+SAMPLES_NAME = "samples.jsonl"
+README_NAME = "README.md"
+PACK_FORMAT = "cvgen-pack"
+PACK_FORMAT_VERSION = 1
+ROLES = ("debias", "negative", "positive")
+UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class PackError(ValueError):
+    """A pack folder or manifest is missing or malformed; the message names the file."""
+
+
+def safe_name(text: str) -> str:
+    """`text` reduced to [A-Za-z0-9._-] (never ':' , which breaks llama.cpp's FILE:SCALE)."""
+    return UNSAFE.sub("-", text).strip("-.") or "x"
+
+
+def vector_file_names(model_slug: str, axis: str, classes: tuple[str, str]) -> dict[str, str]:
+    """`<model-slug>-<axis>__debias.gguf`, `__<negative>.gguf`, `__<positive>.gguf`."""
+    stem = f"{safe_name(model_slug)}-{safe_name(axis)}"
+    names = {
+        "debias": f"{stem}__debias.gguf",
+        "negative": f"{stem}__{safe_name(classes[0])}.gguf",
+        "positive": f"{stem}__{safe_name(classes[1])}.gguf",
+    }
+    if len(set(names.values())) != 3:
+        raise PackError(f"axis '{axis}': class names {classes} give clashing file names {names}")
+    return names
+
+
+def load_manifest(pack: Path) -> dict[str, Any]:
+    """Read and minimally validate `PACK/pack.json`."""
+    path = Path(pack) / MANIFEST_NAME
+    if not path.is_file():
+        raise PackError(f"{pack}: not a cvgen pack (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PackError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != PACK_FORMAT:
+        raise PackError(f"{path}: field 'format' is not '{PACK_FORMAT}'")
+    for field in ("model", "axes"):
+        if not isinstance(manifest.get(field), dict):
+            raise PackError(f"{path}: field '{field}' is missing or not an object")
+    return manifest
+
+
+def save_manifest(pack: Path, manifest: Mapping[str, Any]) -> None:
+    """Atomically rewrite `PACK/pack.json` (e.g. after adding a preset)."""
+    _write_text_atomically(Path(pack) / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str:
+    """The pack's README.md: what it is, its files, and how to load them in llama.cpp."""
+    model = manifest["model"]
+    settings = manifest["settings"]
+    lines = [
+        f"# Control vectors for {model['name']}",
+        "",
+        f"Made by cvgen {manifest['cvgen_version']} with the `{settings['method']}` method from "
+        f"{settings['samples']} samples per class (seed {settings['seed']}), "
+        f"features: `{settings['features']}`, blocks {manifest['layers'][0]}..{manifest['layers'][-1]} "
+        f"of {model['n_layer']} (hidden size {model['n_embd']}).",
+        "",
+        "Block k's vector is stored as `direction.k`: llama.cpp adds it to the output of block k.",
+        "",
+        "| axis | negative | positive | files |",
+        "|---|---|---|---|",
+    ]
+    for name, axis in manifest["axes"].items():
+        files = ", ".join(f"`{axis['files'][role]}`" for role in ROLES)
+        lines.append(f"| {name} | {axis['classes'][0]} | {axis['classes'][1]} | {files} |")
+    lines += [
+        "",
+        "Always load an axis's `__debias` file at scale 1, plus ONE of its pole files at the",
+        "scale you want (never both poles of one axis). Scale 1 reproduces the average shift of",
+        "the pole's prompt; with several axes, keep each |scale| near 1/n to sqrt(1/n).",
+        "",
+        "Example (`cvgen commands PACK --set AXIS=SCALE` prints others):",
+        "",
+        "```sh",
+        example_command,
+        "```",
+        "",
+        f"`{SAMPLES_NAME}` lists every drawn sample (stem, writing prompt and, per axis, the",
+        "continuation pair), so the run can be audited and reproduced.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_pack(
+    out: Path,
+    manifest: Mapping[str, Any],
+    vectors: Mapping[str, Mapping[str, Mapping[int, np.ndarray]]],
+    file_metadata: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    samples: Iterable[Mapping[str, Any]],
+    readme: str,
+) -> None:
+    """Write a whole pack at `out`, replacing an earlier pack there.
+
+    `vectors[axis][role]` maps block -> vector; `file_metadata[axis][role]` holds the
+    `cvgen.*` keys of that file. Everything is staged beside `out` and renamed into place.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists())):
+        raise PackError(f"--out {out}: exists and is not a cvgen pack; choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.part-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for axis, roles in vectors.items():
+            for role, directions in roles.items():
+                write_control_vector(
+                    staging / manifest["axes"][axis]["files"][role],
+                    directions,
+                    model_hint=manifest["model"]["hint"],
+                    metadata=file_metadata[axis][role],
+                )
+        with (staging / SAMPLES_NAME).open("w", encoding="utf-8") as handle:
+            for row in samples:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (staging / README_NAME).write_text(readme, encoding="utf-8")
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    retired = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(retired, ignore_errors=True)
+    os.replace(out, retired)
+    os.replace(staging, out)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,306 @@
+"""`generate_pack`: the one function that composes the stages into a pack.
+
+    data -> sampler -> prompts -> collect (model, store) -> solve -> gguf_io -> pack
+
+The stages never call each other; this module passes plain data between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cvgen import __version__
+from cvgen.collect import WorkItem, block_features, run_collection
+from cvgen.commands import build_command, default_model_path
+from cvgen.data import Axis, Stems, load_axis, load_stems, load_writing_prompts
+from cvgen.model import (
+    ModelSource,
+    config_dimensions,
+    describe_config,
+    find_decoder_blocks,
+    load_causal_lm,
+    load_config,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_source,
+)
+from cvgen.pack import (
+    PACK_FORMAT,
+    PACK_FORMAT_VERSION,
+    SAMPLES_NAME,
+    render_pack_readme,
+    vector_file_names,
+    write_pack,
+)
+from cvgen.prompts import check_system_turn, render_text, tokenize_texts
+from cvgen.sampler import SamplePlan, axis_texts, baseline_text, draw_samples
+from cvgen.settings import GenerateSettings, select_blocks
+from cvgen.solve import BlockDirection, SolverOptions, get_method
+from cvgen.store import StateArray, content_key, default_store_root
+
+log = logging.getLogger("cvgen")
+
+BASELINE = "baseline"
+
+
+class GenerateError(RuntimeError):
+    """The run cannot produce a pack (e.g. no block of an axis passed the solver)."""
+
+
+@dataclass
+class PackResult:
+    """What `generate_pack` made: the pack folder, its manifest and run figures."""
+
+    out: Path
+    manifest: dict[str, Any]
+    collected_prompts: int
+    reused_prompts: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Inputs:
+    """The loaded text data and the drawn samples of a run."""
+
+    stems: Stems
+    axes: list[Axis]
+    prompts: tuple[str, ...]
+    plan: SamplePlan
+
+
+def _load_inputs(settings: GenerateSettings) -> _Inputs:
+    stems = load_stems()
+    axes = [load_axis(name) for name in settings.axes]
+    names = [axis.name for axis in axes]
+    if len(set(names)) != len(names):
+        raise GenerateError(f"--axis: two axes share a name: {', '.join(names)}")
+    prompts = load_writing_prompts(
+        settings.prompts, split=settings.prompts_split, column=settings.prompts_column
+    )
+    plan = draw_samples(settings.samples, stems=stems, n_prompts=len(prompts), axes=axes, seed=settings.seed)
+    return _Inputs(stems, axes, prompts, plan)
+
+
+def _system_texts(inputs: _Inputs) -> dict[str, list[str]]:
+    """System texts of every array: "baseline", then "<axis>/negative", "<axis>/positive"."""
+    rows = range(len(inputs.plan))
+    texts = {BASELINE: [baseline_text(inputs.plan, inputs.stems, row) for row in rows]}
+    for axis in inputs.axes:
+        pairs = [axis_texts(inputs.plan, inputs.stems, axis, row) for row in rows]
+        texts[f"{axis.name}/negative"] = [negative for negative, _ in pairs]
+        texts[f"{axis.name}/positive"] = [positive for _, positive in pairs]
+    return texts
+
+
+def _samples_rows(inputs: _Inputs) -> list[dict[str, Any]]:
+    rows = []
+    for row in range(len(inputs.plan)):
+        prompt_index = int(inputs.plan.prompt_index[row])
+        rows.append({
+            "sample": row,
+            "stem_index": int(inputs.plan.stem_index[row]),
+            "stem": inputs.stems.stem(int(inputs.plan.stem_index[row])),
+            "prompt_index": prompt_index,
+            "prompt": inputs.prompts[prompt_index],
+            "pairs": {axis.name: int(inputs.plan.pair_index[axis.name][row]) for axis in inputs.axes},
+        })
+    return rows
+
+
+def _collect(
+    settings: GenerateSettings, source: ModelSource, arrays: dict[str, StateArray],
+    tokens: dict[str, list[list[int]]], stored_blocks: Sequence[int], pad_id: int,
+    show_progress: bool,
+) -> int:
+    """Run the model over every pending row of every array; return the number of prompts run."""
+    items = [
+        WorkItem(target=index, row=int(row), token_ids=tokens[name][int(row)])
+        for index, (name, array) in enumerate(arrays.items())
+        for row in array.pending_rows()
+    ]
+    if not items:
+        return 0
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    log.info("loading %s (%s on %s)", source.spec, str(dtype).removeprefix("torch."), device)
+    model = load_causal_lm(source, dtype=dtype, device=device, trust_remote_code=settings.trust_remote_code)
+    n_layer = len(stored_blocks) and config_dimensions(model.config, source)[0]
+    blocks = find_decoder_blocks(model, n_layer)
+    targets = list(arrays.values())
+    with tqdm(total=len(items), unit="prompt", desc="collecting", disable=not show_progress) as bar:
+        run_collection(
+            model, blocks, stored_blocks, items, pad_id=pad_id, device=device,
+            batch_tokens=settings.batch_tokens,
+            write=lambda target, rows, states: targets[target].write_rows(rows, states),
+            progress=bar.update,
+        )
+    return len(items)
+
+
+def _solve_axis(
+    settings: GenerateSettings, axis: Axis, arrays: dict[str, StateArray], stored_blocks: Sequence[int],
+) -> dict[int, BlockDirection]:
+    """Solve every steerable block of one axis: block -> direction (blocks with none left out)."""
+    method = get_method(settings.method)
+    options = SolverOptions(tau=settings.tau, eigen_candidates=settings.eigen_candidates)
+    solved: dict[int, BlockDirection] = {}
+    for previous, block in zip(stored_blocks[:-1], stored_blocks[1:]):
+        per_array = {
+            name: block_features([arrays[name].block(previous), arrays[name].block(block)], features=settings.features)[0]
+            for name in (BASELINE, f"{axis.name}/negative", f"{axis.name}/positive")
+        }
+        baseline = per_array[BASELINE]
+        result = method(per_array[f"{axis.name}/negative"] - baseline, per_array[f"{axis.name}/positive"] - baseline, options)
+        if result is not None:
+            solved[block] = result
+    if not solved:
+        raise GenerateError(
+            f"axis '{axis.name}': no block passed the {settings.method} solver "
+            f"(tau={settings.tau}); add samples or lower --tau"
+        )
+    return solved
+
+
+def _file_metadata(settings: GenerateSettings, axis: Axis, role: str, model_name: str) -> dict[str, Any]:
+    class_name = {"debias": "debias", "negative": axis.classes[0], "positive": axis.classes[1]}[role]
+    return {
+        "cvgen.version": __version__,
+        "cvgen.axis": axis.name,
+        "cvgen.class": class_name,
+        "cvgen.role": role,
+        "cvgen.method": settings.method,
+        "cvgen.features": settings.features,
+        "cvgen.samples_per_class": settings.samples,
+        "cvgen.seed": settings.seed,
+        "cvgen.model_name": model_name,
+        "cvgen.suggested_scale": 1.0,
+    }
+
+
+def generate_pack(
+    settings: GenerateSettings,
+    out: Path,
+    *,
+    store_root: Path | None = None,
+    show_progress: bool = True,
+) -> PackResult:
+    """Make a pack at `out` for `settings`: sample, collect (reusing stored states), solve,
+    write the GGUF files, `pack.json`, `samples.jsonl` and the pack's README.md."""
+    inputs = _load_inputs(settings)
+    source = resolve_model_source(settings.model)
+    config = load_config(source, trust_remote_code=settings.trust_remote_code)
+    n_layer, n_embd = config_dimensions(config, source)
+    layers = select_blocks(n_layer, settings.skip_first, settings.skip_last)
+    stored_blocks = [layers[0] - 1, *layers]
+    tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
+    if settings.system_message:
+        check_system_turn(tokenizer, source.spec)
+
+    rendered = {
+        name: [
+            render_text(tokenizer, text, inputs.prompts[int(inputs.plan.prompt_index[row])], system_turn=settings.system_message)
+            for row, text in enumerate(texts)
+        ]
+        for name, texts in _system_texts(inputs).items()
+    }
+    identity = source.identity(config)
+    dtype_name = str(resolve_dtype(settings.dtype, resolve_device(settings.device))).removeprefix("torch.")
+    root = store_root or default_store_root()
+    arrays = {
+        name: StateArray.open(
+            root, content_key(model_identity=identity, dtype=dtype_name, blocks=stored_blocks, texts=texts),
+            n=len(texts), blocks=stored_blocks, width=n_embd,
+            description={"model": identity, "dtype": dtype_name, "array": name, "blocks": stored_blocks},
+        )
+        for name, texts in rendered.items()
+    }
+    pending = {name: array.pending_rows().size for name, array in arrays.items()}
+    tokens = {name: tokenize_texts(tokenizer, texts) if pending[name] else [] for name, texts in rendered.items()}
+    pad_id = _pad_id(tokenizer)
+    collected = _collect(settings, source, arrays, tokens, stored_blocks, pad_id, show_progress)
+
+    manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
+    vectors: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    metadata: dict[str, dict[str, dict[str, Any]]] = {}
+    for axis in inputs.axes:
+        solved = _solve_axis(settings, axis, arrays, stored_blocks)
+        vectors[axis.name] = {
+            role: {block: getattr(direction, role) for block, direction in solved.items()}
+            for role in ("debias", "negative", "positive")
+        }
+        metadata[axis.name] = {
+            role: _file_metadata(settings, axis, role, source.name) for role in ("debias", "negative", "positive")
+        }
+        manifest["axes"][axis.name]["layers"] = sorted(solved)
+        manifest["axes"][axis.name]["fisher_ratio"] = {str(k): round(v.fisher_ratio, 4) for k, v in solved.items()}
+    example = example_command(manifest, out)
+    write_pack(out, manifest, vectors, metadata, _samples_rows(inputs), render_pack_readme(manifest, example))
+    total = sum(len(texts) for texts in rendered.values())
+    return PackResult(out=out, manifest=manifest, collected_prompts=collected, reused_prompts=total - collected)
+
+
+def example_command(manifest: dict[str, Any], out: Path) -> str:
+    """A llama-server command loading the first axis's positive pole at +0.5."""
+    first_axis = next(iter(manifest["axes"]))
+    return build_command(
+        manifest, [(first_axis, 0.5)], target="llama-server",
+        model_path=default_model_path(manifest), vector_dir=str(out),
+    )
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _manifest(
+    settings: GenerateSettings, source: ModelSource, config: Any, n_layer: int, n_embd: int,
+    layers: list[int], inputs: _Inputs, identity: str,
+) -> dict[str, Any]:
+    return {
+        "format": PACK_FORMAT,
+        "format_version": PACK_FORMAT_VERSION,
+        "cvgen_version": __version__,
+        "model": {
+            "name": source.name,
+            "slug": source.slug,
+            "source": settings.model,
+            "kind": source.kind,
+            "identity": identity,
+            "hint": describe_config(config)["architecture"],
+            "n_layer": n_layer,
+            "n_embd": n_embd,
+            **describe_config(config),
+        },
+        "settings": settings.to_dict(),
+        "layers": layers,
+        "layer_convention": "direction.k = output of block k (0-based); block 0 is never written",
+        "axes": {
+            axis.name: {
+                "classes": list(axis.classes),
+                "description": axis.description,
+                "pairs": len(axis.pairs),
+                "source": axis.source,
+                "files": vector_file_names(source.slug, axis.name, axis.classes),
+                "suggested_scale": {"negative": 1.0, "positive": 1.0, "calibrated": False},
+            }
+            for axis in inputs.axes
+        },
+        "samples": {"file": SAMPLES_NAME, "count": len(inputs.plan), "prompts": len(inputs.prompts),
+                    "stems": len(inputs.stems)},
+        "presets": {},
+    }
+
+
+ProgressCallback = Callable[[int], None]

@@ -1,0 +1,139 @@
+"""The one frozen settings object of a run, and the parsing of layer-skip values.
+
+`GenerateSettings` is the single source of truth for `cvgen generate`: the CLI options mirror
+its fields, it is written into the pack's manifest, and the fields that change collected states
+feed the state store's content key (see `store.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+FEATURES = ("delta", "residual")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class SettingsError(ValueError):
+    """A setting has a value cvgen cannot use; the message names the setting and the value."""
+
+
+@dataclass(frozen=True)
+class LayerSkip:
+    """How many blocks to leave out at one end: an integer count, or a fraction of the blocks.
+
+    `text` is what the user typed ("1", "0.1"); `resolve(n_layer)` turns it into a count.
+    """
+
+    text: str
+
+    def resolve(self, n_layer: int) -> int:
+        """Return the number of blocks to skip for a model with `n_layer` blocks."""
+        value = float(self.text)
+        if self.is_fraction:
+            return int(math.floor(value * n_layer + 0.5))
+        return int(value)
+
+    @property
+    def is_fraction(self) -> bool:
+        """True when the value is a fraction of the blocks (it has a '.' and is below 1)."""
+        return "." in self.text and float(self.text) < 1.0
+
+    @classmethod
+    def parse(cls, text: str | int | float, *, option: str) -> LayerSkip:
+        """Parse "3" (a count) or "0.1" (a fraction of the blocks, in [0, 1))."""
+        raw = str(text).strip()
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(
+                f"{option}: '{raw}' is neither a block count (e.g. 2) nor a fraction (e.g. 0.1)"
+            ) from None
+        if not math.isfinite(value) or value < 0:
+            raise SettingsError(f"{option}: '{raw}' must be a count >= 0 or a fraction in [0, 1)")
+        if "." not in raw and not value.is_integer():
+            raise SettingsError(f"{option}: '{raw}' is not a whole number of blocks")
+        if "." in raw and value >= 1.0:
+            if not value.is_integer():
+                raise SettingsError(
+                    f"{option}: '{raw}' is neither a whole count nor a fraction below 1"
+                )
+            raw = str(int(value))
+        return cls(raw)
+
+
+def select_blocks(n_layer: int, skip_first: LayerSkip, skip_last: LayerSkip) -> list[int]:
+    """Blocks that get a vector: [first, n_layer - 1 - last], never block 0.
+
+    Block 0's output cannot be steered in llama.cpp (`direction.0` is rejected), so the first
+    kept block is at least 1 whatever `skip_first` says.
+    """
+    first = max(1, skip_first.resolve(n_layer))
+    last = n_layer - 1 - skip_last.resolve(n_layer)
+    if first > last:
+        raise SettingsError(
+            f"--skip-first {skip_first.text} and --skip-last {skip_last.text} leave no block of "
+            f"the model's {n_layer} to steer (blocks {first}..{last})"
+        )
+    return list(range(first, last + 1))
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """Everything that determines a pack. Hashable, JSON-serialisable, and immutable."""
+
+    model: str
+    axes: tuple[str, ...]
+    samples: int = 256
+    seed: int = 0
+    method: str = "cross-covariance"
+    features: str = "delta"
+    skip_first: LayerSkip = field(default_factory=lambda: LayerSkip("1"))
+    skip_last: LayerSkip = field(default_factory=lambda: LayerSkip("1"))
+    system_message: bool = False
+    prompts: str | None = None
+    prompts_split: str = "train"
+    prompts_column: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_tokens: int = 4096
+    tau: float = 0.5
+    eigen_candidates: int = 16
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise SettingsError(f"--samples: {self.samples} must be at least 1 (it is per class)")
+        if self.features not in FEATURES:
+            raise SettingsError(
+                f"--features: unknown value '{self.features}'; choose one of: {', '.join(FEATURES)}"
+            )
+        if self.dtype not in DTYPES:
+            raise SettingsError(
+                f"--dtype: unknown value '{self.dtype}'; choose one of: {', '.join(DTYPES)}"
+            )
+        if self.batch_tokens < 1:
+            raise SettingsError(f"--batch-tokens: {self.batch_tokens} must be at least 1")
+        if self.eigen_candidates < 1:
+            raise SettingsError(f"--eigen-candidates: {self.eigen_candidates} must be at least 1")
+        if not self.axes:
+            raise SettingsError("no axis chosen: pass --axis NAME (repeatable) or --all-axes")
+        if len(set(self.axes)) != len(self.axes):
+            raise SettingsError(f"--axis: an axis is given twice in {', '.join(self.axes)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (layer skips as the text the user gave)."""
+        out = dataclasses.asdict(self)
+        out["axes"] = list(self.axes)
+        out["skip_first"] = self.skip_first.text
+        out["skip_last"] = self.skip_last.text
+        return out
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON form: identifies the run's settings."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()

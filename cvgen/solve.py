@@ -413,7 +413,9 @@ def paired_differences(
             f"{np.shape(negative)}, {np.shape(positive)}, {np.shape(baseline)}"
         )
     base = np.asarray(baseline, dtype=np.float64)
-    return np.asarray(negative, dtype=np.float64) - base, np.asarray(positive, dtype=np.float64) - base
+    negative_diffs = np.asarray(negative, dtype=np.float64) - base
+    positive_diffs = np.asarray(positive, dtype=np.float64) - base
+    return negative_diffs, positive_diffs
 
 
 def _block_ids(states: BlockStates) -> list[int]:

@@ -130,7 +130,7 @@ class StateArray:
             raise StoreError(
                 f"{self.data_path}: got states of shape {states.shape} for {len(rows)} rows"
             )
-        header = _npy_header_length(self.data_path)
+        header = int(np.load(self.data_path, mmap_mode="r").offset)
         row_bytes = self.width * 4
         states = np.ascontiguousarray(states, dtype=np.float32)
         data_fd = os.open(self.data_path, os.O_WRONLY)
@@ -156,10 +156,3 @@ class StateArray:
             raise StoreError(f"{self.data_path}: {self.pending_rows().size} rows still pending")
         mapped = np.load(self.data_path, mmap_mode="r")
         return np.asarray(mapped[self.blocks.index(block)])
-
-
-def _npy_header_length(path: Path) -> int:
-    with path.open("rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        np.lib.format._read_array_header(handle, version)  # type: ignore[attr-defined]
-        return handle.tell()

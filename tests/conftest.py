@@ -1,0 +1,119 @@
+"""Shared fixtures: isolated caches, and pico random models built once per test session.
+
+The pico models are real transformers architectures (Llama and Qwen2) with random weights and
+a byte-level BPE tokenizer trained here on the shipped prompts, saved as local folders, so the
+default suite never touches the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvgen.data import data_root
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+NO_SYSTEM_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<start_of_turn>' + message['role'] + '\n' + message['content'] + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+PICO_LAYERS = 6
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every cache at the test's tmp dir and forbid hub access."""
+    cache = tmp_path / "cvgen-cache"
+    monkeypatch.setenv("CVGEN_CACHE", str(cache))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    return cache
+
+
+def _train_tokenizer(template: str | None) -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    root = data_root()
+    corpus = (root / "writing_prompts.txt").read_text().splitlines()
+    corpus += (root / "prompt_stems.json").read_text().splitlines()
+    for axis in (root / "axes").glob("*.json"):
+        corpus += axis.read_text().splitlines()
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+    )
+    if template is not None:
+        fast.chat_template = template
+    return fast
+
+
+def build_pico_model(folder: Path, family: str, *, template: str | None = CHATML_TEMPLATE, seed: int = 0) -> Path:
+    """Save a random pico model of `family` ("llama" or "qwen2") with its tokenizer in `folder`."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    tokenizer = _train_tokenizer(template)
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,  # type: ignore[arg-type]
+        num_hidden_layers=PICO_LAYERS, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
+        pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
+    )
+    config = LlamaConfig(**common) if family == "llama" else Qwen2Config(**common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # larger random weights so blocks change the state visibly
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.2)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pico_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_pico_model(tmp_path_factory.mktemp("pico-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def pico_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_pico_model(tmp_path_factory.mktemp("pico-qwen2"), "qwen2", template=NO_SYSTEM_TEMPLATE, seed=1)
+
+
+@pytest.fixture(scope="session")
+def pico_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pico Llama whose tokenizer has no chat template (the documented fallback)."""
+    return build_pico_model(tmp_path_factory.mktemp("pico-plain"), "llama", template=None, seed=2)
+
+
+def real_model_path() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF when scripts/fetch_model.sh has cached it."""
+    import os
+
+    cache = Path(os.environ.get("CVGEN_REAL_CACHE", str(Path.home() / ".cache" / "cvgen")))
+    path = cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None

@@ -1,0 +1,137 @@
+"""Shipped data counts, axis-file validation and writing-prompt loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cvgen.data import DataError, load_axis, load_stems, load_writing_prompts, shipped_axis_names
+
+EXPECTED_AXES = {
+    "language": ("simple", "ornate"),
+    "storytelling": ("explicit", "descriptive"),
+    "character_focus": ("narration", "dialogue"),
+    "empathy": ("empathy", "sociopathy"),
+    "honesty": ("honesty", "machiavellianism"),
+    "humility": ("humility", "narcissism"),
+    "compassion": ("compassion", "sadism"),
+    "optimism": ("optimism", "nihilism"),
+}
+
+
+def test_shipped_stems_have_at_least_40_distinct_each() -> None:
+    stems = load_stems()
+    assert len(set(stems.pre)) == len(stems.pre) >= 40
+    assert len(set(stems.post)) == len(stems.post) >= 40
+    assert stems.stem(0) == f"{stems.pre[0]} {stems.post[0]}"
+    assert stems.stem(len(stems.post) + 1) == f"{stems.pre[1]} {stems.post[1]}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_AXES))
+def test_shipped_axes_have_their_classes_in_order_and_12_pairs(name: str) -> None:
+    axis = load_axis(name)
+    assert axis.classes == EXPECTED_AXES[name]
+    assert len(axis.pairs) >= 12
+    for negative, positive in axis.pairs:
+        assert not negative.endswith(".") and not positive.endswith(".")
+
+
+def test_shipped_axis_list_is_exactly_the_eight() -> None:
+    assert shipped_axis_names() == sorted(EXPECTED_AXES)
+
+
+def test_shipped_writing_prompts_are_500_distinct() -> None:
+    prompts = load_writing_prompts()
+    assert len(prompts) >= 500
+    normalised = {" ".join(p.lower().split()) for p in prompts}
+    assert len(normalised) == len(prompts)
+
+
+def _axis_file(tmp_path: Path, content: object) -> Path:
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+GOOD = {"classes": ["calm", "angry"], "data": [["who stays calm", "who rages"], ["a", "b"]]}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"data": GOOD["data"]}, "field 'classes' is missing"),
+        ({"classes": ["calm"], "data": GOOD["data"]}, "field 'classes' is [\"calm\"]"),
+        ({"classes": ["calm", "calm"], "data": GOOD["data"]}, "names the same class twice: 'calm'"),
+        ({"classes": GOOD["classes"]}, "field 'data' is missing"),
+        ({"classes": GOOD["classes"], "data": [["x", "y", "z"]]}, "field 'data[0]' has 3 items"),
+        ({"classes": GOOD["classes"], "data": [["x", "y"], ["only"]]}, "field 'data[1]' has 1 items"),
+        ({"classes": GOOD["classes"], "data": [["x", "  "]]}, "'data[0]' has an empty positive"),
+        ({"classes": GOOD["classes"], "data": [["", "y"]]}, "'data[0]' has an empty negative"),
+        ({"classes": GOOD["classes"], "data": [["x", "y"], ["p", "q"], ["x", "y"]]},
+         "field 'data[2]' duplicates data[0]"),
+        ({"classes": GOOD["classes"], "data": [["same", "same"]]}, "same text on both sides"),
+        ({"name": "bad name!", **GOOD}, "field 'name' is 'bad name!'"),
+    ],
+)
+def test_user_axis_errors_name_file_and_field(tmp_path: Path, content: object, message: str) -> None:
+    path = _axis_file(tmp_path, content)
+    with pytest.raises(DataError) as caught:
+        load_axis(str(path))
+    assert str(path) in str(caught.value)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_user_axis_file_loads(tmp_path: Path) -> None:
+    axis = load_axis(str(_axis_file(tmp_path, GOOD)))
+    assert axis.name == "mine"
+    assert axis.classes == ("calm", "angry")
+    assert axis.pairs == (("who stays calm", "who rages"), ("a", "b"))
+
+
+def test_unknown_axis_lists_shipped_ones() -> None:
+    with pytest.raises(DataError, match="unknown axis 'nope'; shipped axes: character_focus, compassion"):
+        load_axis("nope")
+
+
+def test_invalid_json_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(DataError, match=r"broken\.json: not valid JSON"):
+        load_axis(str(path))
+
+
+def test_prompts_from_txt_deduplicate_and_strip(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("Write a poem.\n\n  Write a   poem. \nWrite a song.\n")
+    assert load_writing_prompts(str(path)) == ("Write a poem.", "Write a song.")
+
+
+def test_prompts_from_jsonl_csv_parquet(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = ["Write a fable.", "Write a letter.", "Write a fable."]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({"id": i, "prompt": r}) for i, r in enumerate(rows)))
+    (tmp_path / "p.csv").write_text("id,text\n" + "\n".join(f"{i},{r}" for i, r in enumerate(rows)))
+    pq.write_table(pa.table({"task": rows}), tmp_path / "p.parquet")
+    expected = ("Write a fable.", "Write a letter.")
+    assert load_writing_prompts(str(tmp_path / "p.jsonl")) == expected
+    assert load_writing_prompts(str(tmp_path / "p.csv")) == expected
+    assert load_writing_prompts(str(tmp_path / "p.parquet"), column="task") == expected
+
+
+def test_prompt_column_errors(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"a": "x", "b": "y"}) + "\n")
+    with pytest.raises(DataError, match="cannot tell which column holds the prompts"):
+        load_writing_prompts(str(path))
+    with pytest.raises(DataError, match="column 'zzz' not found; columns: a, b"):
+        load_writing_prompts(str(path), column="zzz")
+
+
+def test_missing_prompt_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="file not found"):
+        load_writing_prompts(str(tmp_path / "absent.csv"))

@@ -28,7 +28,12 @@ from cvgen.commands import (
     preset_selection,
 )
 from cvgen.data import DataError, load_axis, shipped_axis_names
-from cvgen.gguf_io import ControlVectorError, describe_control_vector, llamacpp_problems, read_control_vector
+from cvgen.gguf_io import (
+    ControlVectorError,
+    describe_control_vector,
+    llamacpp_problems,
+    read_control_vector,
+)
 from cvgen.model import ModelError
 from cvgen.pack import PackError, load_manifest
 from cvgen.prompts import PromptError
@@ -38,8 +43,16 @@ from cvgen.solve import METHODS, SolverError
 from cvgen.store import StoreError
 
 USER_ERRORS = (
-    DataError, SettingsError, ModelError, PromptError, CommandError, PackError,
-    ControlVectorError, SolverError, StoreError, SamplerError,
+    DataError,
+    SettingsError,
+    ModelError,
+    PromptError,
+    CommandError,
+    PackError,
+    ControlVectorError,
+    SolverError,
+    StoreError,
+    SamplerError,
 )
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,27 +85,129 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", "-m", required=True, help="A .gguf file, a local Hugging Face model folder, or a hub id (owner/name).")
-@click.option("--axis", "-a", "axes", multiple=True, help="Axis to extract: a shipped name (see `cvgen axes`) or a path to your own axis .json. Repeatable.")
+@click.option(
+    "--model",
+    "-m",
+    required=True,
+    help="A .gguf file, a local Hugging Face model folder, or a hub id (owner/name).",
+)
+@click.option(
+    "--axis",
+    "-a",
+    "axes",
+    multiple=True,
+    help="Axis to extract: a shipped name (see `cvgen axes`) or a path to your own axis .json. Repeatable.",
+)
 @click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Pack folder to write (replaced if it is a cvgen pack).")
-@click.option("--samples", "-n", default=256, show_default=True, type=int, help="Samples PER CLASS: each axis runs n negative and n positive prompts, plus n shared baseline prompts.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampler (stems, pairs, prompts).")
-@click.option("--method", default="cross-covariance", show_default=True, type=click.Choice(sorted(METHODS)), help="Solver for each block's direction.")
-@click.option("--features", default="delta", show_default=True, type=click.Choice(FEATURES), help="delta: each block's own contribution h_k - h_(k-1); residual: the residual stream h_k.")
-@click.option("--skip-first", default="1", show_default=True, help="Blocks to leave out at the start: a count (2) or a fraction of all blocks (0.1). Block 0 is always left out (llama.cpp cannot steer it).")
-@click.option("--skip-last", default="1", show_default=True, help="Blocks to leave out at the end: a count or a fraction.")
-@click.option("--system-message", is_flag=True, help="Put the persona in a system turn instead of merging it into the user turn.")
-@click.option("--prompts", default=None, help="Writing prompts: a .txt/.jsonl/.csv/.parquet file or a Hugging Face dataset name (default: the shipped list).")
-@click.option("--prompts-split", default="train", show_default=True, help="Dataset split, for a Hugging Face dataset.")
-@click.option("--prompts-column", default=None, help="Column holding the prompts (default: prompt, text, instruction, ...).")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES), help="Model dtype; auto is float32 on CPU, bfloat16 on CUDA.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Pack folder to write (replaced if it is a cvgen pack).",
+)
+@click.option(
+    "--samples",
+    "-n",
+    default=256,
+    show_default=True,
+    type=int,
+    help="Samples PER CLASS: each axis runs n negative and n positive prompts, plus n shared baseline prompts.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of the sampler (stems, pairs, prompts).",
+)
+@click.option(
+    "--method",
+    default="cross-covariance",
+    show_default=True,
+    type=click.Choice(sorted(METHODS)),
+    help="Solver for each block's direction.",
+)
+@click.option(
+    "--features",
+    default="delta",
+    show_default=True,
+    type=click.Choice(FEATURES),
+    help="delta: each block's own contribution h_k - h_(k-1); residual: the residual stream h_k.",
+)
+@click.option(
+    "--skip-first",
+    default="1",
+    show_default=True,
+    help="Blocks to leave out at the start: a count (2) or a fraction of all blocks (0.1). Block 0 is always left out (llama.cpp cannot steer it).",
+)
+@click.option(
+    "--skip-last",
+    default="1",
+    show_default=True,
+    help="Blocks to leave out at the end: a count or a fraction.",
+)
+@click.option(
+    "--system-message",
+    is_flag=True,
+    help="Put the persona in a system turn instead of merging it into the user turn.",
+)
+@click.option(
+    "--prompts",
+    default=None,
+    help="Writing prompts: a .txt/.jsonl/.csv/.parquet file or a Hugging Face dataset name (default: the shipped list).",
+)
+@click.option(
+    "--prompts-split",
+    default="train",
+    show_default=True,
+    help="Dataset split, for a Hugging Face dataset.",
+)
+@click.option(
+    "--prompts-column",
+    default=None,
+    help="Column holding the prompts (default: prompt, text, instruction, ...).",
+)
+@click.option(
+    "--dtype",
+    default="auto",
+    show_default=True,
+    type=click.Choice(DTYPES),
+    help="Model dtype; auto is float32 on CPU, bfloat16 on CUDA.",
+)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps or auto.")
-@click.option("--batch-tokens", default=4096, show_default=True, type=int, help="Padded tokens per forward batch.")
-@click.option("--tau", default=0.5, show_default=True, type=float, help="Fisher-ratio threshold of the cross-covariance method.")
-@click.option("--eigen-candidates", default=16, show_default=True, type=int, help="Eigenvectors taken from each end of the spectrum.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (off by default).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="State store folder (default: $CVGEN_CACHE/states or ~/.cache/cvgen/states).")
+@click.option(
+    "--batch-tokens",
+    default=4096,
+    show_default=True,
+    type=int,
+    help="Padded tokens per forward batch.",
+)
+@click.option(
+    "--tau",
+    default=0.5,
+    show_default=True,
+    type=float,
+    help="Fisher-ratio threshold of the cross-covariance method.",
+)
+@click.option(
+    "--eigen-candidates",
+    default=16,
+    show_default=True,
+    type=int,
+    help="Eigenvectors taken from each end of the spectrum.",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow the model's own Python code to run (off by default).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State store folder (default: $CVGEN_CACHE/states or ~/.cache/cvgen/states).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @one_line_errors
 def generate(**options: Any) -> None:
@@ -107,27 +222,54 @@ def generate(**options: Any) -> None:
     if options["all_axes"] and options["axes"]:
         raise click.UsageError("give either --axis or --all-axes, not both")
     settings = GenerateSettings(
-        model=options["model"], axes=axes, samples=options["samples"], seed=options["seed"],
-        method=options["method"], features=options["features"],
+        model=options["model"],
+        axes=axes,
+        samples=options["samples"],
+        seed=options["seed"],
+        method=options["method"],
+        features=options["features"],
         skip_first=LayerSkip.parse(options["skip_first"], option="--skip-first"),
         skip_last=LayerSkip.parse(options["skip_last"], option="--skip-last"),
-        system_message=options["system_message"], prompts=options["prompts"],
-        prompts_split=options["prompts_split"], prompts_column=options["prompts_column"],
-        dtype=options["dtype"], device=options["device"], batch_tokens=options["batch_tokens"],
-        tau=options["tau"], eigen_candidates=options["eigen_candidates"],
+        system_message=options["system_message"],
+        prompts=options["prompts"],
+        prompts_split=options["prompts_split"],
+        prompts_column=options["prompts_column"],
+        dtype=options["dtype"],
+        device=options["device"],
+        batch_tokens=options["batch_tokens"],
+        tau=options["tau"],
+        eigen_candidates=options["eigen_candidates"],
         trust_remote_code=options["trust_remote_code"],
     )
+    if options["quiet"]:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     with _logging(quiet=options["quiet"]):
         started = time.perf_counter()
-        result = generate_pack(settings, options["out"], store_root=options["cache_dir"], show_progress=not options["quiet"])
+        result = generate_pack(
+            settings,
+            options["out"],
+            store_root=options["cache_dir"],
+            show_progress=not options["quiet"],
+        )
         elapsed = time.perf_counter() - started
     manifest = result.manifest
-    click.echo(f"wrote {result.out} ({len(manifest['axes'])} axes x 3 files, blocks "
-               f"{manifest['layers'][0]}..{manifest['layers'][-1]}) in {elapsed:.1f} s; "
-               f"prompts run: {result.collected_prompts}, reused from the store: {result.reused_prompts}")
+    click.echo(
+        f"wrote {result.out} ({len(manifest['axes'])} axes x 3 files, blocks "
+        f"{manifest['layers'][0]}..{manifest['layers'][-1]}) in {elapsed:.1f} s; "
+        f"prompts run: {result.collected_prompts}, reused from the store: {result.reused_prompts}"
+    )
     first = next(iter(manifest["axes"]))
     click.echo("\nexample:")
-    click.echo(build_command(manifest, [(first, 0.5)], model_path=default_model_path(manifest), vector_dir=str(result.out)))
+    click.echo(
+        build_command(
+            manifest,
+            [(first, 0.5)],
+            model_path=default_model_path(manifest),
+            vector_dir=str(result.out),
+        )
+    )
 
 
 @contextmanager
@@ -145,8 +287,15 @@ def _logging(*, quiet: bool) -> Iterator[None]:
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--n-embd", type=int, default=None, help="Also check the width against this hidden size.")
-@click.option("--n-layer", type=int, default=None, help="Also check the block indices against this block count.")
+@click.option(
+    "--n-embd", type=int, default=None, help="Also check the width against this hidden size."
+)
+@click.option(
+    "--n-layer",
+    type=int,
+    default=None,
+    help="Also check the block indices against this block count.",
+)
 @one_line_errors
 def inspect(file: Path, n_embd: int | None, n_layer: int | None) -> None:
     """Print a control-vector file's metadata and per-block norms.
@@ -155,24 +304,66 @@ def inspect(file: Path, n_embd: int | None, n_layer: int | None) -> None:
     """
     problems = llamacpp_problems(file, n_embd=n_embd, n_layer=n_layer)
     if problems:
-        raise click.ClickException(f"{file}: llama.cpp would refuse this file: {'; '.join(problems)}")
+        raise click.ClickException(
+            f"{file}: llama.cpp would refuse this file: {'; '.join(problems)}"
+        )
     click.echo(describe_control_vector(read_control_vector(file)))
 
 
 @main.command()
 @click.argument("pack", type=click.Path(path_type=Path))
-@click.option("--set", "-s", "assignments", multiple=True, metavar="AXIS=SCALE", help="Axis and scale, e.g. language=+0.6 (negative picks the first class). Repeatable.")
+@click.option(
+    "--set",
+    "-s",
+    "assignments",
+    multiple=True,
+    metavar="AXIS=SCALE",
+    help="Axis and scale, e.g. language=+0.6 (negative picks the first class). Repeatable.",
+)
 @click.option("--preset", default=None, help="A preset stored in the pack's manifest.")
-@click.option("--target", "targets", multiple=True, type=click.Choice(TARGETS), help="Binary to print a line for (default: llama-server and llama-cli).")
-@click.option("--legacy-syntax", is_flag=True, help="Pre-December-2025 llama.cpp: --control-vector-scaled FILE SCALE.")
-@click.option("--model-path", default=None, help="Model path for -m (default: the pack's .gguf source, else MODEL.gguf).")
-@click.option("--vector-dir", default=None, help="Folder of the GGUF files in the command (default: the pack path).")
-@click.option("--layer-range", nargs=2, type=int, default=None, metavar="START END", help="Add --control-vector-layer-range START END (inclusive).")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    type=click.Choice(TARGETS),
+    help="Binary to print a line for (default: llama-server and llama-cli).",
+)
+@click.option(
+    "--legacy-syntax",
+    is_flag=True,
+    help="Pre-December-2025 llama.cpp: --control-vector-scaled FILE SCALE.",
+)
+@click.option(
+    "--model-path",
+    default=None,
+    help="Model path for -m (default: the pack's .gguf source, else MODEL.gguf).",
+)
+@click.option(
+    "--vector-dir",
+    default=None,
+    help="Folder of the GGUF files in the command (default: the pack path).",
+)
+@click.option(
+    "--layer-range",
+    nargs=2,
+    type=int,
+    default=None,
+    metavar="START END",
+    help="Add --control-vector-layer-range START END (inclusive).",
+)
 @click.option("--multiline", is_flag=True, help="One option per line, joined with backslashes.")
 @one_line_errors
-def commands(pack: Path, assignments: tuple[str, ...], preset: str | None, targets: tuple[str, ...],
-             legacy_syntax: bool, model_path: str | None, vector_dir: str | None,
-             layer_range: tuple[int, int] | None, multiline: bool) -> None:
+def commands(
+    pack: Path,
+    assignments: tuple[str, ...],
+    preset: str | None,
+    targets: tuple[str, ...],
+    legacy_syntax: bool,
+    model_path: str | None,
+    vector_dir: str | None,
+    layer_range: tuple[int, int] | None,
+    multiline: bool,
+) -> None:
     """Print llama.cpp command lines that load a pack's vectors at the chosen scales.
 
     Each axis loads its __debias file at scale 1 plus the pole file its sign picks, at |scale|.
@@ -187,16 +378,26 @@ def commands(pack: Path, assignments: tuple[str, ...], preset: str | None, targe
     _check_files_exist(pack, manifest, selection)
     directory = vector_dir if vector_dir is not None else str(pack)
     for target in targets or ("llama-server", "llama-cli"):
-        click.echo(build_command(
-            manifest, selection, target=target, model_path=model_path or default_model_path(manifest),
-            vector_dir=directory, legacy_syntax=legacy_syntax, layer_range=layer_range, multiline=multiline,
-        ))
+        click.echo(
+            build_command(
+                manifest,
+                selection,
+                target=target,
+                model_path=model_path or default_model_path(manifest),
+                vector_dir=directory,
+                legacy_syntax=legacy_syntax,
+                layer_range=layer_range,
+                multiline=multiline,
+            )
+        )
     advice = combination_advice(selection)
     if advice:
         click.echo(advice, err=True)
 
 
-def _check_files_exist(pack: Path, manifest: dict[str, Any], selection: list[tuple[str, float]]) -> None:
+def _check_files_exist(
+    pack: Path, manifest: dict[str, Any], selection: list[tuple[str, float]]
+) -> None:
     for axis, _ in selection:
         files = manifest["axes"].get(axis, {}).get("files", {})
         for name in files.values():
@@ -212,7 +413,9 @@ def axes() -> None:
     width = max(len(axis.name) for axis in rows)
     click.echo(f"{'axis':<{width}}  {'negative':<12} {'positive':<18} pairs")
     for axis in rows:
-        click.echo(f"{axis.name:<{width}}  {axis.classes[0]:<12} {axis.classes[1]:<18} {len(axis.pairs)}")
+        click.echo(
+            f"{axis.name:<{width}}  {axis.classes[0]:<12} {axis.classes[1]:<18} {len(axis.pairs)}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ language-model head never run. States are cast to float32 before they leave the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,9 @@ class WorkItem:
     token_ids: Sequence[int]
 
 
-def plan_batches(lengths: Sequence[int], *, batch_tokens: int, max_batch: int = 256) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], *, batch_tokens: int, max_batch: int = 256
+) -> list[list[int]]:
     """Group item indices into batches of similar length (longest first).
 
     A batch is padded to its longest prompt; it holds at most `max_batch` prompts and at most
@@ -62,7 +64,9 @@ def _block_output(output: Any) -> torch.Tensor:
 
 @contextmanager
 def capture_block_outputs(
-    blocks: torch.nn.ModuleList, wanted: Sequence[int], last_index: torch.Tensor,
+    blocks: torch.nn.ModuleList,
+    wanted: Sequence[int],
+    last_index: torch.Tensor,
     sink: dict[int, torch.Tensor],
 ) -> Iterator[None]:
     """Hook blocks `wanted` so each writes its (batch, d) float32 state at `last_index` into
@@ -105,18 +109,20 @@ def pad_batch(
 
 @torch.inference_mode()
 def forward_last_token_states(
-    model: torch.nn.Module, blocks: torch.nn.ModuleList, wanted: Sequence[int],
-    token_lists: Sequence[Sequence[int]], *, pad_id: int, device: torch.device,
+    model: torch.nn.Module,
+    blocks: torch.nn.ModuleList,
+    wanted: Sequence[int],
+    token_lists: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    device: torch.device,
 ) -> np.ndarray:
     """Run one batch and return float32 states of shape (len(wanted), batch, d), in the
     order of `wanted`, read at each prompt's last real token."""
     input_ids, mask, last = pad_batch(token_lists, pad_id=pad_id, device=device)
     sink: dict[int, torch.Tensor] = {}
-    with capture_block_outputs(blocks, wanted, last, sink):
-        try:
-            model(input_ids=input_ids, attention_mask=mask, use_cache=False)
-        except _StopForward:
-            pass
+    with capture_block_outputs(blocks, wanted, last, sink), suppress(_StopForward):
+        model(input_ids=input_ids, attention_mask=mask, use_cache=False)
     missing = [block for block in wanted if block not in sink]
     if missing:
         raise RuntimeError(f"blocks {missing} never ran; is the block list the model's own?")
@@ -124,8 +130,14 @@ def forward_last_token_states(
 
 
 def run_collection(
-    model: torch.nn.Module, blocks: torch.nn.ModuleList, wanted: Sequence[int],
-    items: Sequence[WorkItem], *, pad_id: int, device: torch.device, batch_tokens: int,
+    model: torch.nn.Module,
+    blocks: torch.nn.ModuleList,
+    wanted: Sequence[int],
+    items: Sequence[WorkItem],
+    *,
+    pad_id: int,
+    device: torch.device,
+    batch_tokens: int,
     write: Callable[[int, list[int], np.ndarray], None],
     progress: Callable[[int], None] | None = None,
 ) -> None:
@@ -155,5 +167,5 @@ def block_features(states: Sequence[np.ndarray], *, features: str) -> list[np.nd
         return [np.asarray(h, dtype=np.float32) for h in states[1:]]
     return [
         np.asarray(current, dtype=np.float32) - np.asarray(previous, dtype=np.float32)
-        for previous, current in zip(states[:-1], states[1:])
+        for previous, current in zip(states[:-1], states[1:], strict=False)
     ]

@@ -112,7 +112,7 @@ def _check_pair(path: Path, index: int, pair: Any) -> tuple[str, str]:
         got = f"{len(pair)} items" if isinstance(pair, list) else type(pair).__name__
         raise DataError(f"{path}: field '{field}' has {got}; expected [negative, positive]")
     sides: list[str] = []
-    for side, text in zip(("negative", "positive"), pair):
+    for side, text in zip(("negative", "positive"), pair, strict=False):
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}: field '{field}' has an empty {side} continuation")
         sides.append(text.strip())
@@ -198,9 +198,7 @@ def _clean_prompts(source: str, items: Sequence[Any], field: str) -> tuple[str, 
 def _pick_column(source: str, columns: Sequence[str], column: str | None) -> str:
     if column is not None:
         if column not in columns:
-            raise DataError(
-                f"{source}: column '{column}' not found; columns: {', '.join(columns)}"
-            )
+            raise DataError(f"{source}: column '{column}' not found; columns: {', '.join(columns)}")
         return column
     for guess in PROMPT_COLUMN_GUESSES:
         if guess in columns:

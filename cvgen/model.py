@@ -76,7 +76,9 @@ def _sampled_file_hash(path: Path) -> str:
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as handle:
-        for offset in sorted({0, max(0, size // 2 - IDENTITY_CHUNK // 2), max(0, size - IDENTITY_CHUNK)}):
+        for offset in sorted(
+            {0, max(0, size // 2 - IDENTITY_CHUNK // 2), max(0, size - IDENTITY_CHUNK)}
+        ):
             handle.seek(offset)
             digest.update(handle.read(IDENTITY_CHUNK))
     return digest.hexdigest()
@@ -91,7 +93,9 @@ def resolve_model_source(spec: str) -> ModelSource:
         return ModelSource(spec, "gguf", str(path.resolve().parent), path.name)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"--model: folder {spec} has no config.json (not a Hugging Face model)")
+            raise ModelError(
+                f"--model: folder {spec} has no config.json (not a Hugging Face model)"
+            )
         return ModelSource(spec, "folder", str(path.resolve()))
     if path.exists():
         raise ModelError(f"--model: {spec} is a file but not a .gguf file")
@@ -103,7 +107,7 @@ def resolve_model_source(spec: str) -> ModelSource:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" is cuda when available, then mps, else cpu."""
+    """ "auto" is cuda when available, then mps, else cpu."""
     if device != "auto":
         try:
             return torch.device(device)
@@ -117,7 +121,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """"auto" is float32 on cpu, bfloat16 on cuda when supported, else float16."""
+    """ "auto" is float32 on cpu, bfloat16 on cuda when supported, else float16."""
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -134,7 +138,9 @@ def load_config(source: ModelSource, *, trust_remote_code: bool) -> Any:
             source.directory, **source.load_kwargs(trust_remote_code=trust_remote_code)
         )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {source.spec}: cannot read its config ({_first_line(exc)})") from None
+        raise ModelError(
+            f"--model {source.spec}: cannot read its config ({_first_line(exc)})"
+        ) from None
 
 
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool) -> Any:
@@ -146,7 +152,9 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool) -> Any:
             source.directory, **source.load_kwargs(trust_remote_code=trust_remote_code)
         )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {source.spec}: cannot load its tokenizer ({_first_line(exc)})") from None
+        raise ModelError(
+            f"--model {source.spec}: cannot load its tokenizer ({_first_line(exc)})"
+        ) from None
 
 
 def load_causal_lm(
@@ -162,8 +170,11 @@ def load_causal_lm(
             **source.load_kwargs(trust_remote_code=trust_remote_code),
         )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {source.spec}: cannot load the model ({_first_line(exc)})") from None
-    return model.to(device).eval()
+        raise ModelError(
+            f"--model {source.spec}: cannot load the model ({_first_line(exc)})"
+        ) from None
+    moved: Any = model
+    return moved.to(device).eval()
 
 
 def config_dimensions(config: Any, source: ModelSource) -> tuple[int, int]:
@@ -178,8 +189,14 @@ def config_dimensions(config: Any, source: ModelSource) -> tuple[int, int]:
 
 def find_decoder_blocks(model: torch.nn.Module, n_layer: int) -> torch.nn.ModuleList:
     """The model's list of decoder blocks (e.g. `model.model.layers`, `transformer.h`)."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h",
-                 "gpt_neox.layers", "model.decoder.layers", "language_model.model.layers"):
+    for path in (
+        "model.layers",
+        "model.language_model.layers",
+        "transformer.h",
+        "gpt_neox.layers",
+        "model.decoder.layers",
+        "language_model.model.layers",
+    ):
         module: Any = model
         for part in path.split("."):
             module = getattr(module, part, None)
@@ -187,7 +204,7 @@ def find_decoder_blocks(model: torch.nn.Module, n_layer: int) -> torch.nn.Module
                 break
         if isinstance(module, torch.nn.ModuleList) and len(module) == n_layer:
             return module
-    for name, module in model.named_modules():
+    for _name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == n_layer:
             return module
     raise ModelError(

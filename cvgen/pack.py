@@ -130,7 +130,9 @@ def write_pack(
     `cvgen.*` keys of that file. Everything is staged beside `out` and renamed into place.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists())):
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists())
+    ):
         raise PackError(f"--out {out}: exists and is not a cvgen pack; choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.part-{os.getpid()}"
@@ -148,7 +150,9 @@ def write_pack(
         with (staging / SAMPLES_NAME).open("w", encoding="utf-8") as handle:
             for row in samples:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (staging / MANIFEST_NAME).write_text(
+            json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
+        )
         (staging / README_NAME).write_text(readme, encoding="utf-8")
         _swap_into_place(staging, out)
     except BaseException:

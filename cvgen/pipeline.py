@@ -85,7 +85,9 @@ def _load_inputs(settings: GenerateSettings) -> _Inputs:
     prompts = load_writing_prompts(
         settings.prompts, split=settings.prompts_split, column=settings.prompts_column
     )
-    plan = draw_samples(settings.samples, stems=stems, n_prompts=len(prompts), axes=axes, seed=settings.seed)
+    plan = draw_samples(
+        settings.samples, stems=stems, n_prompts=len(prompts), axes=axes, seed=settings.seed
+    )
     return _Inputs(stems, axes, prompts, plan)
 
 
@@ -104,20 +106,28 @@ def _samples_rows(inputs: _Inputs) -> list[dict[str, Any]]:
     rows = []
     for row in range(len(inputs.plan)):
         prompt_index = int(inputs.plan.prompt_index[row])
-        rows.append({
-            "sample": row,
-            "stem_index": int(inputs.plan.stem_index[row]),
-            "stem": inputs.stems.stem(int(inputs.plan.stem_index[row])),
-            "prompt_index": prompt_index,
-            "prompt": inputs.prompts[prompt_index],
-            "pairs": {axis.name: int(inputs.plan.pair_index[axis.name][row]) for axis in inputs.axes},
-        })
+        rows.append(
+            {
+                "sample": row,
+                "stem_index": int(inputs.plan.stem_index[row]),
+                "stem": inputs.stems.stem(int(inputs.plan.stem_index[row])),
+                "prompt_index": prompt_index,
+                "prompt": inputs.prompts[prompt_index],
+                "pairs": {
+                    axis.name: int(inputs.plan.pair_index[axis.name][row]) for axis in inputs.axes
+                },
+            }
+        )
     return rows
 
 
 def _collect(
-    settings: GenerateSettings, source: ModelSource, arrays: dict[str, StateArray],
-    tokens: dict[str, list[list[int]]], stored_blocks: Sequence[int], pad_id: int,
+    settings: GenerateSettings,
+    source: ModelSource,
+    arrays: dict[str, StateArray],
+    tokens: dict[str, list[list[int]]],
+    stored_blocks: Sequence[int],
+    pad_id: int,
     show_progress: bool,
 ) -> int:
     """Run the model over every pending row of every array; return the number of prompts run."""
@@ -131,13 +141,20 @@ def _collect(
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     log.info("loading %s (%s on %s)", source.spec, str(dtype).removeprefix("torch."), device)
-    model = load_causal_lm(source, dtype=dtype, device=device, trust_remote_code=settings.trust_remote_code)
+    model = load_causal_lm(
+        source, dtype=dtype, device=device, trust_remote_code=settings.trust_remote_code
+    )
     n_layer = len(stored_blocks) and config_dimensions(model.config, source)[0]
     blocks = find_decoder_blocks(model, n_layer)
     targets = list(arrays.values())
     with tqdm(total=len(items), unit="prompt", desc="collecting", disable=not show_progress) as bar:
         run_collection(
-            model, blocks, stored_blocks, items, pad_id=pad_id, device=device,
+            model,
+            blocks,
+            stored_blocks,
+            items,
+            pad_id=pad_id,
+            device=device,
             batch_tokens=settings.batch_tokens,
             write=lambda target, rows, states: targets[target].write_rows(rows, states),
             progress=bar.update,
@@ -146,19 +163,29 @@ def _collect(
 
 
 def _solve_axis(
-    settings: GenerateSettings, axis: Axis, arrays: dict[str, StateArray], stored_blocks: Sequence[int],
+    settings: GenerateSettings,
+    axis: Axis,
+    arrays: dict[str, StateArray],
+    stored_blocks: Sequence[int],
 ) -> dict[int, BlockDirection]:
     """Solve every steerable block of one axis: block -> direction (blocks with none left out)."""
     method = get_method(settings.method)
     options = SolverOptions(tau=settings.tau, eigen_candidates=settings.eigen_candidates)
     solved: dict[int, BlockDirection] = {}
-    for previous, block in zip(stored_blocks[:-1], stored_blocks[1:]):
+    for previous, block in zip(stored_blocks[:-1], stored_blocks[1:], strict=False):
         per_array = {
-            name: block_features([arrays[name].block(previous), arrays[name].block(block)], features=settings.features)[0]
+            name: block_features(
+                [arrays[name].block(previous), arrays[name].block(block)],
+                features=settings.features,
+            )[0]
             for name in (BASELINE, f"{axis.name}/negative", f"{axis.name}/positive")
         }
         baseline = per_array[BASELINE]
-        result = method(per_array[f"{axis.name}/negative"] - baseline, per_array[f"{axis.name}/positive"] - baseline, options)
+        result = method(
+            per_array[f"{axis.name}/negative"] - baseline,
+            per_array[f"{axis.name}/positive"] - baseline,
+            options,
+        )
         if result is not None:
             solved[block] = result
     if not solved:
@@ -169,8 +196,12 @@ def _solve_axis(
     return solved
 
 
-def _file_metadata(settings: GenerateSettings, axis: Axis, role: str, model_name: str) -> dict[str, Any]:
-    class_name = {"debias": "debias", "negative": axis.classes[0], "positive": axis.classes[1]}[role]
+def _file_metadata(
+    settings: GenerateSettings, axis: Axis, role: str, model_name: str
+) -> dict[str, Any]:
+    class_name = {"debias": "debias", "negative": axis.classes[0], "positive": axis.classes[1]}[
+        role
+    ]
     return {
         "cvgen.version": __version__,
         "cvgen.axis": axis.name,
@@ -206,24 +237,44 @@ def generate_pack(
 
     rendered = {
         name: [
-            render_text(tokenizer, text, inputs.prompts[int(inputs.plan.prompt_index[row])], system_turn=settings.system_message)
+            render_text(
+                tokenizer,
+                text,
+                inputs.prompts[int(inputs.plan.prompt_index[row])],
+                system_turn=settings.system_message,
+            )
             for row, text in enumerate(texts)
         ]
         for name, texts in _system_texts(inputs).items()
     }
     identity = source.identity(config)
-    dtype_name = str(resolve_dtype(settings.dtype, resolve_device(settings.device))).removeprefix("torch.")
+    dtype_name = str(resolve_dtype(settings.dtype, resolve_device(settings.device))).removeprefix(
+        "torch."
+    )
     root = store_root or default_store_root()
     arrays = {
         name: StateArray.open(
-            root, content_key(model_identity=identity, dtype=dtype_name, blocks=stored_blocks, texts=texts),
-            n=len(texts), blocks=stored_blocks, width=n_embd,
-            description={"model": identity, "dtype": dtype_name, "array": name, "blocks": stored_blocks},
+            root,
+            content_key(
+                model_identity=identity, dtype=dtype_name, blocks=stored_blocks, texts=texts
+            ),
+            n=len(texts),
+            blocks=stored_blocks,
+            width=n_embd,
+            description={
+                "model": identity,
+                "dtype": dtype_name,
+                "array": name,
+                "blocks": stored_blocks,
+            },
         )
         for name, texts in rendered.items()
     }
     pending = {name: array.pending_rows().size for name, array in arrays.items()}
-    tokens = {name: tokenize_texts(tokenizer, texts) if pending[name] else [] for name, texts in rendered.items()}
+    tokens = {
+        name: tokenize_texts(tokenizer, texts) if pending[name] else []
+        for name, texts in rendered.items()
+    }
     pad_id = _pad_id(tokenizer)
     collected = _collect(settings, source, arrays, tokens, stored_blocks, pad_id, show_progress)
 
@@ -237,22 +288,37 @@ def generate_pack(
             for role in ("debias", "negative", "positive")
         }
         metadata[axis.name] = {
-            role: _file_metadata(settings, axis, role, source.name) for role in ("debias", "negative", "positive")
+            role: _file_metadata(settings, axis, role, source.name)
+            for role in ("debias", "negative", "positive")
         }
         manifest["axes"][axis.name]["layers"] = sorted(solved)
-        manifest["axes"][axis.name]["fisher_ratio"] = {str(k): round(v.fisher_ratio, 4) for k, v in solved.items()}
+        manifest["axes"][axis.name]["fisher_ratio"] = {
+            str(k): round(v.fisher_ratio, 4) for k, v in solved.items()
+        }
     example = example_command(manifest, out)
-    write_pack(out, manifest, vectors, metadata, _samples_rows(inputs), render_pack_readme(manifest, example))
+    write_pack(
+        out,
+        manifest,
+        vectors,
+        metadata,
+        _samples_rows(inputs),
+        render_pack_readme(manifest, example),
+    )
     total = sum(len(texts) for texts in rendered.values())
-    return PackResult(out=out, manifest=manifest, collected_prompts=collected, reused_prompts=total - collected)
+    return PackResult(
+        out=out, manifest=manifest, collected_prompts=collected, reused_prompts=total - collected
+    )
 
 
 def example_command(manifest: dict[str, Any], out: Path) -> str:
     """A llama-server command loading the first axis's positive pole at +0.5."""
     first_axis = next(iter(manifest["axes"]))
     return build_command(
-        manifest, [(first_axis, 0.5)], target="llama-server",
-        model_path=default_model_path(manifest), vector_dir=str(out),
+        manifest,
+        [(first_axis, 0.5)],
+        target="llama-server",
+        model_path=default_model_path(manifest),
+        vector_dir=str(out),
     )
 
 
@@ -265,8 +331,14 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _manifest(
-    settings: GenerateSettings, source: ModelSource, config: Any, n_layer: int, n_embd: int,
-    layers: list[int], inputs: _Inputs, identity: str,
+    settings: GenerateSettings,
+    source: ModelSource,
+    config: Any,
+    n_layer: int,
+    n_embd: int,
+    layers: list[int],
+    inputs: _Inputs,
+    identity: str,
 ) -> dict[str, Any]:
     return {
         "format": PACK_FORMAT,
@@ -297,8 +369,12 @@ def _manifest(
             }
             for axis in inputs.axes
         },
-        "samples": {"file": SAMPLES_NAME, "count": len(inputs.plan), "prompts": len(inputs.prompts),
-                    "stems": len(inputs.stems)},
+        "samples": {
+            "file": SAMPLES_NAME,
+            "count": len(inputs.plan),
+            "prompts": len(inputs.prompts),
+            "stems": len(inputs.stems),
+        },
         "presets": {},
     }
 

@@ -67,7 +67,9 @@ def check_system_turn(tokenizer: ChatTokenizer, model_name: str) -> None:
         )
 
 
-def render_text(tokenizer: ChatTokenizer, system_text: str, prompt: str, *, system_turn: bool) -> str:
+def render_text(
+    tokenizer: ChatTokenizer, system_text: str, prompt: str, *, system_turn: bool
+) -> str:
     """The prompt string for one text, chat template applied with the generation prompt."""
     if not has_chat_template(tokenizer):
         joiner = "\n\n" if system_turn else " "

@@ -57,7 +57,9 @@ def _draw_keys(n: int, population: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _assign_pairs(keys: np.ndarray, population: int, n_pairs: int, seed: int, axis: str) -> np.ndarray:
+def _assign_pairs(
+    keys: np.ndarray, population: int, n_pairs: int, seed: int, axis: str
+) -> np.ndarray:
     """Pair index per sample: balanced over pairs in the first round, shifted in later ones."""
     rng = _axis_seed(seed, axis)
     order = rng.permutation(n_pairs)

@@ -46,7 +46,9 @@ def texts_digest(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def content_key(*, model_identity: str, dtype: str, blocks: Sequence[int], texts: Sequence[str]) -> str:
+def content_key(
+    *, model_identity: str, dtype: str, blocks: Sequence[int], texts: Sequence[str]
+) -> str:
     """The store key of an array of states."""
     description = {
         "format": STORE_FORMAT,
@@ -83,7 +85,13 @@ class StateArray:
 
     @classmethod
     def open(
-        cls, root: Path, key: str, *, n: int, blocks: Sequence[int], width: int,
+        cls,
+        root: Path,
+        key: str,
+        *,
+        n: int,
+        blocks: Sequence[int],
+        width: int,
         description: dict[str, Any] | None = None,
     ) -> StateArray:
         """Open the array `key`, creating it (all rows pending) when it does not exist."""

@@ -52,7 +52,8 @@ def _train_tokenizer(template: str | None) -> object:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials,
+        vocab_size=600,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     root = data_root()
@@ -62,24 +63,35 @@ def _train_tokenizer(template: str | None) -> object:
         corpus += axis.read_text().splitlines()
     tokenizer.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-        pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
     )
     if template is not None:
         fast.chat_template = template
     return fast
 
 
-def build_pico_model(folder: Path, family: str, *, template: str | None = CHATML_TEMPLATE, seed: int = 0) -> Path:
+def build_pico_model(
+    folder: Path, family: str, *, template: str | None = CHATML_TEMPLATE, seed: int = 0
+) -> Path:
     """Save a random pico model of `family` ("llama" or "qwen2") with its tokenizer in `folder`."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     tokenizer = _train_tokenizer(template)
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,  # type: ignore[arg-type]
-        num_hidden_layers=PICO_LAYERS, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,  # type: ignore[arg-type]
+        num_hidden_layers=PICO_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
         pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
     )
     config = LlamaConfig(**common) if family == "llama" else Qwen2Config(**common)
@@ -101,7 +113,9 @@ def pico_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def pico_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_pico_model(tmp_path_factory.mktemp("pico-qwen2"), "qwen2", template=NO_SYSTEM_TEMPLATE, seed=1)
+    return build_pico_model(
+        tmp_path_factory.mktemp("pico-qwen2"), "qwen2", template=NO_SYSTEM_TEMPLATE, seed=1
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PICO_LAYERS
 
 from cvgen.collect import block_features, forward_last_token_states, plan_batches
 from cvgen.model import find_decoder_blocks
-
-from conftest import PICO_LAYERS
 
 CPU = torch.device("cpu")
 
@@ -24,12 +23,18 @@ def _load(folder: Path) -> tuple[torch.nn.Module, object]:
 
 
 def _token_lists(tokenizer: object) -> list[list[int]]:
-    texts = ["You are a poet. Write a haiku.", "Act as a novelist who writes long and lavish sentences. Write a story about rain.", "Be brief."]
+    texts = [
+        "You are a poet. Write a haiku.",
+        "Act as a novelist who writes long and lavish sentences. Write a story about rain.",
+        "Be brief.",
+    ]
     return [tokenizer(t)["input_ids"] for t in texts]  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("family", ["pico_llama", "pico_qwen2"])
-def test_batched_states_equal_one_prompt_at_a_time(family: str, request: pytest.FixtureRequest) -> None:
+def test_batched_states_equal_one_prompt_at_a_time(
+    family: str, request: pytest.FixtureRequest
+) -> None:
     model, tokenizer = _load(request.getfixturevalue(family))
     blocks = find_decoder_blocks(model, PICO_LAYERS)
     token_lists = _token_lists(tokenizer)
@@ -52,18 +57,24 @@ def test_last_block_is_read_before_the_final_norm(pico_llama: Path) -> None:
     ids = _token_lists(tokenizer)[0]
     captured: dict[str, torch.Tensor] = {}
     handle = blocks[-1].register_forward_hook(
-        lambda module, args, output: captured.setdefault("out", output if isinstance(output, torch.Tensor) else output[0])
+        lambda module, args, output: captured.setdefault(
+            "out", output if isinstance(output, torch.Tensor) else output[0]
+        )
     )
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
     handle.remove()
-    ours = forward_last_token_states(model, blocks, [PICO_LAYERS - 2, PICO_LAYERS - 1], [ids], pad_id=0, device=CPU)
+    ours = forward_last_token_states(
+        model, blocks, [PICO_LAYERS - 2, PICO_LAYERS - 1], [ids], pad_id=0, device=CPU
+    )
     block_output = captured["out"][0, -1].numpy()
     np.testing.assert_allclose(ours[1, 0], block_output, atol=1e-5)
     normed = out.hidden_states[-1][0, -1].numpy()  # transformers applies the final norm here
     assert not np.allclose(ours[1, 0], normed, atol=1e-2)
     delta = block_features([ours[0], ours[1]], features="delta")[0]
-    np.testing.assert_allclose(delta[0], block_output - out.hidden_states[-2][0, -1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        delta[0], block_output - out.hidden_states[-2][0, -1].numpy(), atol=1e-5
+    )
 
 
 def test_forward_stops_after_the_last_needed_block(pico_llama: Path) -> None:
@@ -72,9 +83,14 @@ def test_forward_stops_after_the_last_needed_block(pico_llama: Path) -> None:
     calls: list[str] = []
     modules = {f"block{k}": blocks[k] for k in range(PICO_LAYERS)}
     modules |= {"norm": model.model.norm, "lm_head": model.lm_head}
-    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: calls.append(name)) for name, m in modules.items()]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: calls.append(name))
+        for name, m in modules.items()
+    ]
     try:
-        forward_last_token_states(model, blocks, [1, 2], _token_lists(tokenizer), pad_id=0, device=CPU)
+        forward_last_token_states(
+            model, blocks, [1, 2], _token_lists(tokenizer), pad_id=0, device=CPU
+        )
     finally:
         for handle in handles:
             handle.remove()

@@ -66,16 +66,23 @@ GOOD = {"classes": ["calm", "angry"], "data": [["who stays calm", "who rages"], 
         ({"classes": ["calm", "calm"], "data": GOOD["data"]}, "names the same class twice: 'calm'"),
         ({"classes": GOOD["classes"]}, "field 'data' is missing"),
         ({"classes": GOOD["classes"], "data": [["x", "y", "z"]]}, "field 'data[0]' has 3 items"),
-        ({"classes": GOOD["classes"], "data": [["x", "y"], ["only"]]}, "field 'data[1]' has 1 items"),
+        (
+            {"classes": GOOD["classes"], "data": [["x", "y"], ["only"]]},
+            "field 'data[1]' has 1 items",
+        ),
         ({"classes": GOOD["classes"], "data": [["x", "  "]]}, "'data[0]' has an empty positive"),
         ({"classes": GOOD["classes"], "data": [["", "y"]]}, "'data[0]' has an empty negative"),
-        ({"classes": GOOD["classes"], "data": [["x", "y"], ["p", "q"], ["x", "y"]]},
-         "field 'data[2]' duplicates data[0]"),
+        (
+            {"classes": GOOD["classes"], "data": [["x", "y"], ["p", "q"], ["x", "y"]]},
+            "field 'data[2]' duplicates data[0]",
+        ),
         ({"classes": GOOD["classes"], "data": [["same", "same"]]}, "same text on both sides"),
         ({"name": "bad name!", **GOOD}, "field 'name' is 'bad name!'"),
     ],
 )
-def test_user_axis_errors_name_file_and_field(tmp_path: Path, content: object, message: str) -> None:
+def test_user_axis_errors_name_file_and_field(
+    tmp_path: Path, content: object, message: str
+) -> None:
     path = _axis_file(tmp_path, content)
     with pytest.raises(DataError) as caught:
         load_axis(str(path))
@@ -92,7 +99,9 @@ def test_user_axis_file_loads(tmp_path: Path) -> None:
 
 
 def test_unknown_axis_lists_shipped_ones() -> None:
-    with pytest.raises(DataError, match="unknown axis 'nope'; shipped axes: character_focus, compassion"):
+    with pytest.raises(
+        DataError, match="unknown axis 'nope'; shipped axes: character_focus, compassion"
+    ):
         load_axis("nope")
 
 
@@ -114,7 +123,9 @@ def test_prompts_from_jsonl_csv_parquet(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     rows = ["Write a fable.", "Write a letter.", "Write a fable."]
-    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({"id": i, "prompt": r}) for i, r in enumerate(rows)))
+    (tmp_path / "p.jsonl").write_text(
+        "\n".join(json.dumps({"id": i, "prompt": r}) for i, r in enumerate(rows))
+    )
     (tmp_path / "p.csv").write_text("id,text\n" + "\n".join(f"{i},{r}" for i, r in enumerate(rows)))
     pq.write_table(pa.table({"task": rows}), tmp_path / "p.parquet")
     expected = ("Write a fable.", "Write a letter.")

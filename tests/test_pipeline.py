@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PICO_LAYERS
 
 from cvgen.gguf_io import llamacpp_problems, read_control_vector
 from cvgen.pack import PackError
@@ -16,11 +17,11 @@ from cvgen.prompts import PromptError
 from cvgen.settings import GenerateSettings, LayerSkip
 from cvgen.store import StateArray
 
-from conftest import PICO_LAYERS
-
 
 def _settings(model: Path, **overrides: object) -> GenerateSettings:
-    values: dict[str, object] = dict(model=str(model), axes=("language", "optimism"), samples=16, seed=3, tau=0.0)
+    values: dict[str, object] = dict(
+        model=str(model), axes=("language", "optimism"), samples=16, seed=3, tau=0.0
+    )
     values.update(overrides)
     return GenerateSettings(**values)  # type: ignore[arg-type]
 
@@ -29,14 +30,19 @@ def _vectors(pack: Path) -> dict[str, dict[int, np.ndarray]]:
     return {p.name: read_control_vector(p).directions for p in sorted(pack.glob("*.gguf"))}
 
 
-def test_pack_has_three_valid_files_per_axis_and_records_samples(pico_llama: Path, tmp_path: Path) -> None:
+def test_pack_has_three_valid_files_per_axis_and_records_samples(
+    pico_llama: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "pack"
     result = generate_pack(_settings(pico_llama), out, show_progress=False)
     manifest = json.loads((out / "pack.json").read_text())
     assert manifest == result.manifest
     assert sorted(p.name for p in out.glob("*.gguf")) == sorted(
         f"{pico_llama.name}-{axis}__{role}.gguf"
-        for axis, roles in {"language": ("debias", "simple", "ornate"), "optimism": ("debias", "optimism", "nihilism")}.items()
+        for axis, roles in {
+            "language": ("debias", "simple", "ornate"),
+            "optimism": ("debias", "optimism", "nihilism"),
+        }.items()
         for role in roles
     )
     for path in out.glob("*.gguf"):
@@ -44,13 +50,17 @@ def test_pack_has_three_valid_files_per_axis_and_records_samples(pico_llama: Pat
         assert ":" not in path.name
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 16 and set(samples[0]["pairs"]) == {"language", "optimism"}
-    assert manifest["layers"] == list(range(1, PICO_LAYERS - 1))  # block 0 and the last block skipped
+    assert manifest["layers"] == list(
+        range(1, PICO_LAYERS - 1)
+    )  # block 0 and the last block skipped
     assert result.collected_prompts == 16 * 5  # baseline once, shared by both axes
     readme = (out / "README.md").read_text()
     assert "language" in readme and "__debias.gguf" in readme
 
 
-def test_pole_files_are_opposite_and_debias_plus_pole_is_the_class_mean(pico_llama: Path, tmp_path: Path) -> None:
+def test_pole_files_are_opposite_and_debias_plus_pole_is_the_class_mean(
+    pico_llama: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "pack"
     generate_pack(_settings(pico_llama, axes=("language",)), out, show_progress=False)
     files = _vectors(out)
@@ -72,7 +82,9 @@ def _measured_shift(model_dir: Path, samples: list[dict], axis: dict, block: int
     pairs = axis["data"]
 
     def delta(text: str) -> np.ndarray:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
         ids = tokenizer(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             states = model(input_ids=ids, output_hidden_states=True).hidden_states
@@ -81,7 +93,10 @@ def _measured_shift(model_dir: Path, samples: list[dict], axis: dict, block: int
     shifts = []
     for sample in samples:
         positive = pairs[sample["pairs"]["language"]][1]
-        shifts.append(delta(f"{sample['stem']} {positive}. {sample['prompt']}") - delta(f"{sample['stem']}. {sample['prompt']}"))
+        shifts.append(
+            delta(f"{sample['stem']} {positive}. {sample['prompt']}")
+            - delta(f"{sample['stem']}. {sample['prompt']}")
+        )
     return np.mean(shifts, axis=0)
 
 
@@ -101,19 +116,35 @@ def test_direction_k_is_the_shift_measured_at_block_k(pico_llama: Path, tmp_path
         vector = debias[block] + positive[block]  # = m_B u: the positive class's mean shift along u
         unit = vector / np.linalg.norm(vector)
         # the measured mean shift at block k, projected on u, is exactly |vector|
-        assert float(measured[block] @ unit) == pytest.approx(float(np.linalg.norm(vector)), rel=1e-3, abs=1e-5)
+        assert float(measured[block] @ unit) == pytest.approx(
+            float(np.linalg.norm(vector)), rel=1e-3, abs=1e-5
+        )
         for neighbour in (block - 1, block + 1):  # a one-block shift would not match
             if neighbour in measured:
-                assert abs(float(measured[neighbour] @ unit) - float(np.linalg.norm(vector))) > 1e-2 * float(np.linalg.norm(vector))
+                assert abs(
+                    float(measured[neighbour] @ unit) - float(np.linalg.norm(vector))
+                ) > 1e-2 * float(np.linalg.norm(vector))
         checked += 1
     assert checked >= 2
 
 
-def test_rerun_reuses_states_and_a_new_axis_reuses_the_baseline(pico_llama: Path, tmp_path: Path) -> None:
-    first = generate_pack(_settings(pico_llama, axes=("language",)), tmp_path / "a", show_progress=False)
-    again = generate_pack(_settings(pico_llama, axes=("language",)), tmp_path / "b", show_progress=False)
-    grown = generate_pack(_settings(pico_llama, axes=("language", "humility")), tmp_path / "c", show_progress=False)
-    assert (first.collected_prompts, again.collected_prompts, grown.collected_prompts) == (48, 0, 32)
+def test_rerun_reuses_states_and_a_new_axis_reuses_the_baseline(
+    pico_llama: Path, tmp_path: Path
+) -> None:
+    first = generate_pack(
+        _settings(pico_llama, axes=("language",)), tmp_path / "a", show_progress=False
+    )
+    again = generate_pack(
+        _settings(pico_llama, axes=("language",)), tmp_path / "b", show_progress=False
+    )
+    grown = generate_pack(
+        _settings(pico_llama, axes=("language", "humility")), tmp_path / "c", show_progress=False
+    )
+    assert (first.collected_prompts, again.collected_prompts, grown.collected_prompts) == (
+        48,
+        0,
+        32,
+    )
     for name, vectors in _vectors(tmp_path / "a").items():
         for block, vector in vectors.items():
             np.testing.assert_array_equal(vector, _vectors(tmp_path / "b")[name][block])
@@ -123,7 +154,9 @@ def test_a_killed_collection_resumes_and_gives_identical_vectors(
     pico_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(pico_llama, axes=("language",), samples=24, batch_tokens=200)
-    reference = generate_pack(settings, tmp_path / "ref", store_root=tmp_path / "store-ref", show_progress=False)
+    reference = generate_pack(
+        settings, tmp_path / "ref", store_root=tmp_path / "store-ref", show_progress=False
+    )
     original = StateArray.write_rows
     written = {"batches": 0}
 
@@ -135,10 +168,14 @@ def test_a_killed_collection_resumes_and_gives_identical_vectors(
 
     monkeypatch.setattr(StateArray, "write_rows", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        generate_pack(settings, tmp_path / "resumed", store_root=tmp_path / "store", show_progress=False)
+        generate_pack(
+            settings, tmp_path / "resumed", store_root=tmp_path / "store", show_progress=False
+        )
     assert not (tmp_path / "resumed").exists()  # no partial pack
     monkeypatch.setattr(StateArray, "write_rows", original)
-    resumed = generate_pack(settings, tmp_path / "resumed", store_root=tmp_path / "store", show_progress=False)
+    resumed = generate_pack(
+        settings, tmp_path / "resumed", store_root=tmp_path / "store", show_progress=False
+    )
     assert 0 < resumed.collected_prompts < reference.collected_prompts
     assert resumed.reused_prompts == reference.collected_prompts - resumed.collected_prompts
     ref_vectors, new_vectors = _vectors(tmp_path / "ref"), _vectors(tmp_path / "resumed")
@@ -146,32 +183,54 @@ def test_a_killed_collection_resumes_and_gives_identical_vectors(
     for name in ref_vectors:
         assert ref_vectors[name].keys() == new_vectors[name].keys()
         for block in ref_vectors[name]:
-            np.testing.assert_allclose(new_vectors[name][block], ref_vectors[name][block], atol=1e-6)
+            np.testing.assert_allclose(
+                new_vectors[name][block], ref_vectors[name][block], atol=1e-6
+            )
 
 
 def test_second_family_and_methods(pico_qwen2: Path, tmp_path: Path) -> None:
     for method in ("cross-covariance", "mean-diff", "pca-diff"):
-        result = generate_pack(_settings(pico_qwen2, axes=("empathy",), method=method), tmp_path / method, show_progress=False)
+        result = generate_pack(
+            _settings(pico_qwen2, axes=("empathy",), method=method),
+            tmp_path / method,
+            show_progress=False,
+        )
         assert result.manifest["settings"]["method"] == method
         vectors = _vectors(tmp_path / method)
         assert len(vectors) == 3 and all(v for v in vectors.values())
-    names = {m: _vectors(tmp_path / m)[f"{pico_qwen2.name}-empathy__sociopathy.gguf"] for m in ("mean-diff", "pca-diff")}
-    assert any(not np.allclose(names["mean-diff"][k], names["pca-diff"][k]) for k in names["mean-diff"])
+    names = {
+        m: _vectors(tmp_path / m)[f"{pico_qwen2.name}-empathy__sociopathy.gguf"]
+        for m in ("mean-diff", "pca-diff")
+    }
+    assert any(
+        not np.allclose(names["mean-diff"][k], names["pca-diff"][k]) for k in names["mean-diff"]
+    )
 
 
 def test_system_turn_refused_by_a_template_without_one(pico_qwen2: Path, tmp_path: Path) -> None:
     with pytest.raises(PromptError, match="rejects a system turn"):
-        generate_pack(_settings(pico_qwen2, system_message=True), tmp_path / "p", show_progress=False)
+        generate_pack(
+            _settings(pico_qwen2, system_message=True), tmp_path / "p", show_progress=False
+        )
     assert not (tmp_path / "p").exists()
 
 
-def test_model_without_chat_template_uses_the_plain_fallback(pico_plain: Path, tmp_path: Path) -> None:
-    result = generate_pack(_settings(pico_plain, axes=("language",), samples=8), tmp_path / "p", show_progress=False)
+def test_model_without_chat_template_uses_the_plain_fallback(
+    pico_plain: Path, tmp_path: Path
+) -> None:
+    result = generate_pack(
+        _settings(pico_plain, axes=("language",), samples=8), tmp_path / "p", show_progress=False
+    )
     assert result.collected_prompts == 24
 
 
 def test_skip_fractions_and_refusing_a_foreign_folder(pico_llama: Path, tmp_path: Path) -> None:
-    settings = _settings(pico_llama, axes=("language",), skip_first=LayerSkip.parse("0.34", option="x"), skip_last=LayerSkip("0"))
+    settings = _settings(
+        pico_llama,
+        axes=("language",),
+        skip_first=LayerSkip.parse("0.34", option="x"),
+        skip_last=LayerSkip("0"),
+    )
     result = generate_pack(settings, tmp_path / "p", show_progress=False)
     assert result.manifest["layers"] == [2, 3, 4, 5]  # round(0.34 * 6) = 2 skipped at the start
     foreign = tmp_path / "foreign"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set everything up and run the checks: lint, format, types, and the whole test suite
+# (including the slow tests on the real SmolLM2-135M model). Extra arguments go to pytest.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+VENV="$(bash scripts/setup.sh)"
+PYTHON="$VENV/bin/python" bash scripts/fetch_model.sh >/dev/null
+export CVGEN_REQUIRE_REAL_MODEL="${CVGEN_REQUIRE_REAL_MODEL:-1}"
+echo "test: ruff check, ruff format --check, mypy" >&2
+"$VENV/bin/ruff" check cvgen tests scripts
+"$VENV/bin/ruff" format --check cvgen tests scripts
+"$VENV/bin/mypy" cvgen
+echo "test: pytest" >&2
+set +e
+"$VENV/bin/python" -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "test: pytest collected no tests; that is a failure" >&2
+  exit 1
+fi
+exit "$rc"

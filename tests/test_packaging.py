@@ -1,0 +1,81 @@
+"""A non-editable wheel carries the shipped data and works from any directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    wheel = next(wheels.glob("cvgen-*.whl"))
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    probe = (
+        "import json, cvgen, cvgen.data as d;"
+        "print(json.dumps({'file': cvgen.__file__, 'root': str(d.data_root()),"
+        " 'axes': d.shipped_axis_names(), 'prompts': len(d.load_writing_prompts()),"
+        " 'stems': len(d.load_stems())}))"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=elsewhere,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    facts = json.loads(done.stdout)
+    assert facts["file"].startswith(str(site))
+    assert facts["root"] == str(site / "cvgen" / "data")
+    assert len(facts["axes"]) == 8 and "language" in facts["axes"]
+    assert facts["prompts"] >= 500 and facts["stems"] >= 1600
+    axes = subprocess.run(
+        [sys.executable, "-c", "from cvgen.cli import main; main()", "axes"],
+        cwd=elsewhere,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "character_focus  narration" in axes.stdout

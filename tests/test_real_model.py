@@ -1,0 +1,82 @@
+"""The real SmolLM2-135M-Instruct GGUF (scripts/fetch_model.sh): slow, run in CI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import real_model_path
+
+from cvgen.gguf_io import llamacpp_problems, read_control_vector
+from cvgen.pipeline import generate_pack
+from cvgen.settings import GenerateSettings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_model() -> Path:
+    path = real_model_path()
+    if path is None:
+        if os.environ.get("CVGEN_REQUIRE_REAL_MODEL") == "1":
+            pytest.fail("the real model is required here: run scripts/fetch_model.sh")
+        pytest.skip("real model not cached; run scripts/fetch_model.sh")
+    return path
+
+
+def test_real_gguf_pack_is_valid_and_direction_k_matches_block_k(
+    real_model: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    settings = GenerateSettings(model=str(real_model), axes=("language",), samples=12, seed=5)
+    out = tmp_path / "pack"
+    result = generate_pack(settings, out, show_progress=False)
+    assert result.manifest["model"]["n_layer"] == 30 and result.manifest["model"]["n_embd"] == 576
+    for path in out.glob("*.gguf"):
+        assert llamacpp_problems(path, n_embd=576, n_layer=30) == []
+    files = {p.name.split("__")[1]: read_control_vector(p).directions for p in out.glob("*.gguf")}
+    assert len(files["ornate.gguf"]) >= 10  # most blocks pass tau on the real model
+
+    model = AutoModelForCausalLM.from_pretrained(
+        real_model.parent, gguf_file=real_model.name, dtype=torch.float32
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(real_model.parent, gguf_file=real_model.name)
+    axis = json.loads(
+        (Path(__file__).resolve().parent.parent / "axes" / "language.json").read_text()
+    )
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+    def hidden(text: str) -> tuple[torch.Tensor, ...]:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            return model(input_ids=ids, output_hidden_states=True).hidden_states
+
+    shifts = []
+    for sample in samples:
+        positive = axis["data"][sample["pairs"]["language"]][1]
+        pos = hidden(f"{sample['stem']} {positive}. {sample['prompt']}")
+        base = hidden(f"{sample['stem']}. {sample['prompt']}")
+        shifts.append(
+            np.stack(
+                [
+                    (
+                        pos[k + 1][0, -1] - pos[k][0, -1] - base[k + 1][0, -1] + base[k][0, -1]
+                    ).numpy()
+                    for k in range(29)
+                ]
+            )
+        )
+    measured = np.mean(shifts, axis=0)  # (block, d): the positive class's mean delta shift
+    for block in sorted(files["debias.gguf"])[:6]:
+        vector = files["debias.gguf"][block] + files["ornate.gguf"][block]
+        norm = float(np.linalg.norm(vector))
+        assert float(measured[block] @ vector) / norm == pytest.approx(norm, rel=2e-3)
+        assert abs(float(measured[block + 1] @ vector) / norm - norm) > 0.05 * norm

@@ -20,56 +20,45 @@ import click
 from cvgen import __version__
 from cvgen.commands import (
     TARGETS,
-    CommandError,
     build_command,
     combination_advice,
     default_model_path,
     parse_assignment,
     preset_selection,
 )
-from cvgen.data import DataError, load_axis, shipped_axis_names
+from cvgen.data import load_axis, shipped_axis_names
+from cvgen.errors import CvgenError
 from cvgen.gguf_io import (
-    ControlVectorError,
     describe_control_vector,
     llamacpp_problems,
     read_control_vector,
 )
-from cvgen.model import ModelError
 from cvgen.pack import PackError, load_manifest
-from cvgen.prompts import PromptError
-from cvgen.sampler import SamplerError
-from cvgen.settings import DTYPES, FEATURES, GenerateSettings, LayerSkip, SettingsError
-from cvgen.solve import METHODS, SolverError
-from cvgen.store import StoreError
+from cvgen.settings import DTYPES, FEATURES, GenerateSettings, LayerSkip
+from cvgen.solve import METHODS
 
-USER_ERRORS = (
-    DataError,
-    SettingsError,
-    ModelError,
-    PromptError,
-    CommandError,
-    PackError,
-    ControlVectorError,
-    SolverError,
-    StoreError,
-    SamplerError,
-)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def one_line_errors(func: F) -> F:
-    """Turn cvgen's own exceptions into a one-line `click.ClickException`."""
+    """Turn cvgen's own exceptions into a one-line `click.ClickException`; any other exception
+    is a bug, reported in one line too (set CVGEN_DEBUG=1 for the traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except USER_ERRORS as exc:
-            raise click.ClickException(" ".join(str(exc).split("\n"))) from None
-        except RuntimeError as exc:
-            if type(exc).__name__ == "GenerateError":
-                raise click.ClickException(str(exc)) from None
+        except CvgenError as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
             raise
+        except Exception as exc:
+            if os.environ.get("CVGEN_DEBUG") == "1":
+                raise
+            message = " ".join(str(exc).split()) or "no message"
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {message} (CVGEN_DEBUG=1 shows the traceback)"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -255,10 +244,15 @@ def generate(**options: Any) -> None:
         )
         elapsed = time.perf_counter() - started
     manifest = result.manifest
+    collect_seconds = result.timings.get("collect", 0.0)
+    rate = result.collected_prompts / collect_seconds if collect_seconds > 0 else 0.0
     click.echo(
-        f"wrote {result.out} ({len(manifest['axes'])} axes x 3 files, blocks "
-        f"{manifest['layers'][0]}..{manifest['layers'][-1]}) in {elapsed:.1f} s; "
-        f"prompts run: {result.collected_prompts}, reused from the store: {result.reused_prompts}"
+        f"wrote {result.out}: {len(manifest['axes'])} axes x 3 files, blocks "
+        f"{manifest['layers'][0]}..{manifest['layers'][-1]}, in {elapsed:.1f} s"
+    )
+    click.echo(
+        f"prompts run: {result.collected_prompts} in {collect_seconds:.1f} s ({rate:.2f} prompts/s);"
+        f" reused from the store: {result.reused_prompts}"
     )
     first = next(iter(manifest["axes"]))
     click.echo("\nexample:")

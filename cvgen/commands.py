@@ -69,6 +69,8 @@ from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
+from cvgen.errors import CvgenError
+
 __all__ = [
     "TARGETS",
     "CommandError",
@@ -91,7 +93,7 @@ _BARE_ARGUMENT_PATTERN = re.compile(r"[A-Za-z0-9_./:=+,@%-]+")
 _LINE_JOINER = " \\\n  "
 
 
-class CommandError(ValueError):
+class CommandError(CvgenError, ValueError):
     """A selection, option or manifest entry that cannot become a llama.cpp command line."""
 
 

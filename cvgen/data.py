@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cvgen.errors import CvgenError
+
 AXIS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 PROMPT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input")
 
 
-class DataError(ValueError):
+class DataError(CvgenError, ValueError):
     """Bad data file or field; the message names the file, the field and the value."""
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, ReaderTensor
 
+from cvgen.errors import CvgenError
+
 ARCHITECTURE = "controlvector"
 KEY_ARCHITECTURE = "general.architecture"
 KEY_MODEL_HINT = "controlvector.model_hint"
@@ -46,7 +48,7 @@ MetadataValue = str | int | float | bool | list[int]
 FloatVector = npt.NDArray[np.float32]
 
 
-class ControlVectorError(ValueError):
+class ControlVectorError(CvgenError, ValueError):
     """A control-vector file (or the data for one) that llama.cpp or cvgen would refuse.
 
     The message is one line naming the file, the field or tensor, and the offending value.

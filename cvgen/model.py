@@ -17,13 +17,15 @@ from typing import Any
 
 import torch
 
+from cvgen.errors import CvgenError
+
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 IDENTITY_CHUNK = 4 << 20  # bytes hashed at the head, middle and tail of each weight file
 
 
-class ModelError(ValueError):
+class ModelError(CvgenError, ValueError):
     """The model cannot be found, loaded or used; the message says which and why."""
 
 

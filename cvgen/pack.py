@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cvgen.errors import CvgenError
 from cvgen.gguf_io import write_control_vector
 
 MANIFEST_NAME = "pack.json"
@@ -27,7 +28,7 @@ ROLES = ("debias", "negative", "positive")
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class PackError(ValueError):
+class PackError(CvgenError, ValueError):
     """A pack folder or manifest is missing or malformed; the message names the file."""
 
 

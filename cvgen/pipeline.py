@@ -8,7 +8,8 @@ The stages never call each other; this module passes plain data between them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from cvgen import __version__
 from cvgen.collect import WorkItem, block_features, run_collection
 from cvgen.commands import build_command, default_model_path
 from cvgen.data import Axis, Stems, load_axis, load_stems, load_writing_prompts
+from cvgen.errors import CvgenError
 from cvgen.model import (
     ModelSource,
     config_dimensions,
@@ -35,6 +37,7 @@ from cvgen.model import (
 from cvgen.pack import (
     PACK_FORMAT,
     PACK_FORMAT_VERSION,
+    ROLES,
     SAMPLES_NAME,
     render_pack_readme,
     vector_file_names,
@@ -51,7 +54,7 @@ log = logging.getLogger("cvgen")
 BASELINE = "baseline"
 
 
-class GenerateError(RuntimeError):
+class GenerateError(CvgenError, RuntimeError):
     """The run cannot produce a pack (e.g. no block of an axis passed the solver)."""
 
 
@@ -144,8 +147,7 @@ def _collect(
     model = load_causal_lm(
         source, dtype=dtype, device=device, trust_remote_code=settings.trust_remote_code
     )
-    n_layer = len(stored_blocks) and config_dimensions(model.config, source)[0]
-    blocks = find_decoder_blocks(model, n_layer)
+    blocks = find_decoder_blocks(model, config_dimensions(model.config, source)[0])
     targets = list(arrays.values())
     with tqdm(total=len(items), unit="prompt", desc="collecting", disable=not show_progress) as bar:
         run_collection(
@@ -216,43 +218,33 @@ def _file_metadata(
     }
 
 
-def generate_pack(
-    settings: GenerateSettings,
-    out: Path,
-    *,
-    store_root: Path | None = None,
-    show_progress: bool = True,
-) -> PackResult:
-    """Make a pack at `out` for `settings`: sample, collect (reusing stored states), solve,
-    write the GGUF files, `pack.json`, `samples.jsonl` and the pack's README.md."""
-    inputs = _load_inputs(settings)
-    source = resolve_model_source(settings.model)
-    config = load_config(source, trust_remote_code=settings.trust_remote_code)
-    n_layer, n_embd = config_dimensions(config, source)
-    layers = select_blocks(n_layer, settings.skip_first, settings.skip_last)
-    stored_blocks = [layers[0] - 1, *layers]
-    tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
-    if settings.system_message:
-        check_system_turn(tokenizer, source.spec)
-
-    rendered = {
+def _render_all(inputs: _Inputs, tokenizer: Any, *, system_turn: bool) -> dict[str, list[str]]:
+    """The chat-formatted prompt string of every row of every array."""
+    return {
         name: [
             render_text(
                 tokenizer,
                 text,
                 inputs.prompts[int(inputs.plan.prompt_index[row])],
-                system_turn=settings.system_message,
+                system_turn=system_turn,
             )
             for row, text in enumerate(texts)
         ]
         for name, texts in _system_texts(inputs).items()
     }
-    identity = source.identity(config)
-    dtype_name = str(resolve_dtype(settings.dtype, resolve_device(settings.device))).removeprefix(
-        "torch."
-    )
-    root = store_root or default_store_root()
-    arrays = {
+
+
+def _open_arrays(
+    rendered: dict[str, list[str]],
+    *,
+    root: Path,
+    identity: str,
+    dtype_name: str,
+    stored_blocks: list[int],
+    width: int,
+) -> dict[str, StateArray]:
+    """Open (or create) the store array of every list of texts, keyed by content."""
+    return {
         name: StateArray.open(
             root,
             content_key(
@@ -260,7 +252,7 @@ def generate_pack(
             ),
             n=len(texts),
             blocks=stored_blocks,
-            width=n_embd,
+            width=width,
             description={
                 "model": identity,
                 "dtype": dtype_name,
@@ -270,43 +262,92 @@ def generate_pack(
         )
         for name, texts in rendered.items()
     }
-    pending = {name: array.pending_rows().size for name, array in arrays.items()}
-    tokens = {
-        name: tokenize_texts(tokenizer, texts) if pending[name] else []
-        for name, texts in rendered.items()
-    }
-    pad_id = _pad_id(tokenizer)
-    collected = _collect(settings, source, arrays, tokens, stored_blocks, pad_id, show_progress)
 
-    manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
+
+def _solve_into_manifest(
+    settings: GenerateSettings,
+    inputs: _Inputs,
+    arrays: dict[str, StateArray],
+    stored_blocks: list[int],
+    manifest: dict[str, Any],
+    model_name: str,
+) -> tuple[dict[str, dict[str, dict[int, np.ndarray]]], dict[str, dict[str, dict[str, Any]]]]:
+    """Solve every axis; return the vectors and file metadata per axis and role, and record
+    each axis's blocks and Fisher ratios in the manifest."""
     vectors: dict[str, dict[str, dict[int, np.ndarray]]] = {}
     metadata: dict[str, dict[str, dict[str, Any]]] = {}
     for axis in inputs.axes:
         solved = _solve_axis(settings, axis, arrays, stored_blocks)
         vectors[axis.name] = {
             role: {block: getattr(direction, role) for block, direction in solved.items()}
-            for role in ("debias", "negative", "positive")
+            for role in ROLES
         }
         metadata[axis.name] = {
-            role: _file_metadata(settings, axis, role, source.name)
-            for role in ("debias", "negative", "positive")
+            role: _file_metadata(settings, axis, role, model_name) for role in ROLES
         }
         manifest["axes"][axis.name]["layers"] = sorted(solved)
         manifest["axes"][axis.name]["fisher_ratio"] = {
-            str(k): round(v.fisher_ratio, 4) for k, v in solved.items()
+            str(block): round(direction.fisher_ratio, 4) for block, direction in solved.items()
         }
-    example = example_command(manifest, out)
-    write_pack(
-        out,
-        manifest,
-        vectors,
-        metadata,
-        _samples_rows(inputs),
-        render_pack_readme(manifest, example),
+    return vectors, metadata
+
+
+def generate_pack(
+    settings: GenerateSettings,
+    out: Path,
+    *,
+    store_root: Path | None = None,
+    show_progress: bool = True,
+) -> PackResult:
+    """Make a pack at `out` for `settings`: sample, collect (reusing stored states), solve,
+    write the GGUF files, `pack.json`, `samples.jsonl` and the pack's README.md."""
+    clock = time.perf_counter()
+    inputs = _load_inputs(settings)
+    source = resolve_model_source(settings.model)
+    config = load_config(source, trust_remote_code=settings.trust_remote_code)
+    n_layer, n_embd = config_dimensions(config, source)
+    layers = select_blocks(n_layer, settings.skip_first, settings.skip_last)
+    stored_blocks = [layers[0] - 1, *layers]
+    tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
+    if settings.system_message:
+        check_system_turn(tokenizer, source.spec)
+    rendered = _render_all(inputs, tokenizer, system_turn=settings.system_message)
+    identity = source.identity(config)
+    device = resolve_device(settings.device)
+    arrays = _open_arrays(
+        rendered,
+        root=store_root or default_store_root(),
+        identity=identity,
+        dtype_name=str(resolve_dtype(settings.dtype, device)).removeprefix("torch."),
+        stored_blocks=stored_blocks,
+        width=n_embd,
     )
+    tokens = {
+        name: tokenize_texts(tokenizer, texts) if arrays[name].pending_rows().size else []
+        for name, texts in rendered.items()
+    }
+    timings = {"prepare": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    collected = _collect(
+        settings, source, arrays, tokens, stored_blocks, _pad_id(tokenizer), show_progress
+    )
+    timings["collect"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
+    vectors, metadata = _solve_into_manifest(
+        settings, inputs, arrays, stored_blocks, manifest, source.name
+    )
+    example = example_command(manifest, out)
+    readme = render_pack_readme(manifest, example)
+    write_pack(out, manifest, vectors, metadata, _samples_rows(inputs), readme)
+    timings["solve_and_write"] = time.perf_counter() - clock
     total = sum(len(texts) for texts in rendered.values())
     return PackResult(
-        out=out, manifest=manifest, collected_prompts=collected, reused_prompts=total - collected
+        out=out,
+        manifest=manifest,
+        collected_prompts=collected,
+        reused_prompts=total - collected,
+        timings=timings,
     )
 
 
@@ -377,6 +418,3 @@ def _manifest(
         },
         "presets": {},
     }
-
-
-ProgressCallback = Callable[[int], None]

@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from cvgen.errors import CvgenError
 
-class PromptError(ValueError):
+
+class PromptError(CvgenError, ValueError):
     """A prompt cannot be formatted for this model."""
 
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cvgen.data import Axis, Stems
+from cvgen.errors import CvgenError
 
 
-class SamplerError(ValueError):
+class SamplerError(CvgenError, ValueError):
     """The sampler cannot satisfy the request."""
 
 

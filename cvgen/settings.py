@@ -14,11 +14,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from cvgen.errors import CvgenError
+
 FEATURES = ("delta", "residual")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class SettingsError(ValueError):
+class SettingsError(CvgenError, ValueError):
     """A setting has a value cvgen cannot use; the message names the setting and the value."""
 
 

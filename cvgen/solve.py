@@ -23,6 +23,8 @@ import numpy as np
 import scipy.linalg
 from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 
+from cvgen.errors import CvgenError
+
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
@@ -48,7 +50,7 @@ _KRYLOV_TOLERANCE = 1e-10
 _RELATIVE_ZERO = 1e-12
 
 
-class SolverError(ValueError):
+class SolverError(CvgenError, ValueError):
     """Invalid solver input (shapes, values, options) or an unknown method name."""
 
 

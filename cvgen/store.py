@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from cvgen.errors import CvgenError
+
 STORE_FORMAT = 1
 
 
-class StoreError(RuntimeError):
+class StoreError(CvgenError, RuntimeError):
     """A store file is damaged or does not match what was asked for."""
 
 

@@ -205,7 +205,7 @@ def generate(**options: Any) -> None:
     Three files per axis: <model>-<axis>__debias.gguf, __<negative>.gguf, __<positive>.gguf.
     Collected states are stored by content, so a re-run reuses them and a killed run resumes.
     """
-    from cvgen.pipeline import generate_pack
+    from cvgen.pipeline import example_command, generate_pack
 
     axes = tuple(shipped_axis_names()) if options["all_axes"] else tuple(options["axes"])
     if options["all_axes"] and options["axes"]:
@@ -246,24 +246,19 @@ def generate(**options: Any) -> None:
     manifest = result.manifest
     collect_seconds = result.timings.get("collect", 0.0)
     rate = result.collected_prompts / collect_seconds if collect_seconds > 0 else 0.0
+    per_sample = 1 + 2 * len(manifest["axes"])
     click.echo(
         f"wrote {result.out}: {len(manifest['axes'])} axes x 3 files, blocks "
-        f"{manifest['layers'][0]}..{manifest['layers'][-1]}, in {elapsed:.1f} s"
+        f"{manifest['layers'][0]}..{manifest['layers'][-1]}, in {elapsed:.1f} s "
+        f"(model load {result.timings.get('load_model', 0.0):.1f} s)"
     )
     click.echo(
-        f"prompts run: {result.collected_prompts} in {collect_seconds:.1f} s ({rate:.2f} prompts/s);"
+        f"prompts run: {result.collected_prompts} in {collect_seconds:.1f} s ({rate:.2f} prompts/s,"
+        f" {rate / per_sample:.2f} samples/s at {per_sample} prompts per sample);"
         f" reused from the store: {result.reused_prompts}"
     )
-    first = next(iter(manifest["axes"]))
     click.echo("\nexample:")
-    click.echo(
-        build_command(
-            manifest,
-            [(first, 0.5)],
-            model_path=default_model_path(manifest),
-            vector_dir=str(result.out),
-        )
-    )
+    click.echo(example_command(manifest, result.out))
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from cvgen import __version__
 from cvgen.collect import WorkItem, block_features, run_collection
-from cvgen.commands import build_command, default_model_path
+from cvgen.commands import CommandError, build_command, default_model_path
 from cvgen.data import Axis, Stems, load_axis, load_stems, load_writing_prompts
 from cvgen.errors import CvgenError
 from cvgen.model import (
@@ -132,8 +132,10 @@ def _collect(
     stored_blocks: Sequence[int],
     pad_id: int,
     show_progress: bool,
+    timings: dict[str, float],
 ) -> int:
-    """Run the model over every pending row of every array; return the number of prompts run."""
+    """Run the model over every pending row of every array; return the number of prompts run.
+    Records the seconds spent in `timings["load_model"]` and `timings["collect"]`."""
     items = [
         WorkItem(target=index, row=int(row), token_ids=tokens[name][int(row)])
         for index, (name, array) in enumerate(arrays.items())
@@ -144,12 +146,22 @@ def _collect(
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     log.info("loading %s (%s on %s)", source.spec, str(dtype).removeprefix("torch."), device)
+    clock = time.perf_counter()
     model = load_causal_lm(
         source, dtype=dtype, device=device, trust_remote_code=settings.trust_remote_code
     )
+    timings["load_model"] = time.perf_counter() - clock
     blocks = find_decoder_blocks(model, config_dimensions(model.config, source)[0])
     targets = list(arrays.values())
+    prompts_per_sample = len(arrays)  # the baseline plus two per axis
+    started = time.perf_counter()
     with tqdm(total=len(items), unit="prompt", desc="collecting", disable=not show_progress) as bar:
+
+        def advance(count: int) -> None:
+            bar.update(count)
+            rate = bar.n / prompts_per_sample / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{rate:.2f} samples/s", refresh=False)
+
         run_collection(
             model,
             blocks,
@@ -159,8 +171,9 @@ def _collect(
             device=device,
             batch_tokens=settings.batch_tokens,
             write=lambda target, rows, states: targets[target].write_rows(rows, states),
-            progress=bar.update,
+            progress=advance,
         )
+    timings["collect"] = time.perf_counter() - started
     return len(items)
 
 
@@ -327,11 +340,16 @@ def generate_pack(
         for name, texts in rendered.items()
     }
     timings = {"prepare": time.perf_counter() - clock}
-    clock = time.perf_counter()
     collected = _collect(
-        settings, source, arrays, tokens, stored_blocks, _pad_id(tokenizer), show_progress
+        settings,
+        source,
+        arrays,
+        tokens,
+        stored_blocks,
+        _pad_id(tokenizer),
+        show_progress,
+        timings,
     )
-    timings["collect"] = time.perf_counter() - clock
     clock = time.perf_counter()
     manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
     vectors, metadata = _solve_into_manifest(
@@ -352,15 +370,17 @@ def generate_pack(
 
 
 def example_command(manifest: dict[str, Any], out: Path) -> str:
-    """A llama-server command loading the first axis's positive pole at +0.5."""
+    """A llama-server command loading the first axis's positive pole at +0.5. When the pack's
+    path holds a character that the current FILE:SCALE syntax cannot carry (':' or ','), the
+    example uses the legacy two-argument syntax instead."""
     first_axis = next(iter(manifest["axes"]))
-    return build_command(
-        manifest,
-        [(first_axis, 0.5)],
-        target="llama-server",
-        model_path=default_model_path(manifest),
-        vector_dir=str(out),
+    arguments: dict[str, Any] = dict(
+        target="llama-server", model_path=default_model_path(manifest), vector_dir=str(out)
     )
+    try:
+        return build_command(manifest, [(first_axis, 0.5)], **arguments)
+    except CommandError:
+        return build_command(manifest, [(first_axis, 0.5)], legacy_syntax=True, **arguments)
 
 
 def _pad_id(tokenizer: Any) -> int:

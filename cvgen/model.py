@@ -131,32 +131,32 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def _from_pretrained(
+    loader: Any, source: ModelSource, what: str, *, trust_remote_code: bool, **extra: Any
+) -> Any:
+    """Call a transformers `from_pretrained` for `source`; failures become a `ModelError`."""
+    try:
+        return loader.from_pretrained(
+            source.directory, **source.load_kwargs(trust_remote_code=trust_remote_code), **extra
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"--model {source.spec}: cannot load its {what} ({_first_line(exc)})"
+        ) from None
+
+
 def load_config(source: ModelSource, *, trust_remote_code: bool) -> Any:
     """The model's transformers config (cheap: no weights)."""
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(
-            source.directory, **source.load_kwargs(trust_remote_code=trust_remote_code)
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"--model {source.spec}: cannot read its config ({_first_line(exc)})"
-        ) from None
+    return _from_pretrained(AutoConfig, source, "config", trust_remote_code=trust_remote_code)
 
 
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool) -> Any:
     """The model's tokenizer, with its chat template."""
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(
-            source.directory, **source.load_kwargs(trust_remote_code=trust_remote_code)
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"--model {source.spec}: cannot load its tokenizer ({_first_line(exc)})"
-        ) from None
+    return _from_pretrained(AutoTokenizer, source, "tokenizer", trust_remote_code=trust_remote_code)
 
 
 def load_causal_lm(
@@ -165,18 +165,11 @@ def load_causal_lm(
     """The model in eval mode on `device`, weights in `dtype` (a GGUF file is dequantised)."""
     from transformers import AutoModelForCausalLM
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.directory,
-            dtype=dtype,
-            **source.load_kwargs(trust_remote_code=trust_remote_code),
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"--model {source.spec}: cannot load the model ({_first_line(exc)})"
-        ) from None
-    moved: Any = model
-    return moved.to(device).eval()
+    model = _from_pretrained(
+        AutoModelForCausalLM, source, "weights", trust_remote_code=trust_remote_code, dtype=dtype
+    )
+    moved: torch.nn.Module = model.to(device).eval()
+    return moved
 
 
 def config_dimensions(config: Any, source: ModelSource) -> tuple[int, int]:

@@ -239,3 +239,32 @@ def test_skip_fractions_and_refusing_a_foreign_folder(pico_llama: Path, tmp_path
     with pytest.raises(PackError, match="exists and is not a cvgen pack"):
         generate_pack(_settings(pico_llama, axes=("language",)), foreign, show_progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_an_axis_with_no_passing_block_fails_and_writes_nothing(
+    pico_llama: Path, tmp_path: Path
+) -> None:
+    from cvgen.pipeline import GenerateError
+
+    with pytest.raises(GenerateError, match="axis 'language': no block passed"):
+        generate_pack(
+            _settings(pico_llama, axes=("language",), tau=1e9), tmp_path / "p", show_progress=False
+        )
+    assert not (tmp_path / "p").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".p")] == []
+
+
+def test_example_command_falls_back_to_legacy_syntax_for_a_colon(
+    pico_llama: Path, tmp_path: Path
+) -> None:
+    from cvgen.pipeline import example_command
+
+    result = generate_pack(
+        _settings(pico_llama, axes=("language",)), tmp_path / "a:b", show_progress=False
+    )
+    command = example_command(result.manifest, tmp_path / "a:b")
+    positive = result.manifest["axes"]["language"]["files"]["positive"]
+    assert command.endswith(f"--control-vector-scaled {tmp_path}/a:b/{positive} 0.5")
+    assert example_command(result.manifest, tmp_path / "ab").endswith(
+        f"{tmp_path}/ab/{positive}:0.5"
+    )

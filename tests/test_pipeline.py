@@ -268,3 +268,53 @@ def test_example_command_falls_back_to_legacy_syntax_for_a_colon(
     assert example_command(result.manifest, tmp_path / "ab").endswith(
         f"{tmp_path}/ab/{positive}:0.5"
     )
+
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+from cvgen.pipeline import generate_pack
+from cvgen.settings import GenerateSettings
+from cvgen.store import StateArray
+
+original = StateArray.write_rows
+count = {"batches": 0}
+
+def write_then_die(self, rows, states):
+    original(self, rows, states)
+    count["batches"] += 1
+    if count["batches"] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a real kill
+
+StateArray.write_rows = write_then_die
+settings = GenerateSettings(model=sys.argv[1], axes=("language",), samples=24, seed=3, tau=0.0,
+                            batch_tokens=200)
+generate_pack(settings, Path(sys.argv[2]), store_root=Path(sys.argv[3]), show_progress=False)
+"""
+
+
+def test_a_sigkilled_run_resumes_from_its_last_batch(pico_llama: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    out, store = tmp_path / "pack", tmp_path / "store"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(pico_llama), str(out), str(store)],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not out.exists()
+    done = sum(path.read_bytes().count(1) for path in store.glob("*.done"))
+    assert done > 0
+    settings = _settings(pico_llama, axes=("language",), samples=24, batch_tokens=200)
+    resumed = generate_pack(settings, out, store_root=store, show_progress=False)
+    assert (resumed.reused_prompts, resumed.collected_prompts) == (done, 72 - done)
+    fresh = generate_pack(
+        settings, tmp_path / "fresh", store_root=tmp_path / "store2", show_progress=False
+    )
+    assert fresh.collected_prompts == 72
+    for name, vectors in _vectors(tmp_path / "fresh").items():
+        for block, vector in vectors.items():
+            np.testing.assert_allclose(_vectors(out)[name][block], vector, atol=1e-6)

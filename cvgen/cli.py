@@ -162,7 +162,7 @@ def main() -> None:
     default="auto",
     show_default=True,
     type=click.Choice(DTYPES),
-    help="Model dtype; auto is float32 on CPU, bfloat16 on CUDA.",
+    help="Model dtype; auto is float32 on CPU, bfloat16 on CUDA (float16 where bf16 is unsupported, and on MPS).",
 )
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps or auto.")
 @click.option(
@@ -230,10 +230,6 @@ def generate(**options: Any) -> None:
         eigen_candidates=options["eigen_candidates"],
         trust_remote_code=options["trust_remote_code"],
     )
-    if options["quiet"]:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
     with _logging(quiet=options["quiet"]):
         started = time.perf_counter()
         result = generate_pack(
@@ -263,15 +259,24 @@ def generate(**options: Any) -> None:
 
 @contextmanager
 def _logging(*, quiet: bool) -> Iterator[None]:
+    """cvgen's log lines on stderr; with `quiet`, warnings only and no progress bars at all
+    (also the ones transformers draws with tqdm directly)."""
     logger = logging.getLogger("cvgen")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("cvgen: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    saved = os.environ.get("TQDM_DISABLE")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         yield
     finally:
         logger.removeHandler(handler)
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
 
 
 @main.command()
@@ -359,8 +364,13 @@ def commands(
     """
     manifest = load_manifest(pack)
     selection = preset_selection(manifest, preset) if preset else []
+    given: set[str] = set()
     for text in assignments:
         axis, scale = parse_assignment(text)
+        if axis in given:
+            raise click.UsageError(f"--set: axis '{axis}' is given twice")
+        given.add(axis)
+        # a --set overrides the preset's value for that axis
         selection = [item for item in selection if item[0] != axis] + [(axis, scale)]
     if not selection:
         raise click.UsageError("choose at least one axis with --set AXIS=SCALE or --preset NAME")

@@ -115,9 +115,10 @@ def _check_pair(path: Path, index: int, pair: Any) -> tuple[str, str]:
         raise DataError(f"{path}: field '{field}' has {got}; expected [negative, positive]")
     sides: list[str] = []
     for side, text in zip(("negative", "positive"), pair, strict=False):
-        if not isinstance(text, str) or not text.strip():
+        cleaned = text.strip().rstrip(".").rstrip() if isinstance(text, str) else ""
+        if not cleaned:
             raise DataError(f"{path}: field '{field}' has an empty {side} continuation")
-        sides.append(text.strip())
+        sides.append(cleaned)  # the period is added when the sentence is built
     if sides[0] == sides[1]:
         raise DataError(f"{path}: field '{field}' has the same text on both sides: '{sides[0]}'")
     return sides[0], sides[1]
@@ -127,7 +128,14 @@ def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
     """Validate the JSON content of an axis file and return the `Axis`."""
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected an object with fields 'classes' and 'data'")
-    name = raw.get("name", default_name)
+    if "name" not in raw:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", default_name).strip("_.-")
+        if not name:
+            raise DataError(
+                f"{path}: cannot make an axis name from the file name; add a 'name' field"
+            )
+    else:
+        name = raw["name"]
     if not isinstance(name, str) or not AXIS_NAME_PATTERN.match(name):
         raise DataError(
             f"{path}: field 'name' is '{name}'; use letters, digits, '_', '-' or '.' only"
@@ -217,16 +225,22 @@ def _load_with_datasets(source: str, split: str, column: str | None) -> tuple[st
     import datasets  # imported lazily: it is slow to import
 
     path = Path(source).expanduser()
+    builders = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+    if path.is_file() and path.suffix.lower() not in builders:
+        raise DataError(
+            f"{source}: unsupported prompt file type '{path.suffix}'; "
+            "use .txt, .jsonl, .json, .csv or .parquet"
+        )
     try:
         if path.is_file():
-            builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
             table = datasets.load_dataset(
-                builder[path.suffix.lower()], data_files=str(path), split="train"
+                builders[path.suffix.lower()], data_files=str(path), split="train"
             )
         else:
             table = datasets.load_dataset(source, split=split)
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"{source}: cannot load prompts ({exc})") from None
+    except Exception as exc:  # datasets raises many types (network, hub, parse errors)
+        detail = " ".join(str(exc).split())[:300]
+        raise DataError(f"{source}: cannot load prompts ({type(exc).__name__}: {detail})") from None
     chosen = _pick_column(source, list(table.column_names), column)
     return _clean_prompts(source, table[chosen], f"column '{chosen}'")
 

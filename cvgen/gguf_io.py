@@ -248,12 +248,20 @@ def _write_atomically(path: Path, writer: GGUFWriter) -> None:
         finally:
             writer.close()
         _fsync_file(temp_path)
+        os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp made it 0600
         os.replace(temp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):
             temp_path.unlink()
         raise
     _fsync_directory(path.parent)
+
+
+def _current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

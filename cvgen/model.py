@@ -19,9 +19,8 @@ import torch
 
 from cvgen.errors import CvgenError
 
-HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HUB_ID_PATTERN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 IDENTITY_CHUNK = 4 << 20  # bytes hashed at the head, middle and tail of each weight file
 
 
@@ -46,6 +45,13 @@ class ModelSource:
         return Path(self.directory).name or self.directory
 
     @property
+    def location(self) -> str:
+        """Where the model is: the absolute path of a local file or folder, or the hub id."""
+        if self.kind == "gguf" and self.gguf_file:
+            return str(Path(self.directory) / self.gguf_file)
+        return self.directory
+
+    @property
     def slug(self) -> str:
         """The name made safe for file names: only [A-Za-z0-9._-], never ':'."""
         return SLUG_UNSAFE.sub("-", self.name).strip("-.") or "model"
@@ -58,16 +64,16 @@ class ModelSource:
         return kwargs
 
     def identity(self, config: Any) -> str:
-        """A content key of the weights: sampled file hashes, or the hub commit."""
+        """A content key of the model: the hub commit, or sampled hashes of every file (weights,
+        config and tokenizer alike; files up to 12 MiB are hashed whole)."""
         if self.kind == "hub":
             revision = getattr(config, "_commit_hash", None) or "unknown-revision"
             return f"hub:{self.directory}@{revision}"
         if self.kind == "gguf" and self.gguf_file:
             return f"gguf:{_sampled_file_hash(Path(self.directory) / self.gguf_file)}"
-        folder = Path(self.directory)
-        digest = hashlib.sha256((folder / "config.json").read_bytes())
-        for path in sorted(folder.iterdir()):
-            if path.suffix in WEIGHT_SUFFIXES:
+        digest = hashlib.sha256()
+        for path in sorted(Path(self.directory).iterdir()):
+            if path.is_file() and not path.name.startswith("."):
                 digest.update(path.name.encode())
                 digest.update(_sampled_file_hash(path).encode())
         return f"folder:{digest.hexdigest()}"
@@ -112,14 +118,31 @@ def resolve_device(device: str) -> torch.device:
     """ "auto" is cuda when available, then mps, else cpu."""
     if device != "auto":
         try:
-            return torch.device(device)
+            chosen = torch.device(device)
         except RuntimeError:
             raise ModelError(f"--device: unknown device '{device}'") from None
+        _check_device_available(chosen)
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_device_available(device: torch.device) -> None:
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"--device: '{device}' asked for, but this torch sees no CUDA device")
+        if device.index is not None and device.index >= count:
+            raise ModelError(
+                f"--device: '{device}' asked for, but this torch sees {count} CUDA devices"
+            )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ModelError(f"--device: '{device}' asked for, but MPS is not available")
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

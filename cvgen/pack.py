@@ -117,6 +117,35 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
     return "\n".join(lines)
 
 
+def check_pack_target(out: Path) -> Path:
+    """The absolute pack folder for `--out`, after checking it is absent, empty or a pack.
+
+    Also removes staging folders that killed runs left beside it (`.<name>.part-<pid>`,
+    `.<name>.old-<pid>`) when their process is gone.
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists())
+    ):
+        raise PackError(f"--out {out}: exists and is not a cvgen pack; choose another folder")
+    if out.parent.is_dir():
+        for leftover in out.parent.glob(f".{out.name}.*-*"):
+            kind, _, pid = leftover.name.rpartition("-")
+            if kind.endswith((".part", ".old")) and pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+    return out
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_pack(
     out: Path,
     manifest: Mapping[str, Any],
@@ -130,11 +159,7 @@ def write_pack(
     `vectors[axis][role]` maps block -> vector; `file_metadata[axis][role]` holds the
     `cvgen.*` keys of that file. Everything is staged beside `out` and renamed into place.
     """
-    out = Path(out)
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists())
-    ):
-        raise PackError(f"--out {out}: exists and is not a cvgen pack; choose another folder")
+    out = check_pack_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.part-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

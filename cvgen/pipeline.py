@@ -39,6 +39,7 @@ from cvgen.pack import (
     PACK_FORMAT_VERSION,
     ROLES,
     SAMPLES_NAME,
+    check_pack_target,
     render_pack_readme,
     vector_file_names,
     write_pack,
@@ -315,18 +316,21 @@ def generate_pack(
     """Make a pack at `out` for `settings`: sample, collect (reusing stored states), solve,
     write the GGUF files, `pack.json`, `samples.jsonl` and the pack's README.md."""
     clock = time.perf_counter()
+    out = check_pack_target(out)
     inputs = _load_inputs(settings)
     source = resolve_model_source(settings.model)
+    device = resolve_device(settings.device)
     config = load_config(source, trust_remote_code=settings.trust_remote_code)
     n_layer, n_embd = config_dimensions(config, source)
     layers = select_blocks(n_layer, settings.skip_first, settings.skip_last)
     stored_blocks = [layers[0] - 1, *layers]
+    identity = source.identity(config)
+    # built before any model work, so that bad class names fail fast
+    manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
     tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
     if settings.system_message:
         check_system_turn(tokenizer, source.spec)
     rendered = _render_all(inputs, tokenizer, system_turn=settings.system_message)
-    identity = source.identity(config)
-    device = resolve_device(settings.device)
     arrays = _open_arrays(
         rendered,
         root=store_root or default_store_root(),
@@ -351,7 +355,6 @@ def generate_pack(
         timings,
     )
     clock = time.perf_counter()
-    manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
     vectors, metadata = _solve_into_manifest(
         settings, inputs, arrays, stored_blocks, manifest, source.name
     )
@@ -380,7 +383,12 @@ def example_command(manifest: dict[str, Any], out: Path) -> str:
     try:
         return build_command(manifest, [(first_axis, 0.5)], **arguments)
     except CommandError:
-        return build_command(manifest, [(first_axis, 0.5)], legacy_syntax=True, **arguments)
+        legacy = build_command(manifest, [(first_axis, 0.5)], legacy_syntax=True, **arguments)
+        return (
+            f"# legacy llama.cpp syntax: the path {out} holds ':' or ',', which the current\n"
+            "# FILE:SCALE syntax cannot carry; move the pack or use cvgen commands --vector-dir\n"
+            f"{legacy}"
+        )
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -408,7 +416,8 @@ def _manifest(
         "model": {
             "name": source.name,
             "slug": source.slug,
-            "source": settings.model,
+            "source": source.location,
+            "spec": settings.model,
             "kind": source.kind,
             "identity": identity,
             "hint": describe_config(config)["architecture"],

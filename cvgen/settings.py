@@ -120,6 +120,8 @@ class GenerateSettings:
             )
         if self.batch_tokens < 1:
             raise SettingsError(f"--batch-tokens: {self.batch_tokens} must be at least 1")
+        if not math.isfinite(self.tau) or self.tau < 0:
+            raise SettingsError(f"--tau: {self.tau} must be a finite number >= 0")
         if self.eigen_candidates < 1:
             raise SettingsError(f"--eigen-candidates: {self.eigen_candidates} must be at least 1")
         if not self.axes:

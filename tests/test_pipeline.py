@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import PICO_LAYERS
 
+from cvgen.collect import forward_last_token_states
 from cvgen.gguf_io import llamacpp_problems, read_control_vector
 from cvgen.pack import PackError
 from cvgen.pipeline import generate_pack
@@ -124,8 +125,57 @@ def test_direction_k_is_the_shift_measured_at_block_k(pico_llama: Path, tmp_path
                 assert abs(
                     float(measured[neighbour] @ unit) - float(np.linalg.norm(vector))
                 ) > 1e-2 * float(np.linalg.norm(vector))
+        steered = _steered_shift(
+            pico_llama, f"{samples[0]['stem']}. {samples[0]['prompt']}", block, vector
+        )
+        # adding direction.k at the output of model.layers[k] moves block k's output by it...
+        np.testing.assert_allclose(steered[block], vector, atol=1e-5)
+        # ...and nothing before block k
+        assert all(np.allclose(steered[k], 0, atol=1e-6) for k in range(block))
+        # so it reproduces, along u, the shift measured at block k
+        assert float(steered[block] @ unit) == pytest.approx(
+            float(measured[block] @ unit), rel=1e-3
+        )
         checked += 1
     assert checked >= 2
+
+
+def _steered_shift(model_dir: Path, text: str, block: int, vector: np.ndarray) -> np.ndarray:
+    """Per block output, (steered - unsteered) at the last token, when a forward hook adds
+    `vector` to the output of `model.model.layers[block]`: shape (n_layer, d)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+    def outputs() -> np.ndarray:
+        # read by hooks registered after the steering hook, so they see its result
+        # (transformers' own hidden_states are recorded before later hooks run)
+        return forward_last_token_states(
+            model,
+            model.model.layers,
+            list(range(PICO_LAYERS - 1)),
+            ids.tolist(),
+            pad_id=0,
+            device=torch.device("cpu"),
+        )[:, 0]
+
+    plain = outputs()
+    added = torch.from_numpy(vector)
+    handle = model.model.layers[block].register_forward_hook(
+        lambda module, args, output: (
+            output + added if isinstance(output, torch.Tensor) else (output[0] + added, *output[1:])
+        )
+    )
+    try:
+        steered = outputs()
+    finally:
+        handle.remove()
+    return steered - plain
 
 
 def test_rerun_reuses_states_and_a_new_axis_reuses_the_baseline(

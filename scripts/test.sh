@@ -5,7 +5,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 VENV="$(bash scripts/setup.sh)"
-PYTHON="$VENV/bin/python" bash scripts/fetch_model.sh >/dev/null
+CVGEN_REAL_MODEL="$(PYTHON="$VENV/bin/python" bash scripts/fetch_model.sh)"
+export CVGEN_REAL_MODEL
 export CVGEN_REQUIRE_REAL_MODEL="${CVGEN_REQUIRE_REAL_MODEL:-1}"
 echo "test: ruff check, ruff format --check, mypy" >&2
 "$VENV/bin/ruff" check cvgen tests scripts

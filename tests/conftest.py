@@ -125,9 +125,10 @@ def pico_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def real_model_path() -> Path | None:
-    """The SmolLM2-135M-Instruct GGUF when scripts/fetch_model.sh has cached it."""
+    """The SmolLM2-135M-Instruct GGUF: $CVGEN_REAL_MODEL (scripts/test.sh sets it to what
+    scripts/fetch_model.sh printed), else the default cache location, if the file is there."""
     import os
 
-    cache = Path(os.environ.get("CVGEN_REAL_CACHE", str(Path.home() / ".cache" / "cvgen")))
-    path = cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    default = Path.home() / ".cache" / "cvgen" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = Path(os.environ.get("CVGEN_REAL_MODEL") or default)
     return path if path.is_file() else None

@@ -6,6 +6,7 @@ here and only here, so every failure prints `Error: <one line>` and exits non-ze
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -34,7 +35,7 @@ from cvgen.gguf_io import (
     read_control_vector,
 )
 from cvgen.pack import PackError, load_manifest
-from cvgen.settings import DTYPES, FEATURES, GenerateSettings, LayerSkip
+from cvgen.settings import GenerateSettings, LayerSkip, option_flag
 from cvgen.solve import METHODS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,20 +74,38 @@ def main() -> None:
     """
 
 
+def settings_options(command: F) -> F:
+    """Add one click option per `GenerateSettings` field: flag, default, help and choices all
+    come from the field, so the settings object and the CLI cannot drift apart."""
+    for setting in reversed(dataclasses.fields(GenerateSettings)):
+        meta = setting.metadata
+        declarations = [option_flag(setting.name), *([meta["short"]] if meta["short"] else [])]
+        kwargs: dict[str, Any] = {"help": meta["help"]}
+        default = (
+            setting.default_factory()
+            if setting.default_factory is not dataclasses.MISSING
+            else setting.default
+        )
+        if setting.name == "axes":
+            kwargs["multiple"] = True
+        elif default is dataclasses.MISSING:
+            kwargs["required"] = True
+        elif isinstance(default, bool):
+            kwargs.update(is_flag=True, default=default)
+        else:
+            kwargs["default"] = default.text if isinstance(default, LayerSkip) else default
+            kwargs["show_default"] = default is not None
+            if isinstance(default, int | float):
+                kwargs["type"] = type(default)
+        choices = meta["choices"]
+        if choices is not None:
+            kwargs["type"] = click.Choice(sorted(METHODS) if choices == "methods" else choices)
+        command = click.option(*declarations, setting.name, **kwargs)(command)
+    return command
+
+
 @main.command()
-@click.option(
-    "--model",
-    "-m",
-    required=True,
-    help="A .gguf file, a local Hugging Face model folder, or a hub id (owner/name).",
-)
-@click.option(
-    "--axis",
-    "-a",
-    "axes",
-    multiple=True,
-    help="Axis to extract: a shipped name (see `cvgen axes`) or a path to your own axis .json. Repeatable.",
-)
+@settings_options
 @click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
 @click.option(
     "--out",
@@ -96,102 +115,6 @@ def main() -> None:
     help="Pack folder to write (replaced if it is a cvgen pack).",
 )
 @click.option(
-    "--samples",
-    "-n",
-    default=256,
-    show_default=True,
-    type=int,
-    help="Samples PER CLASS: each axis runs n negative and n positive prompts, plus n shared baseline prompts.",
-)
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=int,
-    help="Seed of the sampler (stems, pairs, prompts).",
-)
-@click.option(
-    "--method",
-    default="cross-covariance",
-    show_default=True,
-    type=click.Choice(sorted(METHODS)),
-    help="Solver for each block's direction.",
-)
-@click.option(
-    "--features",
-    default="delta",
-    show_default=True,
-    type=click.Choice(FEATURES),
-    help="delta: each block's own contribution h_k - h_(k-1); residual: the residual stream h_k.",
-)
-@click.option(
-    "--skip-first",
-    default="1",
-    show_default=True,
-    help="Blocks to leave out at the start: a count (2) or a fraction of all blocks (0.1). Block 0 is always left out (llama.cpp cannot steer it).",
-)
-@click.option(
-    "--skip-last",
-    default="1",
-    show_default=True,
-    help="Blocks to leave out at the end: a count or a fraction.",
-)
-@click.option(
-    "--system-message",
-    is_flag=True,
-    help="Put the persona in a system turn instead of merging it into the user turn.",
-)
-@click.option(
-    "--prompts",
-    default=None,
-    help="Writing prompts: a .txt/.jsonl/.csv/.parquet file or a Hugging Face dataset name (default: the shipped list).",
-)
-@click.option(
-    "--prompts-split",
-    default="train",
-    show_default=True,
-    help="Dataset split, for a Hugging Face dataset.",
-)
-@click.option(
-    "--prompts-column",
-    default=None,
-    help="Column holding the prompts (default: prompt, text, instruction, ...).",
-)
-@click.option(
-    "--dtype",
-    default="auto",
-    show_default=True,
-    type=click.Choice(DTYPES),
-    help="Model dtype; auto is float32 on CPU, bfloat16 on CUDA (float16 where bf16 is unsupported, and on MPS).",
-)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps or auto.")
-@click.option(
-    "--batch-tokens",
-    default=4096,
-    show_default=True,
-    type=int,
-    help="Padded tokens per forward batch.",
-)
-@click.option(
-    "--tau",
-    default=0.5,
-    show_default=True,
-    type=float,
-    help="Fisher-ratio threshold of the cross-covariance method.",
-)
-@click.option(
-    "--eigen-candidates",
-    default=16,
-    show_default=True,
-    type=int,
-    help="Eigenvectors taken from each end of the spectrum.",
-)
-@click.option(
-    "--trust-remote-code",
-    is_flag=True,
-    help="Allow the model's own Python code to run (off by default).",
-)
-@click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
     default=None,
@@ -199,7 +122,7 @@ def main() -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @one_line_errors
-def generate(**options: Any) -> None:
+def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **values: Any) -> None:
     """Collect states, solve each block and write a pack of GGUF control vectors.
 
     Three files per axis: <model>-<axis>__debias.gguf, __<negative>.gguf, __<positive>.gguf.
@@ -207,37 +130,14 @@ def generate(**options: Any) -> None:
     """
     from cvgen.pipeline import example_command, generate_pack
 
-    axes = tuple(shipped_axis_names()) if options["all_axes"] else tuple(options["axes"])
-    if options["all_axes"] and options["axes"]:
+    if all_axes and values["axes"]:
         raise click.UsageError("give either --axis or --all-axes, not both")
-    settings = GenerateSettings(
-        model=options["model"],
-        axes=axes,
-        samples=options["samples"],
-        seed=options["seed"],
-        method=options["method"],
-        features=options["features"],
-        skip_first=LayerSkip.parse(options["skip_first"], option="--skip-first"),
-        skip_last=LayerSkip.parse(options["skip_last"], option="--skip-last"),
-        system_message=options["system_message"],
-        prompts=options["prompts"],
-        prompts_split=options["prompts_split"],
-        prompts_column=options["prompts_column"],
-        dtype=options["dtype"],
-        device=options["device"],
-        batch_tokens=options["batch_tokens"],
-        tau=options["tau"],
-        eigen_candidates=options["eigen_candidates"],
-        trust_remote_code=options["trust_remote_code"],
-    )
-    with _logging(quiet=options["quiet"]):
+    if all_axes:
+        values["axes"] = shipped_axis_names()
+    settings = GenerateSettings.from_options(values)
+    with _logging(quiet=quiet):
         started = time.perf_counter()
-        result = generate_pack(
-            settings,
-            options["out"],
-            store_root=options["cache_dir"],
-            show_progress=not options["quiet"],
-        )
+        result = generate_pack(settings, out, store_root=cache_dir, show_progress=not quiet)
         elapsed = time.perf_counter() - started
     manifest = result.manifest
     collect_seconds = result.timings.get("collect", 0.0)

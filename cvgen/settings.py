@@ -84,28 +84,92 @@ def select_blocks(n_layer: int, skip_first: LayerSkip, skip_last: LayerSkip) -> 
     return list(range(first, last + 1))
 
 
+def option(
+    default: Any,
+    help: str,
+    *,
+    short: str | None = None,
+    flag: str | None = None,
+    choices: tuple[str, ...] | str | None = None,
+) -> Any:
+    """A settings field that also describes its CLI option (help text, short flag, choices).
+
+    The `cvgen generate` options are built from these fields, so each setting's name, default
+    and documentation are written once, here.
+    """
+    metadata = {"help": help, "short": short, "flag": flag, "choices": choices}
+    if isinstance(default, LayerSkip):
+        return field(default_factory=lambda: LayerSkip(default.text), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+REQUIRED: Any = dataclasses.MISSING
+
+
 @dataclass(frozen=True)
 class GenerateSettings:
     """Everything that determines a pack. Hashable, JSON-serialisable, and immutable."""
 
-    model: str
-    axes: tuple[str, ...]
-    samples: int = 256
-    seed: int = 0
-    method: str = "cross-covariance"
-    features: str = "delta"
-    skip_first: LayerSkip = field(default_factory=lambda: LayerSkip("1"))
-    skip_last: LayerSkip = field(default_factory=lambda: LayerSkip("1"))
-    system_message: bool = False
-    prompts: str | None = None
-    prompts_split: str = "train"
-    prompts_column: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_tokens: int = 4096
-    tau: float = 0.5
-    eigen_candidates: int = 16
-    trust_remote_code: bool = False
+    model: str = option(
+        REQUIRED,
+        "A .gguf file, a local Hugging Face model folder, or a hub id (owner/name).",
+        short="-m",
+    )
+    axes: tuple[str, ...] = option(
+        REQUIRED,
+        "Axis to extract: a shipped name (see `cvgen axes`) or a path to your own axis .json. "
+        "Repeatable.",
+        short="-a",
+        flag="--axis",
+    )
+    samples: int = option(
+        256,
+        "Samples PER CLASS: each axis runs n negative and n positive prompts, "
+        "plus n baseline prompts shared by all axes.",
+        short="-n",
+    )
+    seed: int = option(0, "Seed of the sampler (stems, pairs, prompts).")
+    method: str = option(
+        "cross-covariance", "Solver for each block's direction.", choices="methods"
+    )
+    features: str = option(
+        "delta",
+        "delta: each block's own contribution h_k - h_(k-1); residual: the residual stream h_k.",
+        choices=FEATURES,
+    )
+    skip_first: LayerSkip = option(
+        LayerSkip("1"),
+        "Blocks to leave out at the start: a count (2) or a fraction of all blocks (0.1). "
+        "Block 0 is always left out (llama.cpp cannot steer it).",
+    )
+    skip_last: LayerSkip = option(
+        LayerSkip("1"), "Blocks to leave out at the end: a count or a fraction."
+    )
+    system_message: bool = option(
+        False, "Put the persona in a system turn instead of merging it into the user turn."
+    )
+    prompts: str | None = option(
+        None,
+        "Writing prompts: a .txt/.jsonl/.csv/.parquet file or a Hugging Face dataset name "
+        "(default: the shipped list).",
+    )
+    prompts_split: str = option("train", "Dataset split, for a Hugging Face dataset.")
+    prompts_column: str | None = option(
+        None, "Column holding the prompts (default: prompt, text, instruction, ...)."
+    )
+    dtype: str = option(
+        "auto",
+        "Model dtype; auto is float32 on CPU, bfloat16 on CUDA (float16 where bf16 is "
+        "unsupported, and on MPS).",
+        choices=DTYPES,
+    )
+    device: str = option("auto", "cpu, cuda, cuda:1, mps or auto.")
+    batch_tokens: int = option(4096, "Padded tokens per forward batch.")
+    tau: float = option(0.5, "Fisher-ratio threshold of the cross-covariance method.")
+    eigen_candidates: int = option(16, "Eigenvectors taken from each end of the spectrum.")
+    trust_remote_code: bool = option(
+        False, "Allow the model's own Python code to run (off by default)."
+    )
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -137,7 +201,23 @@ class GenerateSettings:
         out["skip_last"] = self.skip_last.text
         return out
 
+    @classmethod
+    def from_options(cls, values: dict[str, Any]) -> GenerateSettings:
+        """Settings from CLI option values keyed by field name (layer skips as text, axes
+        as any sequence)."""
+        parsed = dict(values)
+        parsed["axes"] = tuple(parsed["axes"])
+        for name in ("skip_first", "skip_last"):
+            parsed[name] = LayerSkip.parse(parsed[name], option=option_flag(name))
+        return cls(**parsed)
+
     def digest(self) -> str:
         """SHA-256 of the canonical JSON form: identifies the run's settings."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def option_flag(name: str) -> str:
+    """The CLI flag of a settings field: its `flag`, else `--` plus the name with dashes."""
+    metadata = {f.name: f.metadata for f in dataclasses.fields(GenerateSettings)}[name]
+    return str(metadata.get("flag") or "--" + name.replace("_", "-"))

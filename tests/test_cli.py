@@ -233,3 +233,18 @@ def test_generate_unknown_method_lists_choices(pico_llama: Path, tmp_path: Path)
         str(tmp_path / "p"),
     )
     assert result.exit_code == 2 and "'cross-covariance', 'mean-diff', 'pca-diff'" in result.output
+
+
+def test_generate_options_mirror_every_setting_with_its_default() -> None:
+    import dataclasses
+
+    from cvgen.settings import GenerateSettings
+
+    command = main.commands["generate"]  # type: ignore[attr-defined]
+    params = {param.name: param for param in command.params}
+    defaults = GenerateSettings(model="m.gguf", axes=("language",)).to_dict()
+    for setting in dataclasses.fields(GenerateSettings):
+        assert setting.name in params, setting.name
+        if setting.name not in ("model", "axes"):
+            assert params[setting.name].default == defaults[setting.name], setting.name
+    assert params["model"].required and params["axes"].multiple

@@ -145,14 +145,21 @@ def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **v
     per_sample = 1 + 2 * len(manifest["axes"])
     click.echo(
         f"wrote {result.out}: {len(manifest['axes'])} axes x 3 files, blocks "
-        f"{manifest['layers'][0]}..{manifest['layers'][-1]}, in {elapsed:.1f} s "
-        f"(model load {result.timings.get('load_model', 0.0):.1f} s)"
+        f"{manifest['layers'][0]}..{manifest['layers'][-1]}, in {elapsed:.1f} s"
+        + (
+            f" (model load {result.timings['load_model']:.1f} s)"
+            if "load_model" in result.timings
+            else ""
+        )
     )
-    click.echo(
-        f"prompts run: {result.collected_prompts} in {collect_seconds:.1f} s ({rate:.2f} prompts/s,"
-        f" {rate / per_sample:.2f} samples/s at {per_sample} prompts per sample);"
-        f" reused from the store: {result.reused_prompts}"
-    )
+    if result.collected_prompts:
+        click.echo(
+            f"prompts run: {result.collected_prompts} in {collect_seconds:.1f} s "
+            f"({rate:.2f} prompts/s, {rate / per_sample:.2f} samples/s at {per_sample} prompts "
+            f"per sample); reused from the store: {result.reused_prompts}"
+        )
+    else:
+        click.echo(f"prompts run: 0; all {result.reused_prompts} reused from the store")
     click.echo("\nexample:")
     click.echo(example_command(manifest, result.out))
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up and run the checks: lint, format, types, and the whole test suite
-# (including the slow tests on the real SmolLM2-135M model). Extra arguments go to pytest.
+# (including the slow tests on the real SmolLM2-135M model and the real llama.cpp, which this
+# script fetches and builds into ~/.cache/cvgen). Extra arguments go to pytest.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -8,6 +9,10 @@ VENV="$(bash scripts/setup.sh)"
 CVGEN_REAL_MODEL="$(PYTHON="$VENV/bin/python" bash scripts/fetch_model.sh)"
 export CVGEN_REAL_MODEL
 export CVGEN_REQUIRE_REAL_MODEL="${CVGEN_REQUIRE_REAL_MODEL:-1}"
+echo "test: llama.cpp (built once, ~10 min on 2 cores, then cached)" >&2
+CVGEN_LLAMA_CPP="$(PYTHON="$VENV/bin/python" bash scripts/build_llama_cpp.sh)"
+export CVGEN_LLAMA_CPP
+export CVGEN_REQUIRE_LLAMA_CPP="${CVGEN_REQUIRE_LLAMA_CPP:-1}"
 echo "test: ruff check, ruff format --check, mypy" >&2
 "$VENV/bin/ruff" check cvgen tests scripts
 "$VENV/bin/ruff" format --check cvgen tests scripts

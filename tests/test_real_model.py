@@ -28,15 +28,23 @@ def real_model() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def real_pack(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `language` pack from the real model, 12 samples per class."""
+    out = tmp_path_factory.mktemp("real") / "pack"
+    settings = GenerateSettings(model=str(real_model), axes=("language",), samples=12, seed=5)
+    generate_pack(settings, out, store_root=out.parent / "store", show_progress=False)
+    return out
+
+
 def test_real_gguf_pack_is_valid_and_direction_k_matches_block_k(
-    real_model: Path, tmp_path: Path
+    real_model: Path, real_pack: Path
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    settings = GenerateSettings(model=str(real_model), axes=("language",), samples=12, seed=5)
-    out = tmp_path / "pack"
-    result = generate_pack(settings, out, show_progress=False)
-    assert result.manifest["model"]["n_layer"] == 30 and result.manifest["model"]["n_embd"] == 576
+    out = real_pack
+    manifest = json.loads((out / "pack.json").read_text())
+    assert manifest["model"]["n_layer"] == 30 and manifest["model"]["n_embd"] == 576
     for path in out.glob("*.gguf"):
         assert llamacpp_problems(path, n_embd=576, n_layer=30) == []
     files = {p.name.split("__")[1]: read_control_vector(p).directions for p in out.glob("*.gguf")}
@@ -80,3 +88,87 @@ def test_real_gguf_pack_is_valid_and_direction_k_matches_block_k(
         norm = float(np.linalg.norm(vector))
         assert float(measured[block] @ vector) / norm == pytest.approx(norm, rel=2e-3)
         assert abs(float(measured[block + 1] @ vector) / norm - norm) > 0.05 * norm
+
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+
+@pytest.fixture(scope="module")
+def llama_completion() -> Path:
+    """The llama-completion binary that scripts/build_llama_cpp.sh built."""
+    default = Path.home() / ".cache" / "cvgen" / "llama.cpp" / "0c1e570" / "bin"
+    binary = Path(os.environ.get("CVGEN_LLAMA_CPP") or default) / "llama-completion"
+    if not binary.is_file():
+        if os.environ.get("CVGEN_REQUIRE_LLAMA_CPP") == "1":
+            pytest.fail(f"{binary} is missing: run scripts/build_llama_cpp.sh")
+        pytest.skip("llama.cpp not built; run scripts/build_llama_cpp.sh")
+    return binary
+
+
+def _complete(binary: Path, model: Path, *vector_args: str) -> tuple[str, str]:
+    import subprocess
+
+    done = subprocess.run(
+        [
+            str(binary),
+            "-m",
+            str(model),
+            "-p",
+            PROMPT,
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            "-no-cnv",
+            "-v",
+            "-t",
+            "2",
+            *vector_args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout, done.stderr
+
+
+def _error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " E " in line or "error" in line.lower()]
+
+
+def test_real_llamacpp_applies_the_pack(
+    llama_completion: Path, real_model: Path, real_pack: Path, tmp_path: Path
+) -> None:
+    """llama.cpp logs a refused vector file and carries on without it (exit 0), so this checks
+    the log for the applied-vector line and for errors, and that the text changes."""
+    plain, plain_log = _complete(llama_completion, real_model)
+    files = json.loads((real_pack / "pack.json").read_text())["axes"]["language"]["files"]
+    debias, ornate = (str(real_pack / files[role]) for role in ("debias", "positive"))
+    steered, log = _complete(
+        llama_completion,
+        real_model,
+        "--control-vector",
+        debias,
+        "--control-vector-scaled",
+        f"{ornate}:1",
+    )
+    assert "set_adapter_cvec" not in plain_log
+    assert "set_adapter_cvec: il_start = 1" in log
+    assert _error_lines(log) == []
+    assert steered != plain
+    # the same check does notice a file that llama.cpp refuses (block 0 cannot be steered)
+    import gguf
+    import numpy as np
+
+    refused = tmp_path / "zero.gguf"
+    writer = gguf.GGUFWriter(str(refused), "controlvector")
+    writer.add_string("controlvector.model_hint", "llama")
+    writer.add_tensor("direction.0", np.ones(576, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ignored, bad_log = _complete(llama_completion, real_model, "--control-vector", str(refused))
+    assert any("direction" in line for line in _error_lines(bad_log))
+    assert ignored == plain

@@ -18,3 +18,11 @@ def test_readme_cli_reference_matches_help() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "--samples" in module.cli_reference()
     assert module.updated_readme(readme) == readme, "run: python scripts/cli_reference.py"
+
+
+def test_public_api_names_resolve() -> None:
+    import cvgen
+
+    for name in cvgen.__all__:
+        assert getattr(cvgen, name) is not None, name
+    assert cvgen.generate_pack.__module__ == "cvgen.pipeline"

@@ -426,6 +426,7 @@ def _manifest(
             **describe_config(config),
         },
         "settings": settings.to_dict(),
+        "settings_digest": settings.digest(),
         "layers": layers,
         "layer_convention": "direction.k = output of block k (0-based); block 0 is never written",
         "axes": {

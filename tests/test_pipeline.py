@@ -368,3 +368,16 @@ def test_a_sigkilled_run_resumes_from_its_last_batch(pico_llama: Path, tmp_path:
     for name, vectors in _vectors(tmp_path / "fresh").items():
         for block, vector in vectors.items():
             np.testing.assert_allclose(_vectors(out)[name][block], vector, atol=1e-6)
+
+
+def test_manifest_carries_the_settings_and_their_digest(pico_llama: Path, tmp_path: Path) -> None:
+    one = generate_pack(
+        _settings(pico_llama, axes=("language",)), tmp_path / "a", show_progress=False
+    )
+    two = generate_pack(
+        _settings(pico_llama, axes=("language",), seed=4), tmp_path / "b", show_progress=False
+    )
+    assert one.manifest["settings"]["seed"] == 3 and two.manifest["settings"]["seed"] == 4
+    assert one.manifest["settings_digest"] != two.manifest["settings_digest"]
+    again = _settings(pico_llama, axes=("language",)).digest()
+    assert one.manifest["settings_digest"] == again

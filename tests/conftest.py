@@ -7,8 +7,10 @@ default suite never touches the network.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +134,29 @@ def real_model_path() -> Path | None:
     default = Path.home() / ".cache" / "cvgen" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     path = Path(os.environ.get("CVGEN_REAL_MODEL") or default)
     return path if path.is_file() else None
+
+
+def craft_gguf(
+    path: Path,
+    tensors: Sequence[tuple[str, np.ndarray]],
+    *,
+    architecture: str | None = "controlvector",
+    model_hint: str | None = "tiny-model",
+) -> Path:
+    """Write a GGUF file directly with GGUFWriter, bypassing cvgen's validation (for files
+    that llama.cpp refuses)."""
+    from gguf import GGUFValueType, GGUFWriter
+
+    writer = GGUFWriter(path, architecture or "placeholder")
+    if architecture is None:
+        del writer.kv_data[0]["general.architecture"]
+    if model_hint is not None:
+        # add_key_value, not add_string: add_string silently drops an empty string.
+        writer.add_key_value("controlvector.model_hint", model_hint, GGUFValueType.STRING)
+    for name, array in tensors:
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from conftest import craft_gguf
 
 from cvgen.cli import main
 
@@ -154,14 +154,7 @@ def test_inspect_prints_metadata_and_norms(pico_pack: Path) -> None:
 
 
 def test_inspect_refuses_what_llamacpp_refuses(tmp_path: Path, pico_pack: Path) -> None:
-    bad = tmp_path / "zero.gguf"
-    writer = gguf.GGUFWriter(str(bad), "controlvector")
-    writer.add_string("controlvector.model_hint", "llama")
-    writer.add_tensor("direction.0", np.ones(4, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    bad = craft_gguf(tmp_path / "zero.gguf", [("direction.0", np.ones(4, dtype=np.float32))])
     result = run("inspect", str(bad))
     assert result.exit_code == 1 and "llama.cpp would refuse this file" in result.output
     assert "direction.0" in result.output

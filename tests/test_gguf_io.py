@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import craft_gguf
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from cvgen import gguf_io
@@ -25,29 +25,6 @@ N_EMBD = 8
 
 def _vector(seed: int, n: int = N_EMBD) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(n).astype(np.float32)
-
-
-def _craft(
-    path: Path,
-    tensors: Sequence[tuple[str, np.ndarray]],
-    *,
-    architecture: str | None = "controlvector",
-    model_hint: str | None = "tiny-model",
-) -> Path:
-    """Write a GGUF file directly with GGUFWriter, bypassing cvgen's validation."""
-    writer = GGUFWriter(path, architecture or "placeholder")
-    if architecture is None:
-        del writer.kv_data[0]["general.architecture"]
-    if model_hint is not None:
-        # add_key_value, not add_string: add_string silently drops an empty string.
-        writer.add_key_value("controlvector.model_hint", model_hint, GGUFValueType.STRING)
-    for name, array in tensors:
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -284,23 +261,23 @@ def _assert_rejected(path: Path, fragment: str) -> None:
     ],
 )
 def test_bad_tensor_name_rejects_whole_file(tmp_path: Path, name: str, fragment: str) -> None:
-    path = _craft(tmp_path / "cv.gguf", [("direction.1", _vector(1)), (name, _vector(2))])
+    path = craft_gguf(tmp_path / "cv.gguf", [("direction.1", _vector(1)), (name, _vector(2))])
     _assert_rejected(path, fragment)
 
 
 def test_f16_tensor_rejected(tmp_path: Path) -> None:
-    path = _craft(tmp_path / "cv.gguf", [("direction.2", _vector(2).astype(np.float16))])
+    path = craft_gguf(tmp_path / "cv.gguf", [("direction.2", _vector(2).astype(np.float16))])
     _assert_rejected(path, "tensor 'direction.2' has type F16, expected F32")
 
 
 def test_2d_tensor_rejected(tmp_path: Path) -> None:
-    path = _craft(tmp_path / "cv.gguf", [("direction.2", np.ones((2, 4), dtype=np.float32))])
+    path = craft_gguf(tmp_path / "cv.gguf", [("direction.2", np.ones((2, 4), dtype=np.float32))])
     _assert_rejected(path, "tensor 'direction.2' has shape ne=[4, 2], expected 1-D")
 
 
 def test_trailing_unit_axis_counts_as_1d_like_ggml_n_dims(tmp_path: Path) -> None:
     # numpy (1, 4) is ggml ne=[4, 1]; ggml_n_dims() == 1, so llama.cpp accepts it.
-    path = _craft(tmp_path / "cv.gguf", [("direction.2", np.arange(4, dtype=np.float32)[None])])
+    path = craft_gguf(tmp_path / "cv.gguf", [("direction.2", np.arange(4, dtype=np.float32)[None])])
     assert llamacpp_problems(path) == []
     cv = read_control_vector(path)
     np.testing.assert_array_equal(cv.directions[2], [0.0, 1.0, 2.0, 3.0])
@@ -308,20 +285,20 @@ def test_trailing_unit_axis_counts_as_1d_like_ggml_n_dims(tmp_path: Path) -> Non
 
 
 def test_mismatched_lengths_rejected(tmp_path: Path) -> None:
-    path = _craft(
+    path = craft_gguf(
         tmp_path / "cv.gguf", [("direction.1", _vector(1)), ("direction.2", _vector(2, 6))]
     )
     _assert_rejected(path, "tensor 'direction.2' has 6 elements, but 'direction.1' has 8")
 
 
 def test_no_tensors_rejected(tmp_path: Path) -> None:
-    path = _craft(tmp_path / "cv.gguf", [])
+    path = craft_gguf(tmp_path / "cv.gguf", [])
     _assert_rejected(path, "no direction tensors")
 
 
 @pytest.mark.parametrize(("hint", "shown"), [("", "''"), (None, "None")])
 def test_empty_or_missing_model_hint_rejected(tmp_path: Path, hint: str | None, shown: str) -> None:
-    path = _craft(tmp_path / "cv.gguf", [("direction.1", _vector(1))], model_hint=hint)
+    path = craft_gguf(tmp_path / "cv.gguf", [("direction.1", _vector(1))], model_hint=hint)
     _assert_rejected(path, f"controlvector.model_hint is {shown}, expected a non-empty string")
 
 
@@ -329,19 +306,21 @@ def test_empty_or_missing_model_hint_rejected(tmp_path: Path, hint: str | None, 
 def test_wrong_or_missing_architecture_rejected(
     tmp_path: Path, architecture: str | None, shown: str
 ) -> None:
-    path = _craft(tmp_path / "cv.gguf", [("direction.1", _vector(1))], architecture=architecture)
+    path = craft_gguf(
+        tmp_path / "cv.gguf", [("direction.1", _vector(1))], architecture=architecture
+    )
     _assert_rejected(path, f"general.architecture is {shown}, expected 'controlvector'")
 
 
 def test_nan_in_file_rejected(tmp_path: Path) -> None:
     vector = _vector(1)
     vector[[2, 5]] = [np.nan, np.inf]
-    path = _craft(tmp_path / "cv.gguf", [("direction.3", vector)])
+    path = craft_gguf(tmp_path / "cv.gguf", [("direction.3", vector)])
     _assert_rejected(path, "tensor 'direction.3' has 2 non-finite value(s)")
 
 
 def test_every_problem_is_reported(tmp_path: Path) -> None:
-    path = _craft(
+    path = craft_gguf(
         tmp_path / "cv.gguf",
         [("direction.0", _vector(0)), ("direction.2", _vector(2).astype(np.float16))],
         model_hint="",
@@ -353,7 +332,7 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
 
 
 def test_colon_in_name_is_a_problem_but_still_readable(tmp_path: Path) -> None:
-    path = _craft(tmp_path / "model:123b.gguf", [("direction.1", _vector(1))])
+    path = craft_gguf(tmp_path / "model:123b.gguf", [("direction.1", _vector(1))])
     problems = llamacpp_problems(path)
     assert len(problems) == 1
     assert "'model:123b.gguf' contains ':'" in problems[0]
@@ -384,7 +363,7 @@ def test_blocks_beyond_model_are_a_problem(tmp_path: Path) -> None:
 
 
 def test_same_block_twice_is_summed_like_llamacpp(tmp_path: Path) -> None:
-    path = _craft(
+    path = craft_gguf(
         tmp_path / "cv.gguf",
         [
             ("direction.3", np.ones(4, dtype=np.float32)),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import real_model_path
+from conftest import craft_gguf, real_model_path
 
 from cvgen.gguf_io import llamacpp_problems, read_control_vector
 from cvgen.pipeline import generate_pack
@@ -158,17 +158,7 @@ def test_real_llamacpp_applies_the_pack(
     assert _error_lines(log) == []
     assert steered != plain
     # the same check does notice a file that llama.cpp refuses (block 0 cannot be steered)
-    import gguf
-    import numpy as np
-
-    refused = tmp_path / "zero.gguf"
-    writer = gguf.GGUFWriter(str(refused), "controlvector")
-    writer.add_string("controlvector.model_hint", "llama")
-    writer.add_tensor("direction.0", np.ones(576, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    refused = craft_gguf(tmp_path / "zero.gguf", [("direction.0", np.ones(576, dtype=np.float32))])
     ignored, bad_log = _complete(llama_completion, real_model, "--control-vector", str(refused))
     assert any("direction" in line for line in _error_lines(bad_log))
     assert ignored == plain

@@ -27,12 +27,14 @@ from cvgen.commands import (
     parse_assignment,
     preset_selection,
 )
+from cvgen.compare import DEFAULT_PROMPT, check_pack_fits_model, compare_scales, format_side_by_side
 from cvgen.data import load_axis, shipped_axis_names
 from cvgen.errors import CvgenError
 from cvgen.gguf_io import (
     describe_control_vector,
     llamacpp_problems,
     read_control_vector,
+    read_model_file_info,
 )
 from cvgen.pack import PackError, load_manifest
 from cvgen.settings import GenerateSettings, LayerSkip, option_flag
@@ -197,16 +199,33 @@ def _logging(*, quiet: bool) -> Iterator[None]:
     default=None,
     help="Also check the block indices against this block count.",
 )
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A llama.cpp model .gguf: check the file against its width and block count.",
+)
 @one_line_errors
-def inspect(file: Path, n_embd: int | None, n_layer: int | None) -> None:
+def inspect(file: Path, n_embd: int | None, n_layer: int | None, model: Path | None) -> None:
     """Print a control-vector file's metadata and per-block norms.
 
     Exits non-zero, saying why, when llama.cpp would refuse or ignore the file.
     """
+    if model is not None:
+        info = read_model_file_info(model)
+        for flag, given, got in (
+            ("--n-embd", n_embd, info.n_embd),
+            ("--n-layer", n_layer, info.n_layer),
+        ):
+            if given is not None and given != got:
+                raise click.UsageError(f"{flag} {given} disagrees with {model} ({got})")
+        n_embd, n_layer = info.n_embd, info.n_layer
     problems = llamacpp_problems(file, n_embd=n_embd, n_layer=n_layer)
     if problems:
+        against = f" with {model}" if model is not None else ""
         raise click.ClickException(
-            f"{file}: llama.cpp would refuse this file: {'; '.join(problems)}"
+            f"{file}: llama.cpp would refuse this file{against}: {'; '.join(problems)}"
         )
     click.echo(describe_control_vector(read_control_vector(file)))
 
@@ -282,6 +301,9 @@ def commands(
     if not selection:
         raise click.UsageError("choose at least one axis with --set AXIS=SCALE or --preset NAME")
     _check_files_exist(pack, manifest, selection)
+    model = model_path or default_model_path(manifest)
+    if model.endswith(".gguf") and Path(model).is_file():
+        check_pack_fits_model(manifest, Path(model), pack=pack)
     directory = vector_dir if vector_dir is not None else str(pack)
     for target in targets or ("llama-server", "llama-cli"):
         click.echo(
@@ -289,7 +311,7 @@ def commands(
                 manifest,
                 selection,
                 target=target,
-                model_path=model_path or default_model_path(manifest),
+                model_path=model,
                 vector_dir=directory,
                 legacy_syntax=legacy_syntax,
                 layer_range=layer_range,
@@ -309,6 +331,76 @@ def _check_files_exist(
         for name in files.values():
             if not (pack / name).is_file():
                 raise PackError(f"{pack}: file {name} of axis '{axis}' is missing from the pack")
+
+
+@main.command()
+@click.argument("pack", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The llama.cpp model .gguf (default: the pack's own .gguf source).",
+)
+@click.option(
+    "--axis",
+    "axis_names",
+    multiple=True,
+    help="An axis of the pack to show (repeatable; default: all of them).",
+)
+@click.option("--prompt", default=DEFAULT_PROMPT, show_default=True, help="The writing prompt.")
+@click.option(
+    "--scales",
+    default="-1,0,1",
+    show_default=True,
+    help="Comma-separated scales, one column each.",
+)
+@click.option("--tokens", "-n", default=64, show_default=True, help="Tokens to generate.")
+@click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
+@click.option("--width", type=int, default=None, help="Output width (default: the terminal's).")
+@one_line_errors
+def compare(
+    pack: Path,
+    model: Path | None,
+    axis_names: tuple[str, ...],
+    prompt: str,
+    scales: str,
+    tokens: int,
+    raw: bool,
+    width: int | None,
+) -> None:
+    """Show each axis steering: llama.cpp's greedy completions of one prompt at each scale,
+    side by side. Needs llama-completion (see scripts/build_llama_cpp.sh)."""
+    manifest = load_manifest(pack)
+    chosen = list(axis_names) or list(manifest["axes"])
+    for name in chosen:
+        if name not in manifest["axes"]:
+            known = ", ".join(manifest["axes"])
+            raise click.UsageError(f"--axis: '{name}' is not in the pack (it has: {known})")
+    values = []
+    for text in scales.split(","):
+        _, value = parse_assignment(f"scale={text.strip()}")
+        values.append(value)
+    if model is None:
+        model = Path(default_model_path(manifest))
+        if not model.is_file():
+            raise click.UsageError(
+                f"--model: the pack's source {model} is not a file; give --model"
+            )
+    if tokens < 1:
+        raise click.UsageError(f"--tokens: {tokens} must be at least 1")
+    results = compare_scales(
+        pack,
+        manifest,
+        model,
+        axes=chosen,
+        scales=values,
+        prompt=prompt,
+        n_predict=tokens,
+        chat=not raw,
+        progress=lambda what: click.echo(f"compare: {what}", err=True),
+    )
+    click.echo(format_side_by_side(results, width=width))
 
 
 @main.command()

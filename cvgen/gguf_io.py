@@ -534,3 +534,117 @@ def _norm_table(directions: Mapping[int, FloatVector]) -> list[str]:
         length = round(_BAR_WIDTH * norm / largest) if largest > 0 and math.isfinite(norm) else 0
         rows.append(f"{block:5d}  {norm:10.4f}  {'#' * length}")
     return rows
+
+
+# --------------------------------------------------------------------------- model files
+
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?"}
+_SCALAR_FORMATS |= {10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class ModelFileInfo:
+    """What cvgen needs from a llama.cpp model GGUF's header (no tensor is read)."""
+
+    path: Path
+    architecture: str
+    n_embd: int
+    n_layer: int
+    name: str | None
+    chat_template: str | None
+    bos_token: str | None
+    eos_token: str | None
+
+
+def read_gguf_header(path: Path, wanted_arrays: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The key/value metadata of a GGUF file, read straight from its header. Arrays are skipped
+    (their value is None) unless named in ``wanted_arrays``; this reads a model's header in
+    milliseconds where GGUFReader takes seconds."""
+    import mmap
+    import struct
+
+    path = Path(path)
+    try:
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if m[:4] != b"GGUF":
+                raise ControlVectorError(f"{path}: not a GGUF file (no GGUF magic)")
+            version, _tensors, count = struct.unpack_from("<IQQ", m, 4)
+            if version not in (2, 3):
+                raise ControlVectorError(f"{path}: unsupported GGUF version {version}")
+            offset = 24
+
+            def read(fmt: str) -> Any:
+                nonlocal offset
+                (value,) = struct.unpack_from(fmt, m, offset)
+                offset += struct.calcsize(fmt)
+                return value
+
+            def read_string() -> str:
+                nonlocal offset
+                length = read("<Q")
+                text = bytes(m[offset : offset + length]).decode("utf-8", "replace")
+                offset += length
+                return text
+
+            def read_value(kind: int, keep: bool) -> Any:
+                nonlocal offset
+                if kind == _GGUF_STRING:
+                    return read_string()
+                if kind in _SCALAR_FORMATS:
+                    return read(_SCALAR_FORMATS[kind])
+                if kind != _GGUF_ARRAY:
+                    raise ControlVectorError(f"{path}: unknown GGUF value type {kind}")
+                item_kind, items = read("<I"), read("<Q")
+                if not keep and item_kind in _SCALAR_FORMATS:
+                    offset += items * struct.calcsize(_SCALAR_FORMATS[item_kind])
+                    return None
+                values = [read_value(item_kind, keep) for _ in range(items)]
+                return values if keep else None
+
+            fields: dict[str, Any] = {}
+            for _ in range(count):
+                key = read_string()
+                fields[key] = read_value(read("<I"), key in wanted_arrays)
+            return fields
+    except OSError as error:
+        raise ControlVectorError(f"{path}: cannot open file: {error.strerror}") from error
+    except (struct.error, ValueError, OverflowError) as error:
+        raise ControlVectorError(f"{path}: not a valid GGUF file: truncated header") from error
+
+
+def read_model_file_info(path: Path) -> ModelFileInfo:
+    """The architecture, width, depth and chat template of a llama.cpp model GGUF."""
+    path = Path(path)
+    fields = read_gguf_header(path, frozenset({"tokenizer.ggml.tokens"}))
+    architecture = fields.get("general.architecture")
+    if not isinstance(architecture, str):
+        raise ControlVectorError(f"{path}: general.architecture: missing; is this a model file?")
+    if architecture == ARCHITECTURE:
+        raise ControlVectorError(f"{path}: is a control-vector file, not a model")
+    dimensions = {}
+    for what, key in (("n_embd", "embedding_length"), ("n_layer", "block_count")):
+        value = fields.get(f"{architecture}.{key}")
+        if not isinstance(value, int) or value < 1:
+            raise ControlVectorError(
+                f"{path}: {architecture}.{key}: missing or invalid ({value!r})"
+            )
+        dimensions[what] = value
+    tokens = fields.get("tokenizer.ggml.tokens") or []
+
+    def token(key: str) -> str | None:
+        index = fields.get(key)
+        return tokens[index] if isinstance(index, int) and 0 <= index < len(tokens) else None
+
+    name = fields.get("general.name")
+    template = fields.get("tokenizer.chat_template")
+    return ModelFileInfo(
+        path=path,
+        architecture=architecture,
+        n_embd=dimensions["n_embd"],
+        n_layer=dimensions["n_layer"],
+        name=name if isinstance(name, str) else None,
+        chat_template=template if isinstance(template, str) else None,
+        bos_token=token("tokenizer.ggml.bos_token_id"),
+        eos_token=token("tokenizer.ggml.eos_token_id"),
+    )

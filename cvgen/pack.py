@@ -91,6 +91,7 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
         f"of {model['n_layer']} (hidden size {model['n_embd']}).",
         "",
         "Block k's vector is stored as `direction.k`: llama.cpp adds it to the output of block k.",
+        *_llama_cpp_line(manifest),
         "",
         "| axis | negative | positive | files |",
         "|---|---|---|---|",
@@ -115,6 +116,17 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
         "",
     ]
     return "\n".join(lines)
+
+
+def _llama_cpp_line(manifest: Mapping[str, Any]) -> list[str]:
+    record = manifest.get("llama_cpp")
+    if not isinstance(record, Mapping) or not record.get("commit"):
+        return []
+    return [
+        f"The file format is checked against llama.cpp {str(record['commit'])[:7]} "
+        f"({record.get('source', 'unknown source')}); load them with `--control-vector-scaled "
+        "FILE:SCALE` there (llama.cpp before December 2025 took `FILE SCALE`)."
+    ]
 
 
 def check_pack_target(out: Path) -> Path:

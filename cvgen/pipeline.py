@@ -22,6 +22,7 @@ from cvgen.collect import WorkItem, block_features, run_collection
 from cvgen.commands import CommandError, build_command, default_model_path
 from cvgen.data import Axis, Stems, load_axis, load_stems, load_writing_prompts
 from cvgen.errors import CvgenError
+from cvgen.llamacpp import llama_cpp_record
 from cvgen.model import (
     ModelSource,
     config_dimensions,
@@ -425,6 +426,7 @@ def _manifest(
             "n_embd": n_embd,
             **describe_config(config),
         },
+        "llama_cpp": llama_cpp_record(),
         "settings": settings.to_dict(),
         "settings_digest": settings.digest(),
         "layers": layers,

@@ -607,6 +607,8 @@ def read_gguf_header(path: Path, wanted_arrays: frozenset[str] = frozenset()) ->
                 key = read_string()
                 fields[key] = read_value(read("<I"), key in wanted_arrays)
             return fields
+    except ControlVectorError:
+        raise
     except OSError as error:
         raise ControlVectorError(f"{path}: cannot open file: {error.strerror}") from error
     except (struct.error, ValueError, OverflowError) as error:

@@ -95,6 +95,17 @@ def binary_version(binary: Path) -> str | None:
     return (match.group(1) or match.group(2)) if match else None
 
 
+def supports_legacy_syntax(binary: Path) -> bool:
+    """Whether ``binary`` takes the pre-December-2025 ``--control-vector-scaled FILE SCALE``
+    (current llama.cpp takes only ``FILE:SCALE`` and exits with an argument error)."""
+    probe = [str(binary), "--control-vector-scaled", "probe.gguf", "1", "--version"]
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=30, check=False)
+    except OSError as exc:
+        raise LlamaCppError(f"{binary}: cannot run: {exc.strerror}") from exc
+    return done.returncode == 0
+
+
 def error_lines(log: str) -> list[str]:
     """The lines llama.cpp logged at error level."""
     return [line for line in log.splitlines() if _LEVEL_ERROR.match(line.strip())]

@@ -17,7 +17,9 @@ echo "test: ruff check, ruff format --check, mypy" >&2
 "$VENV/bin/ruff" check cvgen tests scripts
 "$VENV/bin/ruff" format --check cvgen tests scripts
 "$VENV/bin/mypy" cvgen
-echo "test: pytest" >&2
+# measured tables from the integration tests (layer-index KL, sign figures) are kept here
+export CVGEN_ARTIFACTS="${CVGEN_ARTIFACTS:-${CVGEN_CACHE:-$HOME/.cache/cvgen}/artifacts}"
+echo "test: pytest (measured tables go to $CVGEN_ARTIFACTS)" >&2
 set +e
 "$VENV/bin/python" -m pytest "$@"
 rc=$?

@@ -160,3 +160,33 @@ def craft_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def require_real_model() -> Path:
+    """The real model, or a failure (CI: CVGEN_REQUIRE_REAL_MODEL=1) or a skip."""
+    import os
+
+    path = real_model_path()
+    if path is None:
+        if os.environ.get("CVGEN_REQUIRE_REAL_MODEL") == "1":
+            pytest.fail("the real model is required here: run scripts/fetch_model.sh")
+        pytest.skip("real model not cached; run scripts/fetch_model.sh")
+    return path
+
+
+def require_llama_cpp() -> Path:
+    """The folder of the llama.cpp binaries that scripts/build_llama_cpp.sh built: from
+    $CVGEN_LLAMA_CPP (scripts/test.sh sets it), else the default cache; a failure when
+    CVGEN_REQUIRE_LLAMA_CPP=1 (CI), else a skip."""
+    import os
+
+    from cvgen.llamacpp import LLAMA_CPP_COMMIT
+
+    default = Path.home() / ".cache" / "cvgen" / "llama.cpp" / LLAMA_CPP_COMMIT[:7] / "bin"
+    folder = Path(os.environ.get("CVGEN_LLAMA_CPP") or default)
+    missing = [n for n in ("llama-completion", "llama-server") if not (folder / n).is_file()]
+    if missing:
+        if os.environ.get("CVGEN_REQUIRE_LLAMA_CPP") == "1":
+            pytest.fail(f"{folder}: {', '.join(missing)} missing: run scripts/build_llama_cpp.sh")
+        pytest.skip("llama.cpp not built; run scripts/build_llama_cpp.sh")
+    return folder

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import craft_gguf, real_model_path
+from conftest import require_real_model
 
 from cvgen.gguf_io import llamacpp_problems, read_control_vector
 from cvgen.pipeline import generate_pack
@@ -20,12 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def real_model() -> Path:
-    path = real_model_path()
-    if path is None:
-        if os.environ.get("CVGEN_REQUIRE_REAL_MODEL") == "1":
-            pytest.fail("the real model is required here: run scripts/fetch_model.sh")
-        pytest.skip("real model not cached; run scripts/fetch_model.sh")
-    return path
+    return require_real_model()
 
 
 @pytest.fixture(scope="module")
@@ -88,77 +82,3 @@ def test_real_gguf_pack_is_valid_and_direction_k_matches_block_k(
         norm = float(np.linalg.norm(vector))
         assert float(measured[block] @ vector) / norm == pytest.approx(norm, rel=2e-3)
         assert abs(float(measured[block + 1] @ vector) / norm - norm) > 0.05 * norm
-
-
-PROMPT = "Once upon a time, in a small village by the sea, there lived"
-
-
-@pytest.fixture(scope="module")
-def llama_completion() -> Path:
-    """The llama-completion binary that scripts/build_llama_cpp.sh built."""
-    default = Path.home() / ".cache" / "cvgen" / "llama.cpp" / "0c1e570" / "bin"
-    binary = Path(os.environ.get("CVGEN_LLAMA_CPP") or default) / "llama-completion"
-    if not binary.is_file():
-        if os.environ.get("CVGEN_REQUIRE_LLAMA_CPP") == "1":
-            pytest.fail(f"{binary} is missing: run scripts/build_llama_cpp.sh")
-        pytest.skip("llama.cpp not built; run scripts/build_llama_cpp.sh")
-    return binary
-
-
-def _complete(binary: Path, model: Path, *vector_args: str) -> tuple[str, str]:
-    import subprocess
-
-    done = subprocess.run(
-        [
-            str(binary),
-            "-m",
-            str(model),
-            "-p",
-            PROMPT,
-            "-n",
-            "24",
-            "--temp",
-            "0",
-            "-no-cnv",
-            "-v",
-            "-t",
-            "2",
-            *vector_args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return done.stdout, done.stderr
-
-
-def _error_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if " E " in line or "error" in line.lower()]
-
-
-def test_real_llamacpp_applies_the_pack(
-    llama_completion: Path, real_model: Path, real_pack: Path, tmp_path: Path
-) -> None:
-    """llama.cpp logs a refused vector file and carries on without it (exit 0), so this checks
-    the log for the applied-vector line and for errors, and that the text changes."""
-    plain, plain_log = _complete(llama_completion, real_model)
-    files = json.loads((real_pack / "pack.json").read_text())["axes"]["language"]["files"]
-    debias, ornate = (str(real_pack / files[role]) for role in ("debias", "positive"))
-    steered, log = _complete(
-        llama_completion,
-        real_model,
-        "--control-vector",
-        debias,
-        "--control-vector-scaled",
-        f"{ornate}:1",
-    )
-    assert "set_adapter_cvec" not in plain_log
-    assert "set_adapter_cvec: il_start = 1" in log
-    assert _error_lines(log) == []
-    assert steered != plain
-    # the same check does notice a file that llama.cpp refuses (block 0 cannot be steered)
-    refused = craft_gguf(tmp_path / "zero.gguf", [("direction.0", np.ones(576, dtype=np.float32))])
-    ignored, bad_log = _complete(llama_completion, real_model, "--control-vector", str(refused))
-    assert any("direction" in line for line in _error_lines(bad_log))
-    assert ignored == plain

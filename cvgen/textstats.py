@@ -1,0 +1,39 @@
+"""Text statistics that show an axis at work in generated text: word length and rarity for
+`language`, the share of quoted speech for `character_focus`."""
+
+from __future__ import annotations
+
+import re
+from statistics import fmean
+
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
+# straight double quotes, curly double quotes; an unclosed quote runs to the end of the text
+_QUOTED = re.compile(r'"[^"]*(?:"|$)|\u201c[^\u201d]*(?:\u201d|$)')
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` (letters, with inner apostrophes), in order."""
+    return _WORD.findall(text)
+
+
+def mean_word_length(text: str) -> float:
+    """Mean length in letters of the words in ``text`` (0 for a text with no word)."""
+    found = words(text)
+    return fmean(len(word) for word in found) if found else 0.0
+
+
+def mean_zipf_frequency(text: str, *, language: str = "en") -> float:
+    """Mean Zipf frequency (log10 of occurrences per billion words, from ``wordfreq``) of the
+    words in ``text``: lower means rarer words. 0 for a text with no word."""
+    from wordfreq import zipf_frequency
+
+    found = words(text)
+    return fmean(zipf_frequency(word.lower(), language) for word in found) if found else 0.0
+
+
+def quoted_fraction(text: str) -> float:
+    """The fraction of the characters of ``text`` that lie inside double quotes, the quote
+    marks included; a quote left open runs to the end (a generation cut mid-speech)."""
+    if not text:
+        return 0.0
+    return sum(len(match) for match in _QUOTED.findall(text)) / len(text)

@@ -1,0 +1,315 @@
+"""The real consumer: packs for SmolLM2-135M-Instruct loaded in the real llama.cpp (0c1e570).
+
+llama.cpp logs a refused vector file as an error and runs on without it, exit 0; so every run
+that applies a vector here is checked for the ``set_adapter_cvec`` line, for the absence of
+error lines (cvgen.llamacpp does both) and for an output that differs from the unsteered one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import craft_gguf, require_llama_cpp, require_real_model
+
+from cvgen.commands import vector_arguments
+from cvgen.compare import render_chat_prompt
+from cvgen.gguf_io import read_control_vector, read_model_file_info, write_control_vector
+from cvgen.llamacpp import (
+    Completion,
+    LlamaCppError,
+    LlamaServer,
+    complete,
+    supports_legacy_syntax,
+)
+from cvgen.pipeline import generate_pack
+from cvgen.settings import GenerateSettings
+from cvgen.textstats import mean_word_length, mean_zipf_frequency, quoted_fraction
+
+pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
+
+N_LAYER = 30
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+# Writing prompts for the sign tests (not among the extraction prompts).
+SIGN_PROMPTS = (
+    "Write a scene where two old friends meet again at a train station.",
+    "Write a story about a girl who asks her grandmother about an old photograph.",
+    "Tell a story about a shopkeeper and a customer who cannot decide what to buy.",
+    "Write a scene where a captain gives orders during a storm.",
+    "Write a story about two children planning a surprise for their teacher.",
+    "Tell a story about a farmer who meets a talking crow.",
+    "Write a scene where a detective questions a nervous witness.",
+    "Write a story about a family arguing over a lost map.",
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return require_real_model()
+
+
+@pytest.fixture(scope="module")
+def bins() -> Path:
+    return require_llama_cpp()
+
+
+@pytest.fixture(scope="module")
+def pack(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`language` and `character_focus` from the real model, 32 samples per class (as the demo)."""
+    out = tmp_path_factory.mktemp("llamacpp") / "pack"
+    settings = GenerateSettings(
+        model=str(model), axes=("language", "character_focus"), samples=32, seed=0
+    )
+    generate_pack(settings, out, store_root=out.parent / "store", show_progress=False)
+    return out
+
+
+def artifact(name: str, data: Any) -> None:
+    """Keep a measured table where CI can find it ($CVGEN_ARTIFACTS), if that is set."""
+    folder = os.environ.get("CVGEN_ARTIFACTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run(bins: Path, model: Path, prompt: str, vectors: Sequence[str] = (), **kw: Any) -> Completion:
+    return complete(model, prompt, vectors=vectors, binary=bins / "llama-completion", **kw)
+
+
+def test_every_pack_file_loads_in_llama_completion(bins: Path, model: Path, pack: Path) -> None:
+    """Both syntaxes where the binary takes them, with and without a layer range; greedy output
+    is deterministic and a pole file changes it."""
+    manifest = json.loads((pack / "pack.json").read_text())
+    binary = bins / "llama-completion"
+    plain = run(bins, model, PROMPT, n_predict=16)
+    assert plain.applied is None and plain.text.strip()
+    legacy = supports_legacy_syntax(binary)
+    assert legacy is False  # 0c1e570 takes FILE:SCALE only (a binary before Dec 2025 would not)
+    files = sorted(pack.glob("*.gguf"))
+    assert len(files) == 6
+    for path in files:
+        scaled = run(bins, model, PROMPT, ["--control-vector-scaled", f"{path}:1"], n_predict=16)
+        assert scaled.applied == (1, N_LAYER), path.name
+        unit = run(bins, model, PROMPT, ["--control-vector", str(path)], n_predict=16)
+        assert unit.text == scaled.text, f"{path.name}: scale 1 and --control-vector differ"
+        ranged = run(
+            bins,
+            model,
+            PROMPT,
+            ["--control-vector-scaled", f"{path}:1", "--control-vector-layer-range", "10", "20"],
+            n_predict=16,
+        )
+        assert ranged.applied == (10, 20), path.name
+        if "__debias" not in path.name:
+            assert scaled.text != plain.text, f"{path.name} does not change the output"
+            again = run(bins, model, PROMPT, ["--control-vector-scaled", f"{path}:1"], n_predict=16)
+            assert again.text == scaled.text, f"{path.name}: temperature 0 is not deterministic"
+    # the lines `cvgen commands` prints for two axes at once
+    both = vector_arguments(
+        manifest, [("language", 0.6), ("character_focus", -0.4)], vector_dir=str(pack)
+    )
+    combined = run(bins, model, PROMPT, both, n_predict=16)
+    assert combined.applied == (1, N_LAYER) and combined.text != plain.text
+
+
+def test_the_check_notices_a_file_llama_cpp_refuses(
+    bins: Path, model: Path, tmp_path: Path
+) -> None:
+    """llama.cpp exits 0 without the vector; the log check turns that into an error."""
+    refused = craft_gguf(tmp_path / "zero.gguf", [("direction.0", np.ones(576, np.float32))])
+    narrow = craft_gguf(tmp_path / "narrow.gguf", [("direction.3", np.ones(64, np.float32))])
+    for path in (refused, narrow):
+        with pytest.raises(LlamaCppError, match="logged an error"):
+            run(bins, model, PROMPT, ["--control-vector", str(path)], n_predict=4)
+
+
+def test_llama_server_serves_a_pack_and_stops_by_pid(
+    bins: Path, model: Path, pack: Path, tmp_path: Path
+) -> None:
+    manifest = json.loads((pack / "pack.json").read_text())
+    vectors = vector_arguments(manifest, [("language", 1.0)], vector_dir=str(pack))
+    server_binary = bins / "llama-server"
+    with LlamaServer(model, binary=server_binary, log_path=tmp_path / "plain.log") as plain:
+        unsteered = plain.completion(PROMPT, n_predict=24)["content"]
+    steered_server = LlamaServer(
+        model, vectors=vectors, binary=server_binary, log_path=tmp_path / "steered.log"
+    )
+    with steered_server as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        steered = server.completion(PROMPT, n_predict=24)["content"]
+        process = server.process
+        assert process is not None and process.poll() is None
+    assert steered.strip() and unsteered.strip() and steered != unsteered
+    assert process.returncode is not None  # stopped and reaped by its own PID
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", steered_server.port)) != 0
+    # a refused file: the server runs on without it, so start() must fail with the log
+    refused = craft_gguf(tmp_path / "zero.gguf", [("direction.0", np.ones(576, np.float32))])
+    with pytest.raises(LlamaCppError, match="logged an error"):
+        LlamaServer(model, vectors=["--control-vector", str(refused)], binary=server_binary).start()
+    with pytest.raises(LlamaCppError, match=r"exited with \d+ while starting.*\n(.|\n)*missing"):
+        LlamaServer(tmp_path / "missing.gguf", binary=server_binary).start()
+
+
+# ---------------------------------------------------------------------- the layer index
+
+
+def _renormalised_kl(reference: dict[int, float], other: np.ndarray) -> float:
+    """KL(P || Q) over P's top tokens, both renormalised on that support."""
+    ids = np.array(list(reference))
+    p = np.exp(np.array(list(reference.values()), dtype=np.float64))
+    p /= p.sum()
+    q = np.exp(other[ids].astype(np.float64))
+    q /= q.sum()
+    return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+def test_direction_k_in_llama_cpp_is_the_output_of_hf_block_k(
+    bins: Path, model: Path, pack: Path, tmp_path: Path
+) -> None:
+    """A file holding only direction.k, in llama.cpp, matches the HF model with the same vector
+    added by a forward hook at the output of model.layers[k], and not at k-1 or k+1 (which is
+    what a file written one block late would match). The pack's vector at k is rescaled to
+    norm 100 so that moving it by one block changes the next token clearly more than the Q4_1
+    quantisation does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(
+        model.parent, gguf_file=model.name, dtype=torch.float32
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model.parent, gguf_file=model.name)
+    blocks = hf.model.layers
+    prompts = [
+        "Write a story about a dragon.",
+        "Describe the sea at night.",
+        "What makes a good friend?",
+        "Tell me about your favourite city.",
+    ]
+    token_lists = [
+        list(
+            tokenizer(render_chat_prompt(read_model_file_info(model), p), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
+        for p in prompts
+    ]
+
+    def hf_logprobs(tokens: list[int], block: int | None, vector: np.ndarray | None) -> np.ndarray:
+        handle = None
+        if block is not None and vector is not None:
+            added = torch.from_numpy(vector)
+
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+                if isinstance(output, tuple):
+                    return (output[0] + added, *output[1:])
+                return output + added
+
+            handle = blocks[block].register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = hf(input_ids=torch.tensor([tokens])).logits[0, -1]
+        finally:
+            if handle is not None:
+                handle.remove()
+        return torch.log_softmax(logits.double(), dim=-1).numpy()
+
+    server_binary = bins / "llama-server"
+    with LlamaServer(model, binary=server_binary, log_path=tmp_path / "plain.log") as server:
+        unsteered = [
+            _renormalised_kl(server.next_token_logprobs(t), hf_logprobs(t, None, None))
+            for t in token_lists
+        ]
+    pole = read_control_vector(next(pack.glob("*language__ornate.gguf"))).directions
+    table: dict[str, Any] = {"unsteered": round(fmean(unsteered), 5)}
+    for k in (6, 14, 22):
+        vector = (100.0 * pole[k] / np.linalg.norm(pole[k])).astype(np.float32)
+        path = tmp_path / f"only{k}.gguf"
+        write_control_vector(path, {k: vector}, model_hint="llama")
+        with LlamaServer(
+            model,
+            vectors=["--control-vector", str(path)],
+            binary=server_binary,
+            log_path=tmp_path / f"k{k}.log",
+        ) as server:
+            steered = [server.next_token_logprobs(t) for t in token_lists]
+        row = {
+            block: fmean(
+                _renormalised_kl(ref, hf_logprobs(t, block, vector))
+                for ref, t in zip(steered, token_lists, strict=True)
+            )
+            for block in (k - 1, k, k + 1)
+        }
+        moved = fmean(
+            _renormalised_kl(ref, hf_logprobs(t, None, None))
+            for ref, t in zip(steered, token_lists, strict=True)
+        )
+        table[f"k={k}"] = {
+            "hf_block_k-1": round(row[k - 1], 5),
+            "hf_block_k": round(row[k], 5),
+            "hf_block_k+1": round(row[k + 1], 5),
+            "hf_unsteered": round(moved, 5),
+        }
+    artifact("layer_index_kl.json", table)
+    for k in (6, 14, 22):
+        cells = table[f"k={k}"]
+        matched, before, after = cells["hf_block_k"], cells["hf_block_k-1"], cells["hf_block_k+1"]
+        assert matched < 0.05, table
+        assert 5 * matched < min(before, after), table
+
+
+# ---------------------------------------------------------------------- sign, end to end
+
+
+@pytest.fixture(scope="module")
+def sign_outputs(bins: Path, model: Path, pack: Path) -> dict[tuple[str, float], list[str]]:
+    """Greedy 128-token replies to the sign prompts, per (axis, scale) with scale ±1."""
+    manifest = json.loads((pack / "pack.json").read_text())
+    info = read_model_file_info(model)
+    outputs: dict[tuple[str, float], list[str]] = {}
+    for axis in ("language", "character_focus"):
+        for scale in (-1.0, 1.0):
+            vectors = vector_arguments(manifest, [(axis, scale)], vector_dir=str(pack))
+            outputs[axis, scale] = [
+                run(bins, model, render_chat_prompt(info, p), vectors, n_predict=128).text
+                for p in SIGN_PROMPTS
+            ]
+    return outputs
+
+
+def test_language_plus_one_uses_longer_and_rarer_words(
+    sign_outputs: dict[tuple[str, float], list[str]],
+) -> None:
+    simple, ornate = sign_outputs["language", -1.0], sign_outputs["language", 1.0]
+    length = [
+        (mean_word_length(s), mean_word_length(o)) for s, o in zip(simple, ornate, strict=True)
+    ]
+    zipf = [
+        (mean_zipf_frequency(s), mean_zipf_frequency(o))
+        for s, o in zip(simple, ornate, strict=True)
+    ]
+    figures = {"word_length": length, "zipf": zipf}
+    artifact("sign_language.json", figures)
+    assert fmean(o for _, o in length) > fmean(s for s, _ in length), figures
+    assert fmean(o for _, o in zipf) < fmean(s for s, _ in zipf), figures  # lower = rarer
+    assert sum(o > s for s, o in length) >= 6, figures  # and on most prompts, not one outlier
+
+
+def test_character_focus_dialogue_gives_more_quoted_speech(
+    sign_outputs: dict[tuple[str, float], list[str]],
+) -> None:
+    narration = sign_outputs["character_focus", -1.0]
+    dialogue = sign_outputs["character_focus", 1.0]
+    quoted = [
+        (quoted_fraction(n), quoted_fraction(d)) for n, d in zip(narration, dialogue, strict=True)
+    ]
+    artifact("sign_character_focus.json", {"quoted_fraction": quoted})
+    assert fmean(d for _, d in quoted) > fmean(n for n, _ in quoted), quoted
+    assert sum(d > n for n, d in quoted) > sum(n > d for n, d in quoted), quoted

@@ -417,6 +417,16 @@
         enable.checked = true;
         page.edited();
       });
+      // A key that leaves the slider where it was (End at the end, with a typed scale past
+      // it) fires no input event; it still means "this value".
+      slider.addEventListener("keyup", function (event) {
+        var keys = ["Home", "End", "ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "PageUp", "PageDown"];
+        if (keys.indexOf(event.key) !== -1 && Number(scale.value) !== Number(slider.value)) {
+          scale.value = slider.value;
+          enable.checked = true;
+          page.edited();
+        }
+      });
       scale.addEventListener("input", function () {
         page.syncSlider(name);
         enable.checked = true;
@@ -549,8 +559,6 @@
 
   Page.prototype.options = function () {
     var layerOn = byId("layer-range-on").checked;
-    byId("layer-start").disabled = !layerOn;
-    byId("layer-end").disabled = !layerOn;
     return {
       target: byId("target").value,
       modelPath: byId("model-path").value,
@@ -565,6 +573,9 @@
     var commandNode = byId("command");
     var errorNode = byId("command-error");
     var selection = null;
+    var layerOn = byId("layer-range-on").checked;
+    byId("layer-start").disabled = !layerOn;
+    byId("layer-end").disabled = !layerOn;
     try {
       selection = this.selection();
       var options = this.options();

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -221,6 +222,15 @@ def _slider_by_keyboard(tab: Tab, index: int, rng: random.Random) -> str:
     return text
 
 
+def _check_cli_equivalent(tab: Tab, command: str) -> None:
+    """The `cvgen commands ...` line the page shows prints the page's command."""
+    words = shlex.split(tab.text("#cli-equivalent"))
+    assert words[:2] == ["cvgen", "commands"]
+    printed = run(*words[1:])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout == command + "\n"
+
+
 def test_page_commands_equal_python_over_random_selections(browser: Any, tmp_path: Path) -> None:
     manifest = sample_manifest()
     tab = Tab(browser, make_pack(tmp_path / "pack", manifest))
@@ -236,6 +246,7 @@ def test_page_commands_equal_python_over_random_selections(browser: Any, tmp_pat
         "slider": 0,
         "multiline": 0,
         "layers": 0,
+        "cli": 0,
     }
     for _ in range(SELECTIONS):
         if rng.random() < 0.15:
@@ -271,6 +282,9 @@ def test_page_commands_equal_python_over_random_selections(browser: Any, tmp_pat
         assert (got_command, got_error) == (expected.command, expected.error), options
         assert tab.shown("#advice") == expected.advice
         assert tab.page.is_disabled("#copy") == (expected.command is None)
+        if expected.command is not None and enabled:
+            _check_cli_equivalent(tab, expected.command)
+            seen["cli"] += 1
         compared += 1
         seen["command"] += expected.command is not None
         seen["error"] += expected.error is not None

@@ -583,7 +583,7 @@
       errorNode.textContent = "";
       errorNode.hidden = true;
       byId("copy").disabled = false;
-      byId("cli-equivalent").textContent = this.cliEquivalent(selection, options);
+      byId("cli-equivalent").textContent = selection.length ? this.cliEquivalent(selection, options) : "";
     } catch (error) {
       if (!(error instanceof CommandError)) {
         throw error;
@@ -594,6 +594,7 @@
       byId("copy").disabled = true;
       byId("cli-equivalent").textContent = "";
     }
+    byId("cli-line").hidden = byId("cli-equivalent").textContent === "";
     byId("copy-status").textContent = "";
     this.updateGuidance(selection);
   };
@@ -642,6 +643,11 @@
     }
     row.warning.textContent = text;
     row.warning.hidden = text === "";
+    var value = Number(row.slider.value);
+    row.slider.setAttribute(
+      "aria-valuetext",
+      value === 0 ? "0 (neutral)" : Math.abs(value) + " toward " + row.classes[value < 0 ? 0 : 1]
+    );
   };
 
   Page.prototype.cliEquivalent = function (selection, options) {

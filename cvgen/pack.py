@@ -1,4 +1,5 @@
-"""A pack: a folder of control-vector GGUF files, `pack.json`, `samples.jsonl` and README.md.
+"""A pack: a folder of control-vector GGUF files, `pack.json`, `samples.jsonl`, README.md and
+`index.html` (the command-line page, see `cvgen.html`).
 
 `write_pack` stages the whole pack in a hidden sibling folder and swaps it into place, so a
 failed run leaves either the previous pack or nothing, never a half-written one.

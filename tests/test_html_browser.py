@@ -503,3 +503,40 @@ def test_page_data_round_trips_through_the_browser(browser: Any, tmp_path: Path)
         "manifest"
     ] == json.loads(json.dumps(manifest))
     tab.close()
+
+
+def test_page_works_from_a_static_http_host(browser: Any, tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    manifest = sample_manifest()
+    page_file = make_pack(tmp_path / "pack", manifest)
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(page_file.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        url = f"http://127.0.0.1:{server.server_port}/{PAGE_NAME}"
+        page.goto(url)
+        page.fill("#axis-2-scale", "-0.3")
+        expected = build_command(
+            manifest,
+            [("dialogue", -0.3)],
+            model_path=manifest["model"]["source"],
+            vector_dir=str(page_file.parent.resolve()),
+        )
+        assert page.text_content("#command") == expected
+        assert requests == [url]
+        context.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -603,7 +603,7 @@
     var page = this;
     var guidance = byId("guidance");
     var advice = byId("advice");
-    var active = (selection || []).filter(function (item) { return formatScale(item[1]) !== "0"; });
+    var active = (selection || []).filter(function (item) { return roundedOrZero(item[1]) !== "0"; });
     var count = active.length;
     var upper = count >= 2 ? Math.sqrt(1 / count) : Infinity;
     if (count >= 2) {
@@ -615,11 +615,18 @@
       guidance.textContent = "";
       guidance.hidden = true;
     }
-    var note = selection === null ? null : combinationAdvice(selection);
+    var note = null;
+    try {
+      note = selection === null ? null : combinationAdvice(selection);
+    } catch (error) {
+      if (!(error instanceof CommandError)) {
+        throw error;
+      }
+    }
     advice.textContent = note || "";
     advice.hidden = !note;
     var rounded = Object.create(null);
-    active.forEach(function (item) { rounded[item[0]] = Number(formatScale(Math.abs(item[1]))); });
+    active.forEach(function (item) { rounded[item[0]] = Math.abs(Number(roundedOrZero(item[1]))); });
     this.names.forEach(function (name) {
       var row = page.rows[name];
       row.row.classList.toggle("off", !row.enable.checked);
@@ -627,6 +634,18 @@
       page.updateAxisWarning(name);
     });
   };
+
+  // A scale too large to format (the command shows why) counts as no scale here.
+  function roundedOrZero(value) {
+    try {
+      return formatScale(value);
+    } catch (error) {
+      if (!(error instanceof CommandError)) {
+        throw error;
+      }
+      return "0";
+    }
+  }
 
   Page.prototype.updateAxisWarning = function (name) {
     var row = this.rows[name];

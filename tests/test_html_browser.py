@@ -566,3 +566,47 @@ def test_unusable_scales_show_python_s_error(
     assert tab.shown("#command-error") == message and tab.shown("#command") is None
     assert tab.shown("#advice") is None and tab.page.is_disabled("#copy")
     tab.close()  # no uncaught script error
+
+
+def test_the_address_keeps_the_selection_for_a_reload_or_a_link(
+    browser: Any, tmp_path: Path
+) -> None:
+    manifest = sample_manifest()
+    page_file = make_pack(tmp_path / "pack", manifest)
+    tab = Tab(browser, page_file)
+    tab.page.fill("#axis-3-scale", "-0.45")
+    tab.page.fill("#axis-0-scale", "1")
+    tab.page.select_option("#target", "llama-cli")
+    tab.page.check("#syntax-legacy")
+    tab.page.fill("#vector-dir", "/srv/my packs")
+    tab.page.check("#layer-range-on")
+    tab.page.fill("#layer-start", "2")
+    tab.page.check("#multiline")
+    command = tab.text("#command")
+    assert command == build_command(
+        manifest,
+        [("language", 1.0), ("tense", -0.45)],
+        target="llama-cli",
+        model_path=manifest["model"]["source"],
+        vector_dir="/srv/my packs",
+        legacy_syntax=True,
+        layer_range=(2, 4),
+        multiline=True,
+    )
+    link = tab.page.url
+    assert link.startswith(tab.url + "#a=language&s=1&a=tense&s=-0.45&target=llama-cli")
+    tab.close()
+    again = Tab(browser, page_file)
+    again.page.goto(link)
+    assert again.text("#command") == command
+    # a link naming unknown axes or targets is ignored, not an error
+    again.page.goto(tab.url + "#a=%3Cscript%3E&s=1&a=optimism&s=0.2&target=rm")
+    again.page.reload()
+    assert again.text("#command") == build_command(
+        manifest,
+        [("optimism", 0.2)],
+        model_path=manifest["model"]["source"],
+        vector_dir=str(page_file.parent.resolve()),
+    )
+    assert again.page.evaluate("window.__pwned") is None
+    again.close()

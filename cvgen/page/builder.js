@@ -299,7 +299,85 @@
       byId(id).addEventListener("change", function () { page.update(); });
     });
     byId("copy").addEventListener("click", function () { page.copy(); });
+    this.restoreState();
+    window.addEventListener("hashchange", function () {
+      page.restoreState();
+      page.update();
+    });
     this.update();
+  };
+
+  // The selection and options live in the address's fragment (#a=AXIS&s=SCALE&...), so a
+  // link or a reload brings the same command back; what the fragment leaves out takes its
+  // default. Only this page reads it: browsers never send the fragment anywhere.
+  Page.prototype.saveState = function () {
+    var page = this;
+    var params = new URLSearchParams();
+    this.order.forEach(function (name) {
+      var row = page.rows[name];
+      if (row.enable.checked) {
+        params.append("a", name);
+        params.append("s", row.scale.value);
+      }
+    });
+    params.set("target", byId("target").value);
+    if (byId("syntax-legacy").checked) {
+      params.set("syntax", "legacy");
+    }
+    if (byId("model-path").value !== this.initialModelPath) {
+      params.set("model", byId("model-path").value);
+    }
+    if (byId("vector-dir").value !== this.initialVectorDir) {
+      params.set("dir", byId("vector-dir").value);
+    }
+    if (byId("layer-range-on").checked) {
+      params.set("layers", byId("layer-start").value + "-" + byId("layer-end").value);
+    }
+    if (byId("multiline").checked) {
+      params.set("lines", "multi");
+    }
+    var hash = "#" + params.toString();
+    if (hash !== window.location.hash) {
+      try {
+        window.history.replaceState(null, "", hash);
+      } catch (error) {
+        // some browsers refuse history changes on file:// pages; the page works without them
+      }
+    }
+  };
+
+  Page.prototype.restoreState = function () {
+    var page = this;
+    var params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+    var names = params.getAll("a");
+    var scales = params.getAll("s");
+    var chosen = [];
+    this.names.forEach(function (name) {
+      page.rows[name].enable.checked = false;
+    });
+    byId("preset").value = "";
+    byId("preset-summary").textContent = "";
+    names.forEach(function (name, index) {
+      if (hasOwn(page.rows, name) && chosen.indexOf(name) === -1 && index < scales.length) {
+        chosen.push(name);
+        page.rows[name].enable.checked = true;
+        page.rows[name].scale.value = scales[index];
+        page.syncSlider(name);
+      }
+    });
+    this.order = chosen.concat(this.names.filter(function (name) { return chosen.indexOf(name) === -1; }));
+    byId("target").value = TARGETS.indexOf(params.get("target")) !== -1 ? params.get("target") : TARGETS[0];
+    byId("syntax-legacy").checked = params.get("syntax") === "legacy";
+    byId("syntax-current").checked = params.get("syntax") !== "legacy";
+    byId("model-path").value = params.has("model") ? params.get("model") : this.initialModelPath;
+    byId("vector-dir").value = params.has("dir") ? params.get("dir") : this.initialVectorDir;
+    var layers = /^([0-9]+)-([0-9]+)$/.exec(params.get("layers") || "");
+    byId("layer-range-on").checked = layers !== null;
+    if (layers) {
+      byId("layer-start").value = layers[1];
+      byId("layer-end").value = layers[2];
+    }
+    byId("multiline").checked = params.get("lines") === "multi";
   };
 
   Page.prototype.renderModel = function () {
@@ -527,6 +605,8 @@
     byId("model-path").value =
       typeof this.defaults.model_path === "string" ? this.defaults.model_path : defaultModelPath(this.manifest);
     byId("vector-dir").value = typeof this.defaults.vector_dir === "string" ? this.defaults.vector_dir : "";
+    this.initialModelPath = byId("model-path").value;
+    this.initialVectorDir = byId("vector-dir").value;
     var nLayer = isObject(this.manifest.model) ? this.manifest.model.n_layer : 2;
     var layers = Array.isArray(this.manifest.layers) && this.manifest.layers.length ? this.manifest.layers : [1, nLayer - 1];
     ["layer-start", "layer-end"].forEach(function (id) {
@@ -597,6 +677,7 @@
     byId("cli-line").hidden = byId("cli-equivalent").textContent === "";
     byId("copy-status").textContent = "";
     this.updateGuidance(selection);
+    this.saveState();
   };
 
   Page.prototype.updateGuidance = function (selection) {

@@ -285,6 +285,7 @@ def test_generate_writes_the_page_into_the_pack(pico_llama: Path, tmp_path: Path
         "vector_dir": str(out),
         "pack": str(out),
     }
+    assert "Open `index.html` in a browser" in (out / "README.md").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- presets

@@ -186,30 +186,40 @@ class Expected:
             self.error = str(exc)
 
 
-def _set_options(tab: Tab, rng: random.Random, n_layer: int) -> dict[str, Any]:
+def _change_options(
+    tab: Tab, rng: random.Random, n_layer: int, options: dict[str, Any]
+) -> dict[str, Any]:
+    """Change each option through its control with probability 0.4; return all options."""
     page = tab.page
-    options: dict[str, Any] = {
-        "target": rng.choice(TARGETS),
-        "legacy_syntax": rng.random() < 0.5,
-        "multiline": rng.random() < 0.4,
-        "model_path": rng.choice(MODEL_PATHS) if rng.random() < 0.9 else "",
-        "vector_dir": rng.choice(VECTOR_DIRS[:6] if rng.random() < 0.8 else VECTOR_DIRS[6:]),
-        "layer_range": None,
-    }
-    page.select_option("#target", options["target"])
-    page.check("#syntax-legacy" if options["legacy_syntax"] else "#syntax-current")
-    page.set_checked("#multiline", options["multiline"])
-    page.fill("#model-path", options["model_path"])
-    page.fill("#vector-dir", options["vector_dir"])
+    options = dict(options)
     if rng.random() < 0.4:
-        start = rng.randint(1, n_layer - 1)
-        end = rng.randint(start, n_layer - 1) if rng.random() < 0.85 else rng.randint(0, start)
-        page.check("#layer-range-on")
-        page.fill("#layer-start", str(start))
-        page.fill("#layer-end", str(end))
-        options["layer_range"] = (start, end)
-    else:
-        page.uncheck("#layer-range-on")
+        options["target"] = rng.choice(TARGETS)
+        page.select_option("#target", options["target"])
+    if rng.random() < 0.4:
+        options["legacy_syntax"] = rng.random() < 0.5
+        page.check("#syntax-legacy" if options["legacy_syntax"] else "#syntax-current")
+    if rng.random() < 0.4:
+        options["multiline"] = not options["multiline"]
+        page.set_checked("#multiline", options["multiline"])
+    if rng.random() < 0.4:
+        options["model_path"] = rng.choice(MODEL_PATHS) if rng.random() < 0.95 else ""
+        page.fill("#model-path", options["model_path"])
+    if rng.random() < 0.4:
+        options["vector_dir"] = rng.choice(
+            VECTOR_DIRS[:6] if rng.random() < 0.85 else VECTOR_DIRS[6:]
+        )
+        page.fill("#vector-dir", options["vector_dir"])
+    if rng.random() < 0.4:
+        if rng.random() < 0.5:
+            start = rng.randint(1, n_layer - 1)
+            end = rng.randint(start, n_layer - 1) if rng.random() < 0.9 else rng.randint(0, start)
+            page.check("#layer-range-on")
+            page.fill("#layer-start", str(start))
+            page.fill("#layer-end", str(end))
+            options["layer_range"] = (start, end)
+        else:
+            page.uncheck("#layer-range-on")
+            options["layer_range"] = None
     return options
 
 
@@ -240,6 +250,14 @@ def test_page_commands_equal_python_over_random_selections(browser: Any, tmp_pat
     names = list(manifest["axes"])
     rng = random.Random(SEED)
     order = names[:]
+    options: dict[str, Any] = {  # the page's defaults
+        "target": "llama-server",
+        "legacy_syntax": False,
+        "multiline": False,
+        "model_path": manifest["model"]["source"],
+        "vector_dir": str((tmp_path / "pack").resolve()),
+        "layer_range": None,
+    }
     compared = 0
     seen = {
         "command": 0,
@@ -278,7 +296,7 @@ def test_page_commands_equal_python_over_random_selections(browser: Any, tmp_pat
                 tab.page.set_checked(f"#axis-{index}-enable", on)
                 if on:
                     enabled.add(axis)
-        options = _set_options(tab, rng, manifest["model"]["n_layer"])
+        options = _change_options(tab, rng, manifest["model"]["n_layer"], options)
         expected = Expected(manifest, [(a, texts[a]) for a in order if a in enabled], options)
         got_command = tab.shown("#command") or None
         got_error = tab.shown("#command-error")

@@ -1,6 +1,6 @@
 """The `cvgen` command line: parse options, call the library, turn its errors into one line.
 
-Commands: generate, inspect, commands, axes. Library errors become `click.ClickException`
+Commands: generate, inspect, commands, axes, html, preset (add, list, remove). Library errors become `click.ClickException`
 here and only here, so every failure prints `Error: <one line>` and exits non-zero.
 """
 
@@ -414,6 +414,116 @@ def axes() -> None:
         click.echo(
             f"{axis.name:<{width}}  {axis.classes[0]:<12} {axis.classes[1]:<18} {len(axis.pairs)}"
         )
+
+
+@main.command("html")
+@click.argument("pack", type=click.Path(path_type=Path))
+@click.option(
+    "--model-path",
+    default=None,
+    help="Model path the page starts with (default: the pack's .gguf source, else MODEL.gguf).",
+)
+@click.option(
+    "--vector-dir",
+    default=None,
+    help="Vector folder the page starts with (default: the pack's absolute path).",
+)
+@one_line_errors
+def html_page(pack: Path, model_path: str | None, vector_dir: str | None) -> None:
+    """Write PACK/index.html: a self-contained page that builds llama.cpp command lines.
+
+    Open it in any browser (file:// works; it makes no network requests). `cvgen generate`
+    writes it too, and the preset commands keep it up to date.
+    """
+    from cvgen.html import write_page
+
+    manifest = load_manifest(pack)
+    path = write_page(pack, manifest, model_path=model_path, vector_dir=vector_dir)
+    click.echo(
+        f"wrote {path}: {len(manifest['axes'])} axes, {len(manifest.get('presets') or {})} presets"
+    )
+
+
+@main.group()
+def preset() -> None:
+    """Add, list or remove a pack's presets (named sets of axis scales).
+
+    `cvgen commands PACK --preset NAME` prints a preset's command lines; the pack's index.html
+    offers the presets too.
+    """
+
+
+@preset.command("add")
+@click.argument("pack", type=click.Path(path_type=Path))
+@click.argument("name")
+@click.option(
+    "--set",
+    "-s",
+    "assignments",
+    multiple=True,
+    required=True,
+    metavar="AXIS=SCALE",
+    help="Axis and scale, as in `cvgen commands`. Repeatable; the order is kept.",
+)
+@click.option("--replace", is_flag=True, help="Overwrite a preset of the same name.")
+@one_line_errors
+def preset_add(pack: Path, name: str, assignments: tuple[str, ...], replace: bool) -> None:
+    """Store preset NAME in PACK/pack.json and rewrite PACK/index.html."""
+    from cvgen.pack import with_preset
+
+    selection = [parse_assignment(text) for text in assignments]
+    manifest = with_preset(load_manifest(pack), name, selection, replace=replace)
+    _save_presets(pack, manifest)
+    click.echo(f"preset '{name}': {_describe_preset(manifest, name)}")
+
+
+@preset.command("list")
+@click.argument("pack", type=click.Path(path_type=Path))
+@one_line_errors
+def preset_list(pack: Path) -> None:
+    """Print each preset of PACK: NAME: AXIS=SCALE ..."""
+    manifest = load_manifest(pack)
+    for name in manifest.get("presets") or {}:
+        click.echo(f"{name}: {_describe_preset(manifest, name)}")
+
+
+@preset.command("remove")
+@click.argument("pack", type=click.Path(path_type=Path))
+@click.argument("name")
+@one_line_errors
+def preset_remove(pack: Path, name: str) -> None:
+    """Delete preset NAME from PACK/pack.json and rewrite PACK/index.html."""
+    from cvgen.pack import without_preset
+
+    _save_presets(pack, without_preset(load_manifest(pack), name))
+    click.echo(f"removed preset '{name}'")
+
+
+def _describe_preset(manifest: dict[str, Any], name: str) -> str:
+    from cvgen.commands import format_scale
+
+    return " ".join(
+        f"{axis}={format_scale(scale)}" for axis, scale in preset_selection(manifest, name)
+    )
+
+
+def _save_presets(pack: Path, manifest: dict[str, Any]) -> None:
+    """Rewrite pack.json and the page (keeping the page's model path and vector folder); the
+    page is rendered first, so a manifest it refuses changes nothing."""
+    from cvgen.html import PAGE_NAME, page_defaults, render_page
+    from cvgen.pack import MANIFEST_NAME, save_manifest, write_text_atomically
+
+    absolute = str(pack.expanduser().resolve())
+    defaults = page_defaults(pack / PAGE_NAME)
+    page = render_page(
+        manifest,
+        model_path=defaults.get("model_path", default_model_path(manifest)),
+        vector_dir=defaults.get("vector_dir", absolute),
+        pack_label=absolute,
+        source=str(pack / MANIFEST_NAME),
+    )
+    save_manifest(pack, manifest)
+    write_text_atomically(pack / PAGE_NAME, page)
 
 
 if __name__ == "__main__":  # pragma: no cover

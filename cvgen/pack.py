@@ -1,4 +1,5 @@
-"""A pack: a folder of control-vector GGUF files, `pack.json`, `samples.jsonl` and README.md.
+"""A pack: a folder of control-vector GGUF files, `pack.json`, `samples.jsonl`, README.md and
+`index.html` (the command-line page, see `cvgen.html`).
 
 `write_pack` stages the whole pack in a hidden sibling folder and swaps it into place, so a
 failed run leaves either the previous pack or nothing, never a half-written one.
@@ -10,12 +11,13 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cvgen.commands import vector_arguments
 from cvgen.errors import CvgenError
 from cvgen.gguf_io import write_control_vector
 
@@ -26,6 +28,7 @@ PACK_FORMAT = "cvgen-pack"
 PACK_FORMAT_VERSION = 1
 ROLES = ("debias", "negative", "positive")
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class PackError(CvgenError, ValueError):
@@ -69,13 +72,56 @@ def load_manifest(pack: Path) -> dict[str, Any]:
 
 def save_manifest(pack: Path, manifest: Mapping[str, Any]) -> None:
     """Atomically rewrite `PACK/pack.json` (e.g. after adding a preset)."""
-    _write_text_atomically(Path(pack) / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomically(Path(pack) / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary sibling of `path`, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def with_preset(
+    manifest: Mapping[str, Any],
+    name: str,
+    selection: Sequence[tuple[str, float]],
+    *,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """A copy of `manifest` with preset `name` = `selection` (axis -> scale, in that order).
+
+    The selection is checked as `cvgen commands --set` checks it (known axes, each once, finite
+    scales); the name must be non-empty, at most 80 characters, without control characters or
+    surrounding spaces. An existing preset is replaced only with `replace`.
+    """
+    if not name or len(name) > 80 or name != name.strip() or _CONTROL.search(name):
+        raise PackError(
+            f"preset name '{name}' is invalid: use 1 to 80 characters, no control characters "
+            "and no leading or trailing spaces"
+        )
+    if not selection:
+        raise PackError(f"preset '{name}' is empty; give at least one --set AXIS=SCALE")
+    vector_arguments(manifest, selection, vector_dir="", legacy_syntax=True)
+    presets = dict(manifest.get("presets") or {})
+    if name in presets and not replace:
+        raise PackError(f"preset '{name}' already exists; pass --replace to overwrite it")
+    presets[name] = {axis: float(scale) for axis, scale in selection}
+    return {**manifest, "presets": presets}
+
+
+def without_preset(manifest: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A copy of `manifest` without preset `name` (which must exist)."""
+    presets = dict(manifest.get("presets") or {})
+    if name not in presets:
+        known = ", ".join(presets) if presets else "none"
+        raise PackError(f"unknown preset '{name}'; the pack has: {known}")
+    del presets[name]
+    return {**manifest, "presets": presets}
 
 
 def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str:
@@ -110,6 +156,9 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
         "```sh",
         example_command,
         "```",
+        "",
+        "Open `index.html` in a browser to build command lines with sliders, presets and the",
+        "options above; it works offline, from disk or from any static host.",
         "",
         f"`{SAMPLES_NAME}` lists every drawn sample (stem, writing prompt and, per axis, the",
         "continuation pair), so the run can be audited and reproduced.",
@@ -165,11 +214,13 @@ def write_pack(
     file_metadata: Mapping[str, Mapping[str, Mapping[str, Any]]],
     samples: Iterable[Mapping[str, Any]],
     readme: str,
+    extra_texts: Mapping[str, str] | None = None,
 ) -> None:
     """Write a whole pack at `out`, replacing an earlier pack there.
 
     `vectors[axis][role]` maps block -> vector; `file_metadata[axis][role]` holds the
-    `cvgen.*` keys of that file. Everything is staged beside `out` and renamed into place.
+    `cvgen.*` keys of that file; `extra_texts` maps further file names (e.g. `index.html`) to
+    their text. Everything is staged beside `out` and renamed into place.
     """
     out = check_pack_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +243,8 @@ def write_pack(
             json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
         )
         (staging / README_NAME).write_text(readme, encoding="utf-8")
+        for name, text in (extra_texts or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

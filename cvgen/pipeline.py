@@ -22,6 +22,7 @@ from cvgen.collect import WorkItem, block_features, run_collection
 from cvgen.commands import CommandError, build_command, default_model_path
 from cvgen.data import Axis, Stems, load_axis, load_stems, load_writing_prompts
 from cvgen.errors import CvgenError
+from cvgen.html import PAGE_NAME, render_page
 from cvgen.llamacpp import llama_cpp_record
 from cvgen.model import (
     ModelSource,
@@ -315,7 +316,8 @@ def generate_pack(
     show_progress: bool = True,
 ) -> PackResult:
     """Make a pack at `out` for `settings`: sample, collect (reusing stored states), solve,
-    write the GGUF files, `pack.json`, `samples.jsonl` and the pack's README.md."""
+    write the GGUF files, `pack.json`, `samples.jsonl`, the pack's README.md and `index.html`
+    (the command-line builder page)."""
     clock = time.perf_counter()
     out = check_pack_target(out)
     inputs = _load_inputs(settings)
@@ -361,7 +363,10 @@ def generate_pack(
     )
     example = example_command(manifest, out)
     readme = render_pack_readme(manifest, example)
-    write_pack(out, manifest, vectors, metadata, _samples_rows(inputs), readme)
+    page = render_page(
+        manifest, model_path=default_model_path(manifest), vector_dir=str(out), pack_label=str(out)
+    )
+    write_pack(out, manifest, vectors, metadata, _samples_rows(inputs), readme, {PAGE_NAME: page})
     timings["solve_and_write"] = time.perf_counter() - clock
     total = sum(len(texts) for texts in rendered.values())
     return PackResult(

@@ -15,7 +15,16 @@ from cvgen.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
-COMMANDS = ("generate", "inspect", "commands", "axes")
+COMMANDS = (
+    "generate",
+    "inspect",
+    "commands",
+    "axes",
+    "html",
+    "preset add",
+    "preset list",
+    "preset remove",
+)
 
 
 def cli_reference() -> str:
@@ -24,7 +33,7 @@ def cli_reference() -> str:
     for command in COMMANDS:
         text = (
             CliRunner()
-            .invoke(main, [command, "--help"], prog_name="cvgen", terminal_width=100)
+            .invoke(main, [*command.split(), "--help"], prog_name="cvgen", terminal_width=100)
             .output
         )
         parts.append(f"### `cvgen {command}`\n\n```text\n{text.rstrip()}\n```\n")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set everything up and run the checks: lint, format, types, and the whole test suite
 # (including the slow tests on the real SmolLM2-135M model and the real llama.cpp, which this
-# script fetches and builds into ~/.cache/cvgen). Extra arguments go to pytest.
+# script fetches and builds into ~/.cache/cvgen, and the browser tests on Debian's chromium,
+# which it installs with apt-get when missing). Extra arguments go to pytest.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -13,6 +14,10 @@ echo "test: llama.cpp (built once, ~10 min on 2 cores, then cached)" >&2
 CVGEN_LLAMA_CPP="$(PYTHON="$VENV/bin/python" bash scripts/build_llama_cpp.sh)"
 export CVGEN_LLAMA_CPP
 export CVGEN_REQUIRE_LLAMA_CPP="${CVGEN_REQUIRE_LLAMA_CPP:-1}"
+echo "test: chromium for the browser tests (Debian's, installed with apt-get if missing)" >&2
+CVGEN_CHROMIUM="$(bash scripts/ensure_chromium.sh)"
+export CVGEN_CHROMIUM
+export CVGEN_REQUIRE_BROWSER="${CVGEN_REQUIRE_BROWSER:-1}"
 echo "test: ruff check, ruff format --check, mypy" >&2
 "$VENV/bin/ruff" check cvgen tests scripts
 "$VENV/bin/ruff" format --check cvgen tests scripts

@@ -49,10 +49,11 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
         text=True,
     )
     probe = (
-        "import json, cvgen, cvgen.data as d;"
+        "import json, importlib.resources as r, cvgen, cvgen.data as d;"
         "print(json.dumps({'file': cvgen.__file__, 'root': str(d.data_root()),"
         " 'axes': d.shipped_axis_names(), 'prompts': len(d.load_writing_prompts()),"
-        " 'stems': len(d.load_stems())}))"
+        " 'stems': len(d.load_stems()),"
+        " 'page': [f.name for f in r.files('cvgen').joinpath('page').iterdir()]}))"
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -70,6 +71,7 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
     assert facts["root"] == str(site / "cvgen" / "data")
     assert len(facts["axes"]) == 8 and "language" in facts["axes"]
     assert facts["prompts"] >= 500 and facts["stems"] >= 1600
+    assert sorted(facts["page"]) == ["builder.js", "index.html.template", "style.css"]
     axes = subprocess.run(
         [sys.executable, "-c", "from cvgen.cli import main; main()", "axes"],
         cwd=elsewhere,
@@ -79,3 +81,27 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
         text=True,
     )
     assert "character_focus  narration" in axes.stdout
+    # the installed wheel renders the command-line page from its own package files
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    manifest = {
+        "format": "cvgen-pack",
+        "model": {"name": "m", "n_layer": 4},
+        "axes": {
+            "a": {
+                "classes": ["x", "y"],
+                "files": {"debias": "a.gguf", "negative": "b.gguf", "positive": "c.gguf"},
+            }
+        },
+    }
+    (pack / "pack.json").write_text(json.dumps(manifest))
+    subprocess.run(
+        [sys.executable, "-c", "from cvgen.cli import main; main()", "html", str(pack)],
+        cwd=elsewhere,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    page = (pack / "index.html").read_text(encoding="utf-8")
+    assert "window.cvgenBuilder" in page and "--control-vector-scaled" in page

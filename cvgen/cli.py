@@ -1,6 +1,6 @@
 """The `cvgen` command line: parse options, call the library, turn its errors into one line.
 
-Commands: generate, inspect, commands, axes. Library errors become `click.ClickException`
+Commands: generate, collect, solve, inspect, commands, axes. Library errors become `click.ClickException`
 here and only here, so every failure prints `Error: <one line>` and exits non-zero.
 """
 
@@ -130,11 +130,7 @@ def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **v
     """
     from cvgen.pipeline import example_command, generate_pack
 
-    if all_axes and values["axes"]:
-        raise click.UsageError("give either --axis or --all-axes, not both")
-    if all_axes:
-        values["axes"] = shipped_axis_names()
-    settings = GenerateSettings.from_options(values)
+    settings = _settings(values, all_axes=all_axes)
     with _logging(quiet=quiet):
         started = time.perf_counter()
         result = generate_pack(settings, out, store_root=cache_dir, show_progress=not quiet)
@@ -160,6 +156,106 @@ def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **v
         )
     else:
         click.echo(f"prompts run: 0; all {result.reused_prompts} reused from the store")
+    click.echo("\nexample:")
+    click.echo(example_command(manifest, result.out))
+
+
+def _settings(values: dict[str, Any], *, all_axes: bool) -> GenerateSettings:
+    if all_axes and values["axes"]:
+        raise click.UsageError("give either --axis or --all-axes, not both")
+    if all_axes:
+        values["axes"] = shipped_axis_names()
+    return GenerateSettings.from_options(values)
+
+
+STORE_HELP = (
+    "State store folder holding the shards (default: $CVGEN_CACHE/states or "
+    "~/.cache/cvgen/states). Copy it between machines with rsync -a."
+)
+
+
+@main.command()
+@settings_options
+@click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="i/N|auto",
+    help="Collect shard i of N (0-based): a contiguous slice of the samples, for every axis. "
+    "auto: RANK/WORLD_SIZE under torchrun, else SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT. "
+    "Default: RANK/WORLD_SIZE when set, else the whole run (0/1).",
+)
+@click.option("--store", type=click.Path(path_type=Path), default=None, help=STORE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@one_line_errors
+def collect(
+    all_axes: bool, shard: str | None, store: Path | None, quiet: bool, **values: Any
+) -> None:
+    """Collect one shard of a run's states into the store, for `cvgen solve` to merge.
+
+    Takes the options of `cvgen generate` (without --out). Run it once per shard, on any
+    processes or machines (torchrun, a SLURM array job, any scheduler), then run `cvgen solve`
+    with the same options on a store holding every shard.
+    """
+    from cvgen.pipeline import collect_shard
+    from cvgen.shards import format_rows, local_process, resolve_shard
+
+    settings = _settings(values, all_axes=all_axes)
+    spec = resolve_shard(shard, os.environ)
+    with _logging(quiet=quiet):
+        started = time.perf_counter()
+        result = collect_shard(
+            settings,
+            spec,
+            store_root=store,
+            show_progress=not quiet,
+            local_process=local_process(os.environ),
+        )
+        elapsed = time.perf_counter() - started
+    collect_seconds = result.timings.get("collect", 0.0)
+    rate = result.collected_prompts / collect_seconds if collect_seconds > 0 else 0.0
+    click.echo(
+        f"shard {result.shard}: samples {format_rows(result.samples)} of {settings.samples}, "
+        f"{result.collected_prompts} prompts run"
+        + (f" ({rate:.2f} prompts/s)" if result.collected_prompts else "")
+        + f", {result.reused_prompts} reused from the store, in {elapsed:.1f} s"
+    )
+    click.echo(f"described by {result.description}")
+
+
+@main.command()
+@settings_options
+@click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Pack folder to write (replaced if it is a cvgen pack).",
+)
+@click.option("--store", type=click.Path(path_type=Path), default=None, help=STORE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@one_line_errors
+def solve(out: Path, all_axes: bool, store: Path | None, quiet: bool, **values: Any) -> None:
+    """Merge the shards collected by `cvgen collect` and write the pack, like generate.
+
+    Takes the same options as the collect runs. Refuses a set of shards that misses or repeats
+    a sample, holds an unfinished shard, or was collected with another model, dtype,
+    quantisation, blocks or prompts. Loads no weights. With --dtype auto, the shards' dtype.
+    """
+    from cvgen.pipeline import example_command, solve_pack
+
+    settings = _settings(values, all_axes=all_axes)
+    with _logging(quiet=quiet):
+        started = time.perf_counter()
+        result = solve_pack(settings, out, store_root=store)
+        elapsed = time.perf_counter() - started
+    manifest = result.manifest
+    click.echo(
+        f"wrote {result.out}: {len(manifest['axes'])} axes x 3 files, blocks "
+        f"{manifest['layers'][0]}..{manifest['layers'][-1]}, from shards "
+        f"{', '.join(manifest['shards'])}, in {elapsed:.1f} s"
+    )
     click.echo("\nexample:")
     click.echo(example_command(manifest, result.out))
 

@@ -15,7 +15,7 @@ from cvgen.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
-COMMANDS = ("generate", "inspect", "commands", "axes")
+COMMANDS = ("generate", "collect", "solve", "inspect", "commands", "axes")
 
 
 def cli_reference() -> str:

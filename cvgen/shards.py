@@ -372,14 +372,17 @@ def _gap_message(
     root: Path,
 ) -> str:
     gap = set(missing.tolist())
-    for other in others:
-        if gap & set(other.samples) or not ours:
-            return f"{root}: shard {other.spec} {mismatch(other, expected)}; recollect it with these settings"
     if not ours:
+        if others:
+            other = others[0]
+            return f"{root}: no shard of this run; shard {other.spec} there {mismatch(other, expected)}"
         return (
             f"{root}: no shard of this run (run cvgen collect --store {root} with the same "
             "options first)"
         )
+    for other in others:
+        if gap & set(other.samples):
+            return f"{root}: shard {other.spec} {mismatch(other, expected)}; recollect it with these settings"
     counts = {d.spec.count for d in ours}
     if len(counts) == 1:
         count = counts.pop()

@@ -415,8 +415,8 @@ def _tokenize_pending(
     run: _Run, rendered: Mapping[str, list[str]], arrays: Mapping[str, StateArray]
 ) -> dict[str, list[list[int]]]:
     return {
-        name: tokenize_texts(run.tokenizer, texts) if arrays[name].pending_rows().size else []
-        for name, texts in rendered.items()
+        name: tokenize_texts(run.tokenizer, rendered[name]) if array.pending_rows().size else []
+        for name, array in arrays.items()
     }
 
 

@@ -388,7 +388,9 @@ def _gap_message(
         count = counts.pop()
         present = {d.spec.index for d in ours}
         absent = [ShardSpec(i, count) for i in range(count) if i not in present]
-        names = ", ".join(str(spec) for spec in absent)
+        names = ", ".join(str(spec) for spec in absent[:8])
+        if len(absent) > 8:
+            names += f" and {len(absent) - 8} more"
         return (
             f"{root}: shard{'s' if len(absent) > 1 else ''} {names} missing (samples "
             f"{format_rows(missing)}); run cvgen collect --shard {absent[0]} with the same options"

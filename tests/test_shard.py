@@ -265,6 +265,18 @@ def test_solving_an_empty_store_says_to_collect_first(pico_llama: Path, tmp_path
     )
 
 
+def test_a_shard_beyond_the_samples_is_empty_but_counted(pico_llama: Path, tmp_path: Path) -> None:
+    """With more shards than samples (more ranks than needed), the extra shards hold no sample;
+    they still describe themselves, and load no model."""
+    result = collect(pico_llama, tmp_path / "store", "0/20")
+    assert result.output.startswith("shard 0/20: samples none of 16, 0 prompts run")
+    described = json.loads(description_of(tmp_path / "store", "0/20").read_text())
+    assert described["samples"] == [] and described["arrays"] == {}
+    line = one_error_line(solve(pico_llama, tmp_path / "store", tmp_path / "pack"))
+    assert "shards 1/20, 2/20, 3/20, 4/20, 5/20, 6/20, 7/20, 8/20 and 11 more missing" in line
+    assert "(samples 0..15)" in line
+
+
 @pytest.mark.parametrize("n", [0, 1, 5, 16, 17])
 @pytest.mark.parametrize("count", [1, 2, 3, 7, 20])
 def test_the_shards_of_a_split_cover_every_sample_once(n: int, count: int) -> None:

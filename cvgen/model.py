@@ -219,7 +219,7 @@ def load_causal_lm(
             extra["max_memory"] = gpu_memory_budget(gpus)
     elif load_in != "none":
         # quantised weights cannot be moved with .to(); place them at load time instead
-        extra["device_map"] = {"": device.index if device.type == "cuda" else str(device)}
+        extra["device_map"] = {"": _device_map_target(device)}
     model = _from_pretrained(
         AutoModelForCausalLM, source, "weights", trust_remote_code=trust_remote_code, **extra
     )
@@ -227,6 +227,13 @@ def load_causal_lm(
         model = model.to(device)
     loaded: torch.nn.Module = model.eval()
     return loaded
+
+
+def _device_map_target(device: torch.device) -> int | str:
+    """A device as transformers' device_map names it: a CUDA index, else "cpu" / "mps"."""
+    if device.type == "cuda":
+        return device.index if device.index is not None else torch.cuda.current_device()
+    return device.type
 
 
 def bitsandbytes_config(load_in: str, dtype: torch.dtype) -> Any:
@@ -275,9 +282,10 @@ def gpus_for_process(local_process: tuple[int, int] | None) -> list[int] | None:
 
 
 def gpu_memory_budget(gpus: Sequence[int]) -> dict[int | str, int]:
-    """accelerate's `max_memory` for `device_map="auto"` restricted to `gpus`: their free
-    memory, and no CPU offload (devices left out are not used)."""
-    return {gpu: int(torch.cuda.mem_get_info(gpu)[0]) for gpu in gpus}
+    """accelerate's `max_memory` for `device_map="auto"` restricted to `gpus`: 90% of their
+    free memory for weights (the rest for activations), and no CPU offload (accelerate uses no
+    device that `max_memory` leaves out)."""
+    return {gpu: int(torch.cuda.mem_get_info(gpu)[0] * 0.9) for gpu in gpus}
 
 
 def input_device(model: torch.nn.Module, default: torch.device) -> torch.device:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -409,3 +410,68 @@ def test_device_map_auto_on_cpu_gives_the_same_vectors(
     assert manifest["settings"]["device_map"] == "auto"
     assert manifest["settings"]["load_in"] == "none"
     assert gguf_bytes(out) == gguf_bytes(generated)
+
+
+class _CapturingLoader:
+    """Stands in for AutoModelForCausalLM: records the from_pretrained keyword arguments."""
+
+    calls: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_pretrained(cls, directory: str, **kwargs: Any) -> torch.nn.Module:
+        cls.calls.append(kwargs)
+        return torch.nn.Linear(2, 2)
+
+
+def test_loader_arguments_for_device_maps_and_bitsandbytes(
+    pico_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import transformers
+
+    from cvgen.model import gpus_for_process, load_causal_lm, resolve_model_source
+
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", _CapturingLoader)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda gpu: (1000 * (gpu + 1), 10**6))
+    source = resolve_model_source(str(pico_llama))
+    _CapturingLoader.calls = []
+
+    def load(**options: Any) -> dict[str, Any]:
+        load_causal_lm(
+            source,
+            dtype=torch.bfloat16,
+            device=torch.device("cpu"),
+            trust_remote_code=False,
+            **options,
+        )
+        return _CapturingLoader.calls[-1]
+
+    # torchrun process 1 of 4 on an 8-GPU node: GPUs 2 and 3, 90% of their free memory
+    assert gpus_for_process((1, 4)) == [2, 3] and gpus_for_process(None) is None
+    shared = load(device_map="auto", gpus=gpus_for_process((1, 4)))
+    assert shared["device_map"] == "auto" and shared["max_memory"] == {2: 2700, 3: 3600}
+    assert "max_memory" not in load(device_map="auto")  # one process: every GPU, then CPU
+    quantised = load(load_in="4bit")
+    config = quantised["quantization_config"]
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantised["device_map"] == {"": "cpu"}  # placed at load time, never moved with .to
+    assert load(load_in="8bit")["quantization_config"].load_in_8bit
+    plain = load()
+    assert "device_map" not in plain and "quantization_config" not in plain
+    assert plain["dtype"] == torch.bfloat16
+
+
+def test_torchrun_processes_take_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvgen.model import device_for_local_rank
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert device_for_local_rank(torch.device("cuda"), 3) == torch.device("cuda", 3)
+    assert device_for_local_rank(torch.device("cuda"), 11) == torch.device("cuda", 3)
+    assert device_for_local_rank(torch.device("cuda", 5), 3) == torch.device("cuda", 5)
+    assert device_for_local_rank(torch.device("cpu"), 3) == torch.device("cpu")
+    assert device_for_local_rank(torch.device("cuda"), None) == torch.device("cuda")

@@ -1,7 +1,8 @@
 """The `cvgen` command line: parse options, call the library, turn its errors into one line.
 
-Commands: generate, collect, solve, inspect, commands, axes. Library errors become `click.ClickException`
-here and only here, so every failure prints `Error: <one line>` and exits non-zero.
+Commands: generate, collect, solve, inspect, commands, axes. Library errors become
+`click.ClickException` here and only here, so every failure prints `Error: <one line>` and
+exits non-zero.
 """
 
 from __future__ import annotations

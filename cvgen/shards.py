@@ -257,7 +257,8 @@ class ShardDescription:
             rows and not 0 <= rows[0] <= rows[-1] < description.plan_samples
         ):
             raise ShardError(
-                f"{path}: field 'samples' is not an ascending list of indices below {description.plan_samples}"
+                f"{path}: field 'samples' is not an ascending list of indices below "
+                f"{description.plan_samples}"
             )
         return description
 
@@ -311,7 +312,10 @@ def mismatch(description: ShardDescription, expected: ExpectedRun) -> str | None
             f"was collected with --load-in {description.quantization}, not {expected.quantization}"
         )
     if expected.dtype is not None and description.dtype != expected.dtype:
-        return f"was collected in {description.dtype}, not {expected.dtype} (pass --dtype {description.dtype})"
+        return (
+            f"was collected in {description.dtype}, not {expected.dtype} "
+            f"(pass --dtype {description.dtype})"
+        )
     if description.blocks != expected.blocks:
         return (
             f"stores blocks {format_rows(description.blocks)}, not {format_rows(expected.blocks)} "
@@ -375,14 +379,16 @@ def _gap_message(
     if not ours:
         if others:
             other = others[0]
-            return f"{root}: no shard of this run; shard {other.spec} there {mismatch(other, expected)}"
+            reason = mismatch(other, expected)
+            return f"{root}: no shard of this run; shard {other.spec} there {reason}"
         return (
             f"{root}: no shard of this run (run cvgen collect --store {root} with the same "
             "options first)"
         )
     for other in others:
         if gap & set(other.samples):
-            return f"{root}: shard {other.spec} {mismatch(other, expected)}; recollect it with these settings"
+            reason = mismatch(other, expected)
+            return f"{root}: shard {other.spec} {reason}; recollect it with these settings"
     counts = {d.spec.count for d in ours}
     if len(counts) == 1:
         count = counts.pop()

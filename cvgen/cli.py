@@ -129,10 +129,10 @@ def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **v
     Three files per axis: <model>-<axis>__debias.gguf, __<negative>.gguf, __<positive>.gguf.
     Collected states are stored by content, so a re-run reuses them and a killed run resumes.
     """
-    from cvgen.pipeline import example_command, generate_pack
-
     settings = _settings(values, all_axes=all_axes)
     with _logging(quiet=quiet):
+        from cvgen.pipeline import example_command, generate_pack  # after TQDM_DISABLE is set
+
         started = time.perf_counter()
         result = generate_pack(settings, out, store_root=cache_dir, show_progress=not quiet)
         elapsed = time.perf_counter() - started
@@ -198,12 +198,13 @@ def collect(
     processes or machines (torchrun, a SLURM array job, any scheduler), then run `cvgen solve`
     with the same options on a store holding every shard.
     """
-    from cvgen.pipeline import collect_shard
     from cvgen.shards import format_rows, local_process, resolve_shard
 
     settings = _settings(values, all_axes=all_axes)
     spec = resolve_shard(shard, os.environ)
     with _logging(quiet=quiet):
+        from cvgen.pipeline import collect_shard  # after TQDM_DISABLE is set
+
         started = time.perf_counter()
         result = collect_shard(
             settings,
@@ -244,10 +245,10 @@ def solve(out: Path, all_axes: bool, store: Path | None, quiet: bool, **values: 
     a sample, holds an unfinished shard, or was collected with another model, dtype,
     quantisation, blocks or prompts. Loads no weights. With --dtype auto, the shards' dtype.
     """
-    from cvgen.pipeline import example_command, solve_pack
-
     settings = _settings(values, all_axes=all_axes)
     with _logging(quiet=quiet):
+        from cvgen.pipeline import example_command, solve_pack  # after TQDM_DISABLE is set
+
         started = time.perf_counter()
         result = solve_pack(settings, out, store_root=store)
         elapsed = time.perf_counter() - started
@@ -273,9 +274,19 @@ def _logging(*, quiet: bool) -> Iterator[None]:
     saved = os.environ.get("TQDM_DISABLE")
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"
+    # tqdm reads TQDM_DISABLE only when it is first imported (so the CLI imports the pipeline
+    # here, inside); the bars transformers draws through its own logging ("Loading weights")
+    # are switched off through transformers, whenever tqdm was imported
+    from transformers.utils import logging as transformers_logging
+
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    if quiet:
+        transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
+        if quiet and bars_were_on:
+            transformers_logging.enable_progress_bar()
         logger.removeHandler(handler)
         if saved is None:
             os.environ.pop("TQDM_DISABLE", None)

@@ -475,3 +475,20 @@ def test_torchrun_processes_take_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -
     assert device_for_local_rank(torch.device("cuda", 5), 3) == torch.device("cuda", 5)
     assert device_for_local_rank(torch.device("cpu"), 3) == torch.device("cpu")
     assert device_for_local_rank(torch.device("cuda"), None) == torch.device("cuda")
+
+
+def test_an_unsharded_collect_and_generate_share_their_states(
+    pico_llama: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    result = run("collect", *options(pico_llama), "--store", str(store))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("shard 0/1: samples 0..15 of 16, 80 prompts run")
+    again = run(
+        "generate", *options(pico_llama), "--out", str(tmp_path / "a"), "--cache-dir", str(store)
+    )
+    assert again.exit_code == 0, again.output
+    assert "prompts run: 0; all 80 reused from the store" in again.output
+    solved = solve(pico_llama, store, tmp_path / "b")
+    assert solved.exit_code == 0, solved.output
+    assert gguf_bytes(tmp_path / "a") == gguf_bytes(tmp_path / "b")

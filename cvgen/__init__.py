@@ -12,6 +12,7 @@ The public API, one stage per module, composed by `generate_pack`:
     write_control_vector, read_control_vector     (cvgen.gguf_io)
     build_command                                 (cvgen.commands)
     GenerateSettings, generate_pack               (cvgen.settings, cvgen.pipeline)
+    collect_shard, solve_pack, ShardSpec          (cvgen.pipeline, cvgen.shards)
 
 Names are imported on first use, so `import cvgen` stays cheap (no torch import).
 """
@@ -44,6 +45,9 @@ _EXPORTS = {
     "build_command": "cvgen.commands",
     "GenerateSettings": "cvgen.settings",
     "generate_pack": "cvgen.pipeline",
+    "collect_shard": "cvgen.pipeline",
+    "solve_pack": "cvgen.pipeline",
+    "ShardSpec": "cvgen.shards",
     "CvgenError": "cvgen.errors",
 }
 __all__ = ["__version__", *_EXPORTS]

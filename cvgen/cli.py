@@ -1,7 +1,8 @@
 """The `cvgen` command line: parse options, call the library, turn its errors into one line.
 
-Commands: generate, inspect, commands, axes, html, preset (add, list, remove). Library errors become `click.ClickException`
-here and only here, so every failure prints `Error: <one line>` and exits non-zero.
+Commands: generate, collect, solve, inspect, commands, compare, axes, html, preset (add, list,
+remove). Library errors become `click.ClickException` here and only here, so every failure
+prints `Error: <one line>` and exits non-zero.
 """
 
 from __future__ import annotations
@@ -130,14 +131,10 @@ def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **v
     Three files per axis: <model>-<axis>__debias.gguf, __<negative>.gguf, __<positive>.gguf.
     Collected states are stored by content, so a re-run reuses them and a killed run resumes.
     """
-    from cvgen.pipeline import example_command, generate_pack
-
-    if all_axes and values["axes"]:
-        raise click.UsageError("give either --axis or --all-axes, not both")
-    if all_axes:
-        values["axes"] = shipped_axis_names()
-    settings = GenerateSettings.from_options(values)
+    settings = _settings(values, all_axes=all_axes)
     with _logging(quiet=quiet):
+        from cvgen.pipeline import example_command, generate_pack  # after TQDM_DISABLE is set
+
         started = time.perf_counter()
         result = generate_pack(settings, out, store_root=cache_dir, show_progress=not quiet)
         elapsed = time.perf_counter() - started
@@ -166,6 +163,107 @@ def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **v
     click.echo(example_command(manifest, result.out))
 
 
+def _settings(values: dict[str, Any], *, all_axes: bool) -> GenerateSettings:
+    if all_axes and values["axes"]:
+        raise click.UsageError("give either --axis or --all-axes, not both")
+    if all_axes:
+        values["axes"] = shipped_axis_names()
+    return GenerateSettings.from_options(values)
+
+
+STORE_HELP = (
+    "State store folder holding the shards (default: $CVGEN_CACHE/states or "
+    "~/.cache/cvgen/states). Copy it between machines with rsync -a."
+)
+
+
+@main.command()
+@settings_options
+@click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="i/N|auto",
+    help="Collect shard i of N (0-based): a contiguous slice of the samples, for every axis. "
+    "auto: RANK/WORLD_SIZE under torchrun, else SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT. "
+    "Default: RANK/WORLD_SIZE when set, else the whole run (0/1).",
+)
+@click.option("--store", type=click.Path(path_type=Path), default=None, help=STORE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@one_line_errors
+def collect(
+    all_axes: bool, shard: str | None, store: Path | None, quiet: bool, **values: Any
+) -> None:
+    """Collect one shard of a run's states into the store, for `cvgen solve` to merge.
+
+    Takes the options of `cvgen generate` (without --out). Run it once per shard, on any
+    processes or machines (torchrun, a SLURM array job, any scheduler), then run `cvgen solve`
+    with the same options on a store holding every shard.
+    """
+    from cvgen.shards import format_rows, local_process, resolve_shard
+
+    settings = _settings(values, all_axes=all_axes)
+    spec = resolve_shard(shard, os.environ)
+    with _logging(quiet=quiet):
+        from cvgen.pipeline import collect_shard  # after TQDM_DISABLE is set
+
+        started = time.perf_counter()
+        result = collect_shard(
+            settings,
+            spec,
+            store_root=store,
+            show_progress=not quiet,
+            local_process=local_process(os.environ),
+        )
+        elapsed = time.perf_counter() - started
+    collect_seconds = result.timings.get("collect", 0.0)
+    rate = result.collected_prompts / collect_seconds if collect_seconds > 0 else 0.0
+    click.echo(
+        f"shard {result.shard}: samples {format_rows(result.samples)} of {settings.samples}, "
+        f"{result.collected_prompts} prompts run"
+        + (f" ({rate:.2f} prompts/s)" if result.collected_prompts else "")
+        + f", {result.reused_prompts} reused from the store, in {elapsed:.1f} s"
+    )
+    click.echo(f"described by {result.description}")
+
+
+@main.command()
+@settings_options
+@click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Pack folder to write (replaced if it is a cvgen pack).",
+)
+@click.option("--store", type=click.Path(path_type=Path), default=None, help=STORE_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@one_line_errors
+def solve(out: Path, all_axes: bool, store: Path | None, quiet: bool, **values: Any) -> None:
+    """Merge the shards collected by `cvgen collect` and write the pack, like generate.
+
+    Takes the same options as the collect runs. Refuses a set of shards that misses or repeats
+    a sample, holds an unfinished shard, or was collected with another model, dtype,
+    quantisation, blocks or prompts. Loads no weights. With --dtype auto, the shards' dtype.
+    """
+    settings = _settings(values, all_axes=all_axes)
+    with _logging(quiet=quiet):
+        from cvgen.pipeline import example_command, solve_pack  # after TQDM_DISABLE is set
+
+        started = time.perf_counter()
+        result = solve_pack(settings, out, store_root=store)
+        elapsed = time.perf_counter() - started
+    manifest = result.manifest
+    click.echo(
+        f"wrote {result.out}: {len(manifest['axes'])} axes x 3 files, blocks "
+        f"{manifest['layers'][0]}..{manifest['layers'][-1]}, from shards "
+        f"{', '.join(manifest['shards'])}, in {elapsed:.1f} s"
+    )
+    click.echo("\nexample:")
+    click.echo(example_command(manifest, result.out))
+
+
 @contextmanager
 def _logging(*, quiet: bool) -> Iterator[None]:
     """cvgen's log lines on stderr; with `quiet`, warnings only and no progress bars at all
@@ -178,9 +276,19 @@ def _logging(*, quiet: bool) -> Iterator[None]:
     saved = os.environ.get("TQDM_DISABLE")
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"
+    # tqdm reads TQDM_DISABLE only when it is first imported (so the CLI imports the pipeline
+    # here, inside); the bars transformers draws through its own logging ("Loading weights")
+    # are switched off through transformers, whenever tqdm was imported
+    from transformers.utils import logging as transformers_logging
+
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    if quiet:
+        transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
+        if quiet and bars_were_on:
+            transformers_logging.enable_progress_bar()
         logger.removeHandler(handler)
         if saved is None:
             os.environ.pop("TQDM_DISABLE", None)

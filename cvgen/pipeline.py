@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,10 @@ from cvgen.model import (
     ModelSource,
     config_dimensions,
     describe_config,
+    device_for_local_rank,
     find_decoder_blocks,
+    gpus_for_process,
+    input_device,
     load_causal_lm,
     load_config,
     load_tokenizer,
@@ -49,8 +52,18 @@ from cvgen.pack import (
 from cvgen.prompts import check_system_turn, render_text, tokenize_texts
 from cvgen.sampler import SamplePlan, axis_texts, baseline_text, draw_samples
 from cvgen.settings import GenerateSettings, select_blocks
+from cvgen.shards import (
+    ExpectedRun,
+    MergedStates,
+    ShardDescription,
+    ShardSpec,
+    open_shard_arrays,
+    plan_digest,
+    read_shard_descriptions,
+    select_shards,
+)
 from cvgen.solve import BlockDirection, SolverOptions, get_method
-from cvgen.store import StateArray, content_key, default_store_root
+from cvgen.store import BlockStates, StateArray, content_key, default_store_root
 
 log = logging.getLogger("cvgen")
 
@@ -136,9 +149,12 @@ def _collect(
     pad_id: int,
     show_progress: bool,
     timings: dict[str, float],
+    local_process: tuple[int, int] | None = None,
 ) -> int:
     """Run the model over every pending row of every array; return the number of prompts run.
-    Records the seconds spent in `timings["load_model"]` and `timings["collect"]`."""
+    Records the seconds spent in `timings["load_model"]` and `timings["collect"]`.
+    `local_process` is (LOCAL_RANK, LOCAL_WORLD_SIZE) under torchrun: it picks this process's
+    GPU, or its share of the node's GPUs with --device-map auto."""
     items = [
         WorkItem(target=index, row=int(row), token_ids=tokens[name][int(row)])
         for index, (name, array) in enumerate(arrays.items())
@@ -146,13 +162,23 @@ def _collect(
     ]
     if not items:
         return 0
-    device = resolve_device(settings.device)
+    device = device_for_local_rank(
+        resolve_device(settings.device), local_process[0] if local_process else None
+    )
     dtype = resolve_dtype(settings.dtype, device)
-    log.info("loading %s (%s on %s)", source.spec, str(dtype).removeprefix("torch."), device)
+    where = "a device map" if settings.device_map == "auto" else str(device)
+    log.info("loading %s (%s on %s)", source.spec, str(dtype).removeprefix("torch."), where)
     clock = time.perf_counter()
     model = load_causal_lm(
-        source, dtype=dtype, device=device, trust_remote_code=settings.trust_remote_code
+        source,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=settings.trust_remote_code,
+        device_map=settings.device_map,
+        load_in=settings.load_in,
+        gpus=gpus_for_process(local_process) if settings.device_map == "auto" else None,
     )
+    device = input_device(model, device)
     timings["load_model"] = time.perf_counter() - clock
     blocks = find_decoder_blocks(model, config_dimensions(model.config, source)[0])
     targets = list(arrays.values())
@@ -183,7 +209,7 @@ def _collect(
 def _solve_axis(
     settings: GenerateSettings,
     axis: Axis,
-    arrays: dict[str, StateArray],
+    arrays: Mapping[str, BlockStates],
     stored_blocks: Sequence[int],
 ) -> dict[int, BlockDirection]:
     """Solve every steerable block of one axis: block -> direction (blocks with none left out)."""
@@ -250,6 +276,29 @@ def _render_all(inputs: _Inputs, tokenizer: Any, *, system_turn: bool) -> dict[s
     }
 
 
+def _array_keys(
+    rendered: Mapping[str, Sequence[str]],
+    *,
+    identity: str,
+    dtype_name: str,
+    stored_blocks: Sequence[int],
+    quantization: str,
+    shard: ShardSpec | None = None,
+) -> dict[str, str]:
+    """The store key of every list of texts (a shard's keys also name the shard)."""
+    return {
+        name: content_key(
+            model_identity=identity,
+            dtype=dtype_name,
+            blocks=stored_blocks,
+            texts=texts,
+            quantization=quantization,
+            shard=str(shard) if shard is not None and shard.count > 1 else None,
+        )
+        for name, texts in rendered.items()
+    }
+
+
 def _open_arrays(
     rendered: dict[str, list[str]],
     *,
@@ -258,22 +307,32 @@ def _open_arrays(
     dtype_name: str,
     stored_blocks: list[int],
     width: int,
+    quantization: str = "none",
+    shard: ShardSpec | None = None,
 ) -> dict[str, StateArray]:
     """Open (or create) the store array of every list of texts, keyed by content."""
+    keys = _array_keys(
+        rendered,
+        identity=identity,
+        dtype_name=dtype_name,
+        stored_blocks=stored_blocks,
+        quantization=quantization,
+        shard=shard,
+    )
     return {
         name: StateArray.open(
             root,
-            content_key(
-                model_identity=identity, dtype=dtype_name, blocks=stored_blocks, texts=texts
-            ),
+            keys[name],
             n=len(texts),
             blocks=stored_blocks,
             width=width,
             description={
                 "model": identity,
                 "dtype": dtype_name,
+                "quantization": quantization,
                 "array": name,
                 "blocks": stored_blocks,
+                **({"shard": str(shard)} if shard is not None else {}),
             },
         )
         for name, texts in rendered.items()
@@ -283,7 +342,7 @@ def _open_arrays(
 def _solve_into_manifest(
     settings: GenerateSettings,
     inputs: _Inputs,
-    arrays: dict[str, StateArray],
+    arrays: Mapping[str, BlockStates],
     stored_blocks: list[int],
     manifest: dict[str, Any],
     model_name: str,
@@ -308,25 +367,32 @@ def _solve_into_manifest(
     return vectors, metadata
 
 
-def generate_pack(
-    settings: GenerateSettings,
-    out: Path,
-    *,
-    store_root: Path | None = None,
-    show_progress: bool = True,
-) -> PackResult:
-    """Make a pack at `out` for `settings`: sample, collect (reusing stored states), solve,
-    write the GGUF files, `pack.json`, `samples.jsonl`, the pack's README.md and `index.html`
-    (the command-line builder page)."""
-    clock = time.perf_counter()
-    out = check_pack_target(out)
+@dataclass
+class _Run:
+    """Everything a run knows before any weights are loaded: inputs, model facts, the
+    manifest draft and the chat-formatted text of every row of every array."""
+
+    settings: GenerateSettings
+    inputs: _Inputs
+    source: ModelSource
+    n_embd: int
+    stored_blocks: list[int]
+    identity: str
+    manifest: dict[str, Any]
+    tokenizer: Any
+    rendered: dict[str, list[str]]
+
+    def dtype_name(self) -> str:
+        device = resolve_device(self.settings.device)
+        return str(resolve_dtype(self.settings.dtype, device)).removeprefix("torch.")
+
+
+def _prepare(settings: GenerateSettings) -> _Run:
     inputs = _load_inputs(settings)
     source = resolve_model_source(settings.model)
-    device = resolve_device(settings.device)
     config = load_config(source, trust_remote_code=settings.trust_remote_code)
     n_layer, n_embd = config_dimensions(config, source)
     layers = select_blocks(n_layer, settings.skip_first, settings.skip_last)
-    stored_blocks = [layers[0] - 1, *layers]
     identity = source.identity(config)
     # built before any model work, so that bad class names fail fast
     manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
@@ -334,47 +400,224 @@ def generate_pack(
     if settings.system_message:
         check_system_turn(tokenizer, source.spec)
     rendered = _render_all(inputs, tokenizer, system_turn=settings.system_message)
-    arrays = _open_arrays(
-        rendered,
-        root=store_root or default_store_root(),
+    return _Run(
+        settings=settings,
+        inputs=inputs,
+        source=source,
+        n_embd=n_embd,
+        stored_blocks=[layers[0] - 1, *layers],
         identity=identity,
-        dtype_name=str(resolve_dtype(settings.dtype, device)).removeprefix("torch."),
-        stored_blocks=stored_blocks,
-        width=n_embd,
+        manifest=manifest,
+        tokenizer=tokenizer,
+        rendered=rendered,
     )
-    tokens = {
-        name: tokenize_texts(tokenizer, texts) if arrays[name].pending_rows().size else []
-        for name, texts in rendered.items()
+
+
+def _tokenize_pending(
+    run: _Run, rendered: Mapping[str, list[str]], arrays: Mapping[str, StateArray]
+) -> dict[str, list[list[int]]]:
+    return {
+        name: tokenize_texts(run.tokenizer, rendered[name]) if array.pending_rows().size else []
+        for name, array in arrays.items()
     }
+
+
+def _write_solved_pack(run: _Run, arrays: Mapping[str, BlockStates], out: Path) -> None:
+    """Solve every axis from `arrays` and write the pack at `out`."""
+    vectors, metadata = _solve_into_manifest(
+        run.settings, run.inputs, arrays, run.stored_blocks, run.manifest, run.source.name
+    )
+    example = example_command(run.manifest, out)
+    readme = render_pack_readme(run.manifest, example)
+    page = render_page(
+        run.manifest,
+        model_path=default_model_path(run.manifest),
+        vector_dir=str(out),
+        pack_label=str(out),
+    )
+    write_pack(
+        out, run.manifest, vectors, metadata, _samples_rows(run.inputs), readme, {PAGE_NAME: page}
+    )
+
+
+def generate_pack(
+    settings: GenerateSettings,
+    out: Path,
+    *,
+    store_root: Path | None = None,
+    show_progress: bool = True,
+) -> PackResult:
+    """Make a pack at `out` for `settings` on this machine: sample, collect (reusing stored
+    states), solve, write the GGUF files, `pack.json`, `samples.jsonl`, the pack's README.md and `index.html`
+    (the command-line page). The same as `collect_shard` for shard 0/1 followed by `solve_pack`."""
+    clock = time.perf_counter()
+    out = check_pack_target(out)
+    resolve_device(settings.device)  # fail fast on an unavailable device
+    run = _prepare(settings)
+    arrays = _open_arrays(
+        run.rendered,
+        root=store_root or default_store_root(),
+        identity=run.identity,
+        dtype_name=run.dtype_name(),
+        stored_blocks=run.stored_blocks,
+        width=run.n_embd,
+        quantization=settings.load_in,
+    )
+    tokens = _tokenize_pending(run, run.rendered, arrays)
     timings = {"prepare": time.perf_counter() - clock}
     collected = _collect(
         settings,
-        source,
+        run.source,
         arrays,
         tokens,
-        stored_blocks,
-        _pad_id(tokenizer),
+        run.stored_blocks,
+        _pad_id(run.tokenizer),
         show_progress,
         timings,
     )
     clock = time.perf_counter()
-    vectors, metadata = _solve_into_manifest(
-        settings, inputs, arrays, stored_blocks, manifest, source.name
-    )
-    example = example_command(manifest, out)
-    readme = render_pack_readme(manifest, example)
-    page = render_page(
-        manifest, model_path=default_model_path(manifest), vector_dir=str(out), pack_label=str(out)
-    )
-    write_pack(out, manifest, vectors, metadata, _samples_rows(inputs), readme, {PAGE_NAME: page})
+    _write_solved_pack(run, arrays, out)
     timings["solve_and_write"] = time.perf_counter() - clock
-    total = sum(len(texts) for texts in rendered.values())
+    total = sum(len(texts) for texts in run.rendered.values())
     return PackResult(
         out=out,
-        manifest=manifest,
+        manifest=run.manifest,
         collected_prompts=collected,
         reused_prompts=total - collected,
         timings=timings,
+    )
+
+
+@dataclass
+class ShardResult:
+    """What `collect_shard` did: the shard, its description file and run figures."""
+
+    shard: ShardSpec
+    description: Path
+    samples: range
+    collected_prompts: int
+    reused_prompts: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def collect_shard(
+    settings: GenerateSettings,
+    shard: ShardSpec,
+    *,
+    store_root: Path | None = None,
+    show_progress: bool = True,
+    local_process: tuple[int, int] | None = None,
+) -> ShardResult:
+    """Collect shard `shard` of the run `settings` into the store: the states of sample rows
+    `shard.rows(samples)` of every array, plus `<store>/shards/<key>.json` describing them.
+    A re-run reuses and resumes it like `generate_pack`. `local_process` is torchrun's
+    (LOCAL_RANK, LOCAL_WORLD_SIZE), which picks this process's GPU(s)."""
+    clock = time.perf_counter()
+    resolve_device(settings.device)
+    run = _prepare(settings)
+    root = store_root or default_store_root()
+    rows = shard.rows(len(run.inputs.plan))
+    subset = {name: [texts[row] for row in rows] for name, texts in run.rendered.items()}
+    dtype_name = run.dtype_name()
+    arrays = (
+        _open_arrays(
+            subset,
+            root=root,
+            identity=run.identity,
+            dtype_name=dtype_name,
+            stored_blocks=run.stored_blocks,
+            width=run.n_embd,
+            quantization=settings.load_in,
+            shard=shard,
+        )
+        if len(rows)
+        else {}
+    )
+    description = ShardDescription(
+        spec=shard,
+        samples=tuple(rows),
+        plan_samples=len(run.inputs.plan),
+        plan_digest=plan_digest(run.rendered),
+        model_identity=run.identity,
+        model_name=run.source.name,
+        dtype=dtype_name,
+        quantization=settings.load_in,
+        blocks=tuple(run.stored_blocks),
+        width=run.n_embd,
+        arrays={name: array.key for name, array in arrays.items()},
+        settings=settings.to_dict(),
+    ).write(root)
+    tokens = _tokenize_pending(run, subset, arrays)
+    timings = {"prepare": time.perf_counter() - clock}
+    collected = _collect(
+        settings,
+        run.source,
+        arrays,
+        tokens,
+        run.stored_blocks,
+        _pad_id(run.tokenizer),
+        show_progress,
+        timings,
+        local_process=local_process,
+    )
+    total = sum(len(texts) for texts in subset.values()) if len(rows) else 0
+    return ShardResult(shard, description, rows, collected, total - collected, timings)
+
+
+def solve_pack(
+    settings: GenerateSettings, out: Path, *, store_root: Path | None = None
+) -> PackResult:
+    """Write the pack of `settings` at `out` from shards collected by `collect_shard`
+    (any processes or machines, any split) into the store `store_root`. Needs no weights.
+
+    Refuses, with a one-line `ShardError`, a set of shards that misses or repeats a sample,
+    holds an incomplete shard, or was collected with another model, dtype, quantisation,
+    blocks or prompt texts. With --dtype auto any one dtype of the shards is accepted."""
+    clock = time.perf_counter()
+    out = check_pack_target(out)
+    run = _prepare(settings)
+    root = store_root or default_store_root()
+    expected = ExpectedRun(
+        model_identity=run.identity,
+        model_name=run.source.name,
+        dtype=None if settings.dtype == "auto" else settings.dtype,
+        quantization=settings.load_in,
+        blocks=tuple(run.stored_blocks),
+        plan_digest=plan_digest(run.rendered),
+        plan_samples=len(run.inputs.plan),
+        settings=settings.to_dict(),
+    )
+    shards = select_shards(read_shard_descriptions(root), expected, root=root)
+    merged = {
+        name: MergedStates(n=len(run.inputs.plan), width=run.n_embd, parts=[])
+        for name in run.rendered
+    }
+    for shard in shards:
+        subset = {
+            name: [texts[row] for row in shard.samples] for name, texts in run.rendered.items()
+        }
+        keys = (
+            _array_keys(
+                subset,
+                identity=run.identity,
+                dtype_name=shard.dtype,
+                stored_blocks=run.stored_blocks,
+                quantization=settings.load_in,
+                shard=shard.spec,
+            )
+            if shard.samples
+            else {}
+        )
+        for name, array in open_shard_arrays(shard, keys, root=root).items():
+            merged[name].parts.append((shard.samples, array))
+    run.manifest["shards"] = [str(shard.spec) for shard in shards]
+    timings = {"prepare": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    _write_solved_pack(run, merged, out)
+    timings["solve_and_write"] = time.perf_counter() - clock
+    total = sum(len(texts) for texts in run.rendered.values())
+    return PackResult(
+        out=out, manifest=run.manifest, collected_prompts=0, reused_prompts=total, timings=timings
     )
 
 

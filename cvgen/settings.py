@@ -18,6 +18,8 @@ from cvgen.errors import CvgenError
 
 FEATURES = ("delta", "residual")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_MAPS = ("none", "auto")
+LOAD_IN = ("none", "8bit", "4bit")
 
 
 class SettingsError(CvgenError, ValueError):
@@ -164,6 +166,18 @@ class GenerateSettings:
         choices=DTYPES,
     )
     device: str = option("auto", "cpu, cuda, cuda:1, mps or auto.")
+    device_map: str = option(
+        "none",
+        "auto: spread the model over every visible GPU (then CPU RAM) through accelerate, for "
+        "a model too big for one device; none: the whole model on --device.",
+        choices=DEVICE_MAPS,
+    )
+    load_in: str = option(
+        "none",
+        "Load the weights quantised by bitsandbytes (installed separately). Saves memory but "
+        "distorts the states; see the README.",
+        choices=LOAD_IN,
+    )
     batch_tokens: int = option(4096, "Padded tokens per forward batch.")
     tau: float = option(0.5, "Fisher-ratio threshold of the cross-covariance method.")
     eigen_candidates: int = option(16, "Eigenvectors taken from each end of the spectrum.")
@@ -182,6 +196,13 @@ class GenerateSettings:
             raise SettingsError(
                 f"--dtype: unknown value '{self.dtype}'; choose one of: {', '.join(DTYPES)}"
             )
+        for name, allowed in (("device_map", DEVICE_MAPS), ("load_in", LOAD_IN)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise SettingsError(
+                    f"{option_flag(name)}: unknown value '{value}'; choose one of: "
+                    f"{', '.join(allowed)}"
+                )
         if self.batch_tokens < 1:
             raise SettingsError(f"--batch-tokens: {self.batch_tokens} must be at least 1")
         if not math.isfinite(self.tau) or self.tau < 0:

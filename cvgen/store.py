@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -49,10 +49,18 @@ def texts_digest(texts: Sequence[str]) -> str:
 
 
 def content_key(
-    *, model_identity: str, dtype: str, blocks: Sequence[int], texts: Sequence[str]
+    *,
+    model_identity: str,
+    dtype: str,
+    blocks: Sequence[int],
+    texts: Sequence[str],
+    quantization: str = "none",
+    shard: str | None = None,
 ) -> str:
-    """The store key of an array of states."""
-    description = {
+    """The store key of an array of states. `quantization` ("8bit"/"4bit") and `shard` ("i/N"
+    for a part of a sharded run) enter the key only when set, so the keys of plain unsharded
+    runs stay what they were."""
+    description: dict[str, Any] = {
         "format": STORE_FORMAT,
         "model": model_identity,
         "dtype": dtype,
@@ -60,7 +68,18 @@ def content_key(
         "texts": texts_digest(texts),
         "n": len(texts),
     }
+    if quantization != "none":
+        description["quantization"] = quantization
+    if shard is not None:
+        description["shard"] = shard
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+
+
+class BlockStates(Protocol):
+    """Anything that yields the (n, d) float32 states of one stored block: a `StateArray`,
+    or the shards of one array merged in sample order."""
+
+    def block(self, block: int) -> np.ndarray: ...
 
 
 @dataclass
@@ -103,6 +122,17 @@ class StateArray:
             array._check_existing()
         else:
             array._create(description or {})
+        return array
+
+    @classmethod
+    def open_existing(
+        cls, root: Path, key: str, *, n: int, blocks: Sequence[int], width: int
+    ) -> StateArray | None:
+        """Reopen the array `key` (its shape checked), or None when its files are not there."""
+        array = cls(root=root, key=key, n=n, blocks=tuple(blocks), width=width)
+        if not (array.data_path.is_file() and array.done_path.is_file()):
+            return None
+        array._check_existing()
         return array
 
     def _create(self, description: dict[str, Any]) -> None:

@@ -17,8 +17,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 COMMANDS = (
     "generate",
+    "collect",
+    "solve",
     "inspect",
     "commands",
+    "compare",
     "axes",
     "html",
     "preset add",

@@ -8,6 +8,7 @@ failed run leaves either the previous pack or nothing, never a half-written one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ import numpy as np
 from cvgen.commands import vector_arguments
 from cvgen.errors import CvgenError
 from cvgen.gguf_io import write_control_vector
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "pack.json"
 SAMPLES_NAME = "samples.jsonl"
@@ -176,6 +179,30 @@ def _llama_cpp_line(manifest: Mapping[str, Any]) -> list[str]:
         f"({record.get('source', 'unknown source')}); load them with `--control-vector-scaled "
         "FILE:SCALE` there (llama.cpp before December 2025 took `FILE SCALE`)."
     ]
+
+
+def carried_presets(out: Path, axes: Iterable[str]) -> dict[str, Any]:
+    """The presets of the pack already at `out` whose axes all exist in the new pack, so that
+    re-making a pack in place keeps them. A missing or unreadable old manifest gives none."""
+    try:
+        old = load_manifest(out)
+    except PackError:
+        return {}
+    presets = old.get("presets")
+    if not isinstance(presets, Mapping):
+        return {}
+    known = set(axes)
+    kept = {
+        name: dict(values)
+        for name, values in presets.items()
+        if isinstance(values, Mapping) and set(values) <= known
+    }
+    for name in presets:
+        if name not in kept:
+            log.warning(
+                "preset '%s' of the old pack is dropped: it names an axis no longer here", name
+            )
+    return kept
 
 
 def check_pack_target(out: Path) -> Path:

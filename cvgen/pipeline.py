@@ -44,6 +44,7 @@ from cvgen.pack import (
     PACK_FORMAT_VERSION,
     ROLES,
     SAMPLES_NAME,
+    carried_presets,
     check_pack_target,
     render_pack_readme,
     vector_file_names,
@@ -423,7 +424,9 @@ def _tokenize_pending(
 
 
 def _write_solved_pack(run: _Run, arrays: Mapping[str, BlockStates], out: Path) -> None:
-    """Solve every axis from `arrays` and write the pack at `out`."""
+    """Solve every axis from `arrays` and write the pack at `out` (keeping the presets of a
+    pack already there whose axes are all in this one)."""
+    run.manifest["presets"] = carried_presets(out, run.manifest["axes"])
     vectors, metadata = _solve_into_manifest(
         run.settings, run.inputs, arrays, run.stored_blocks, run.manifest, run.source.name
     )

@@ -43,7 +43,10 @@ def pico_pack(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
-@pytest.mark.parametrize("command", ["generate", "inspect", "commands", "axes"])
+@pytest.mark.parametrize(
+    "command",
+    ["generate", "collect", "solve", "inspect", "commands", "compare", "axes", "html", "preset"],
+)
 def test_every_command_has_help(command: str) -> None:
     result = run(command, "--help")
     assert result.exit_code == 0
@@ -241,3 +244,20 @@ def test_generate_options_mirror_every_setting_with_its_default() -> None:
         if setting.name not in ("model", "axes"):
             assert params[setting.name].default == defaults[setting.name], setting.name
     assert params["model"].required and params["axes"].multiple
+
+
+def test_remaking_a_pack_in_place_keeps_its_presets(pico_llama: Path, tmp_path: Path) -> None:
+    out, store = tmp_path / "pack", tmp_path / "store"
+    common = ["--model", str(pico_llama), "--samples", "6", "--tau", "0", "--quiet"]
+    common += ["--out", str(out), "--cache-dir", str(store)]
+    assert run("generate", "--axis", "language", "--axis", "optimism", *common).exit_code == 0
+    assert run("preset", "add", str(out), "calm", "--set", "language=-0.4").exit_code == 0
+    added = run("preset", "add", str(out), "both", "--set", "language=0.3", "--set", "optimism=0.2")
+    assert added.exit_code == 0, added.output
+    assert run("generate", "--axis", "language", "--axis", "optimism", *common).exit_code == 0
+    presets = json.loads((out / "pack.json").read_text())["presets"]
+    assert presets == {"calm": {"language": -0.4}, "both": {"language": 0.3, "optimism": 0.2}}
+    assert "calm" in (out / "index.html").read_text()
+    # a preset naming an axis the new pack lacks is dropped, the others kept
+    assert run("generate", "--axis", "language", *common).exit_code == 0
+    assert json.loads((out / "pack.json").read_text())["presets"] == {"calm": {"language": -0.4}}

@@ -299,7 +299,7 @@ def test_language_plus_one_uses_longer_and_rarer_words(
     artifact("sign_language.json", figures)
     assert fmean(o for _, o in length) > fmean(s for s, _ in length), figures
     assert fmean(o for _, o in zipf) < fmean(s for s, _ in zipf), figures  # lower = rarer
-    assert sum(o > s for s, o in length) >= 6, figures  # and on most prompts, not one outlier
+    assert sum(o > s for s, o in length) > len(length) / 2, figures  # on most prompts too
 
 
 def test_character_focus_dialogue_gives_more_quoted_speech(

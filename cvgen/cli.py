@@ -107,16 +107,19 @@ def settings_options(command: F) -> F:
     return command
 
 
-@main.command()
-@settings_options
-@click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
-@click.option(
+pack_out_option = click.option(
     "--out",
     "-o",
     required=True,
     type=click.Path(path_type=Path),
     help="Pack folder to write (replaced if it is a cvgen pack).",
 )
+
+
+@main.command()
+@settings_options
+@click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
+@pack_out_option
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
@@ -230,13 +233,7 @@ def collect(
 @main.command()
 @settings_options
 @click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Pack folder to write (replaced if it is a cvgen pack).",
-)
+@pack_out_option
 @click.option("--store", type=click.Path(path_type=Path), default=None, help=STORE_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @one_line_errors

@@ -301,14 +301,15 @@ def run_collection(
     write: Callable[[int, list[int], np.ndarray], None],
     progress: Callable[[int], None] | None = None,
     reuse_prefix: bool = True,
-    max_padding: float = 1.0,
+    max_padding: float = 0.1,
 ) -> None:
     """Run every item in length-bucketed batches; after each batch call
     `write(target, rows, states)` once per target with states (len(wanted), len(rows), d).
 
     With `reuse_prefix` (the default), the prefix that all items share is run once and its
     KV cache reused by every batch (see `prepare_prefix`); batches are then planned on the
-    remaining lengths."""
+    remaining lengths. A batch holds at most `batch_tokens` padded tokens, and at most
+    `max_padding` of them are padding (see `plan_batches`)."""
     token_lists = [item.token_ids for item in items]
     prefix = None
     if reuse_prefix and len(items) > 1:

@@ -22,6 +22,7 @@ with a planted axis. Figures are printed as a table; `--json PATH` also writes t
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -164,6 +165,11 @@ def forward_flops(
     return 2.0 * params * tokens + 4.0 * attn_width * layers * keys
 
 
+def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
+    """Token positions a batched forward computes: each batch padded to its longest prompt."""
+    return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, m: int, k: int, n: int) -> float:
     """Best GFLOP/s of a (m, k) @ (k, n) matmul over a few repeats: the machine's peak for
     matrices shaped like the model's."""
@@ -214,6 +220,7 @@ def collect_cvgen(
     batch_tokens: int,
     store: Path,
     reuse_prefix: bool,
+    max_padding: float,
 ) -> np.ndarray:
     """(b) cvgen's collector over the workload, into a fresh memory-mapped store array;
     returns the stored states (blocks, n, d)."""
@@ -232,6 +239,7 @@ def collect_cvgen(
         batch_tokens=batch_tokens,
         write=lambda target, rows, states: array.write_rows(rows, states),
         reuse_prefix=reuse_prefix,
+        max_padding=max_padding,
     )
     synchronize(device)
     return np.stack([array.block(block) for block in work.stored_blocks])
@@ -256,13 +264,14 @@ def bare_forward(
     *,
     device: torch.device,
     batch_tokens: int,
+    max_padding: float,
 ) -> None:
     """(c) The base model, truncated after the last needed block, over the same length-bucketed
     batches, with nothing captured."""
     base = getattr(model, "base_model", model)
     lengths = [len(ids) for ids in work.token_ids]
     with truncated(blocks, max(work.stored_blocks)):
-        for batch in plan_batches(lengths, batch_tokens=batch_tokens):
+        for batch in plan_batches(lengths, batch_tokens=batch_tokens, max_padding=max_padding):
             longest = max(lengths[i] for i in batch)
             ids = torch.full((len(batch), longest), work.pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -291,6 +300,7 @@ def collection_section(
             batch_tokens=args.batch_tokens,
             store=Path(folder),
             reuse_prefix=True,
+            max_padding=args.max_padding,
         )
         with timed(device, seconds, "reference"):
             kept = collect_reference(model, work.token_ids, device)
@@ -303,6 +313,7 @@ def collection_section(
                 batch_tokens=args.batch_tokens,
                 store=Path(folder),
                 reuse_prefix=True,
+                max_padding=args.max_padding,
             )
         with timed(device, seconds, "cvgen_no_prefix"):
             plain = collect_cvgen(
@@ -313,9 +324,17 @@ def collection_section(
                 batch_tokens=args.batch_tokens,
                 store=Path(folder),
                 reuse_prefix=False,
+                max_padding=args.max_padding,
             )
     with timed(device, seconds, "bare"):
-        bare_forward(model, blocks, work, device=device, batch_tokens=args.batch_tokens)
+        bare_forward(
+            model,
+            blocks,
+            work,
+            device=device,
+            batch_tokens=args.batch_tokens,
+            max_padding=args.max_padding,
+        )
     # agreement of the states, on every block but the last stored (always < the model's last)
     compared = [k for k in work.stored_blocks if k < work.n_layer - 1]
     reference = reference_states(kept, compared)
@@ -330,7 +349,20 @@ def collection_section(
     width = attention_width(model)
     full_spans = [(0, len(ids)) for ids in work.token_ids]
     prefix_spans = [(0, prefix)] + [(prefix, len(ids)) for ids in work.token_ids]
+    lengths = [len(ids) for ids in work.token_ids]
+    suffixes = [length - prefix for length in lengths]
+    plan = {"batch_tokens": args.batch_tokens, "max_padding": args.max_padding}
+    computed = {
+        "reference": sum(lengths),
+        "cvgen": prefix + padded_tokens(suffixes, plan_batches(suffixes, **plan)),
+        "cvgen_no_prefix": padded_tokens(lengths, plan_batches(lengths, **plan)),
+        "bare": padded_tokens(lengths, plan_batches(lengths, **plan)),
+    }
+    head = model.get_output_embeddings()
+    head_params = 0 if head is None else head.weight.numel()
+    all_params = block_parameters(blocks, work.n_layer - 1) + head_params
     flops = {
+        "reference": forward_flops(all_params, width, work.n_layer, full_spans),
         "bare": forward_flops(params, width, stop + 1, full_spans),
         "cvgen": forward_flops(params, width, stop + 1, prefix_spans if prefix else full_spans),
         "cvgen_no_prefix": forward_flops(params, width, stop + 1, full_spans),
@@ -341,6 +373,7 @@ def collection_section(
         "prompt_tokens": tokens,
         "shared_prefix_tokens": prefix,
         "seconds": seconds,
+        "computed_tokens": computed,
         "tokens_per_s": rates,
         "samples_per_s": {name: len(work.token_ids) / 3 / value for name, value in seconds.items()},
         "ratio_b_over_a": rates["cvgen"] / rates["reference"],
@@ -407,6 +440,7 @@ def memory_child(args: argparse.Namespace) -> None:
         batch_tokens=args.batch_tokens,
         store=Path(args.store),
         reuse_prefix=True,
+        max_padding=args.max_padding,
     )
     seconds = time.perf_counter() - started
     store_bytes = sum(path.stat().st_size for path in Path(args.store).glob("*.npy"))
@@ -447,6 +481,8 @@ def memory_section(args: argparse.Namespace) -> dict[str, Any]:
                 args.dtype,
                 "--batch-tokens",
                 str(args.batch_tokens),
+                "--max-padding",
+                str(args.max_padding),
             ]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -588,7 +624,8 @@ def render(results: dict[str, Any]) -> str:
             "",
             f"Collection: {c['prompts']} prompts, {c['prompt_tokens']} prompt tokens, "
             f"shared prefix {c['shared_prefix_tokens']} tokens",
-            f"  {'route':<40}{'seconds':>9}{'tokens/s':>11}{'samples/s':>11}{'GFLOP/s':>10}",
+            f"  {'route':<40}{'seconds':>9}{'tokens/s':>11}{'samples/s':>11}{'GFLOP/s':>10}"
+            f"{'computed':>10}",
         ]
         names = {
             "reference": "(a) reference, batch 1, full model",
@@ -597,9 +634,9 @@ def render(results: dict[str, Any]) -> str:
             "bare": "(c) bare truncated batched forward",
         }
         for key, label in names.items():
-            flops = f"{g[key]:>10.1f}" if key in g else f"{'':>10}"
             lines.append(
-                f"  {label:<40}{s[key]:>9.2f}{r[key]:>11.1f}{c['samples_per_s'][key]:>11.2f}{flops}"
+                f"  {label:<40}{s[key]:>9.2f}{r[key]:>11.1f}{c['samples_per_s'][key]:>11.2f}"
+                f"{g[key]:>10.1f}{c['computed_tokens'][key]:>10}"
             )
         lines += [
             f"  b/a = {c['ratio_b_over_a']:.2f}x   [target >= 2x: {_target(c['ratio_b_over_a'] >= 2)}]"
@@ -666,15 +703,26 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def say(message: str) -> None:
+    """Progress on stderr (the results go to stdout)."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=os.environ.get("CVGEN_REAL_MODEL") or str(DEFAULT_MODEL))
     parser.add_argument("--samples", type=int, default=16, help="samples of the collection runs")
     parser.add_argument("--axis", default="language")
     parser.add_argument("--memory-samples", type=int, default=8, help="the smaller memory count")
-    parser.add_argument("--pack-samples", type=int, default=8, help="samples per class, pack")
+    parser.add_argument("--pack-samples", type=int, default=4, help="samples per class, pack")
     parser.add_argument("--solver-dims", default="576,2048,4096")
     parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument(
+        "--max-padding",
+        type=float,
+        default=inspect.signature(run_collection).parameters["max_padding"].default,
+        help="padding bound of the collector's batches (default: run_collection's)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
@@ -720,14 +768,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["matmul_shape"] = f"{args.batch_tokens}x{work.width} @ {work.width}x{ffn}"
     results["matmul_peak_gflops"] = matmul_peak(device, dtype, args.batch_tokens, work.width, ffn)
     if "collection" in sections:
+        say(f"collection: {len(work.token_ids)} prompts, routes (a), (b), (b'), (c)")
         model = load_model(args.model, device, dtype)
         results["collection"] = collection_section(model, work, args, device)
         del model
     if "memory" in sections:
+        say("memory: two child processes")
         results["memory"] = memory_section(args)
     if "pack" in sections:
+        say("pack: one 8-axis pack, then eight reference-style runs")
         results["pack"] = pack_section(args, device, dtype)
     if "solver" in sections:
+        say(f"solver: d = {args.solver_dims}")
         results["solver"] = solver_section([int(d) for d in args.solver_dims.split(",")])
     results["total_seconds"] = time.perf_counter() - started
     print(render(results))

@@ -732,6 +732,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="collection,memory,pack,solver",
         help="comma-separated sections to run",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch and BLAS (default: theirs); on a machine shared with other "
+        "work, fewer threads than cores avoids oversubscription",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a pico model")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -743,8 +749,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_threads(threads: int) -> None:
+    """Re-run this script with every thread-count variable set to `threads` (BLAS libraries
+    read them only at load time); the children of the memory section inherit them."""
+    wanted = str(threads)
+    if all(os.environ.get(name) == wanted for name in THREAD_VARIABLES):
+        torch.set_num_threads(threads)
+        return
+    os.environ.update({name: wanted for name in THREAD_VARIABLES})
+    os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:]])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        limit_threads(args.threads)
     if args.memory_child:
         memory_child(args)
         return 0

@@ -480,7 +480,7 @@ def memory_section(args: argparse.Namespace) -> dict[str, Any]:
                 "--dtype",
                 args.dtype,
                 "--batch-tokens",
-                str(args.batch_tokens),
+                str(args.memory_batch_tokens),
                 "--max-padding",
                 str(args.max_padding),
             ]
@@ -654,7 +654,11 @@ def render(results: dict[str, Any]) -> str:
         ]
     if "memory" in results:
         m = results["memory"]
-        lines += ["", "Memory: cvgen's collector in a child process"]
+        lines += [
+            "",
+            "Memory: cvgen's collector in a child process, "
+            f"--batch-tokens {results['args']['memory_batch_tokens']}",
+        ]
         for run in m["runs"]:
             collection = run["collection_peak_mib"]
             lines.append(
@@ -714,6 +718,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=16, help="samples of the collection runs")
     parser.add_argument("--axis", default="language")
     parser.add_argument("--memory-samples", type=int, default=8, help="the smaller memory count")
+    parser.add_argument(
+        "--memory-batch-tokens",
+        type=int,
+        default=512,
+        help="--batch-tokens of the memory runs: small enough that both counts fill whole "
+        "batches, so that the figure isolates growth with the sample count",
+    )
     parser.add_argument("--pack-samples", type=int, default=4, help="samples per class, pack")
     parser.add_argument("--solver-dims", default="576,2048,4096")
     parser.add_argument("--batch-tokens", type=int, default=4096)

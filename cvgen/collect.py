@@ -5,10 +5,20 @@ add, before any final norm) at the last REAL token of every prompt. Prompts are 
 so real tokens keep positions 0..len-1 and never attend to padding. The forward stops by
 exception right after the last block that is needed: later blocks, the final norm and the
 language-model head never run. States are cast to float32 before they leave the device.
+
+Shared prefix: every prompt of a run usually starts with the same tokens (the chat template's
+header, the default system prompt, the start of the user turn). `run_collection` runs that
+prefix once, keeps the model's own KV cache of it, and feeds each batch only the remaining
+tokens, with the cache repeated over the batch. The states are the same as a plain forward's
+(within float rounding); the collector checks this on one prompt before it relies on it, and
+falls back to plain forwards, with a warning, when a model's cache does not reproduce them.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -16,6 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger("cvgen")
+
+# A shared prefix shorter than this is not worth a cache (the cache copy costs more).
+MIN_SHARED_PREFIX = 4
+# Largest relative difference allowed between prefix-cached and plain states on the check
+# prompt: float32 rounding is ~1e-6; a wrong position or mask gives differences of order 1.
+PREFIX_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+PREFIX_CHECK_TOLERANCE_LOW_PRECISION = 5e-2
 
 
 class _StopForward(Exception):
@@ -32,22 +51,35 @@ class WorkItem:
 
 
 def plan_batches(
-    lengths: Sequence[int], *, batch_tokens: int, max_batch: int = 256
+    lengths: Sequence[int],
+    *,
+    batch_tokens: int,
+    max_batch: int = 256,
+    max_padding: float = 1.0,
 ) -> list[list[int]]:
     """Group item indices into batches of similar length (longest first).
 
     A batch is padded to its longest prompt; it holds at most `max_batch` prompts and at most
-    `batch_tokens` padded tokens (a single longer prompt still gets a batch of its own).
+    `batch_tokens` padded tokens (a single longer prompt still gets a batch of its own). A new
+    batch also starts when the next prompt would make padding more than `max_padding` of the
+    batch's tokens (1.0: no such limit).
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for index in order:
         longest = lengths[current[0]] if current else lengths[index]
-        if current and ((len(current) + 1) * longest > batch_tokens or len(current) >= max_batch):
+        padded = (len(current) + 1) * longest
+        if current and (
+            padded > batch_tokens
+            or len(current) >= max_batch
+            or 1 - (real + lengths[index]) / padded > max_padding
+        ):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(index)
+        real += lengths[index]
     if current:
         batches.append(current)
     return batches
@@ -107,6 +139,67 @@ def pad_batch(
     return input_ids.to(device), mask.to(device), last.to(device)
 
 
+@dataclass(frozen=True)
+class PrefixCache:
+    """The model's own KV cache of `token_ids`, a prefix shared by every prompt (batch 1)."""
+
+    token_ids: tuple[int, ...]
+    cache: Any
+
+    def expanded(self, batch: int) -> Any:
+        """A fresh copy of the cache, repeated over `batch` rows (a forward extends it)."""
+        fresh = copy.deepcopy(self.cache)
+        if batch > 1:
+            fresh.batch_repeat_interleave(batch)
+        return fresh
+
+
+def shared_prefix_length(token_lists: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix that all lists share, leaving every list at least one
+    token of its own (the state is read at the last token, which must be computed)."""
+    if not token_lists:
+        return 0
+    first = token_lists[0]
+    limit = min(len(ids) for ids in token_lists) - 1
+    length = 0
+    while length < limit and all(ids[length] == first[length] for ids in token_lists):
+        length += 1
+    return max(length, 0)
+
+
+@torch.inference_mode()
+def build_prefix_cache(
+    model: torch.nn.Module,
+    blocks: torch.nn.ModuleList,
+    wanted: Sequence[int],
+    prefix_ids: Sequence[int],
+    *,
+    device: torch.device,
+) -> PrefixCache | None:
+    """Run `prefix_ids` through blocks 0..max(wanted) with the model's cache on, and keep that
+    cache. None when the model does not hand its blocks a cache object."""
+    found: dict[str, Any] = {}
+
+    def grab(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        for name in ("past_key_values", "past_key_value"):
+            if kwargs.get(name) is not None:
+                found["cache"] = kwargs[name]
+
+    ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
+    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    sink: dict[int, torch.Tensor] = {}
+    last = torch.tensor([len(prefix_ids) - 1], device=device)
+    try:
+        with capture_block_outputs(blocks, wanted, last, sink), suppress(_StopForward):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    finally:
+        handle.remove()
+    cache = found.get("cache")
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    return PrefixCache(tuple(int(token) for token in prefix_ids), cache)
+
+
 @torch.inference_mode()
 def forward_last_token_states(
     model: torch.nn.Module,
@@ -116,17 +209,84 @@ def forward_last_token_states(
     *,
     pad_id: int,
     device: torch.device,
+    prefix: PrefixCache | None = None,
 ) -> np.ndarray:
     """Run one batch and return float32 states of shape (len(wanted), batch, d), in the
-    order of `wanted`, read at each prompt's last real token."""
+    order of `wanted`, read at each prompt's last real token.
+
+    With `prefix`, every list must start with `prefix.token_ids`: only the rest is run, on top
+    of the prefix's cache."""
+    if prefix is not None:
+        skip = len(prefix.token_ids)
+        if any(tuple(ids[:skip]) != prefix.token_ids or len(ids) <= skip for ids in token_lists):
+            raise ValueError("a prompt does not start with the cached prefix (or is no longer)")
+        token_lists = [ids[skip:] for ids in token_lists]
     input_ids, mask, last = pad_batch(token_lists, pad_id=pad_id, device=device)
+    extra: dict[str, Any] = {"use_cache": False}
+    if prefix is not None:
+        cached = torch.ones((len(token_lists), len(prefix.token_ids)), dtype=mask.dtype)
+        mask = torch.cat([cached.to(device), mask], dim=1)
+        extra = {"use_cache": True, "past_key_values": prefix.expanded(len(token_lists))}
     sink: dict[int, torch.Tensor] = {}
     with capture_block_outputs(blocks, wanted, last, sink), suppress(_StopForward):
-        model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        model(input_ids=input_ids, attention_mask=mask, **extra)
     missing = [block for block in wanted if block not in sink]
     if missing:
         raise RuntimeError(f"blocks {missing} never ran; is the block list the model's own?")
-    return torch.stack([sink[block] for block in wanted]).cpu().numpy()
+    return torch.stack([sink[block].to(device) for block in wanted]).cpu().numpy()
+
+
+def _prefix_check_tolerance(model: torch.nn.Module) -> float:
+    dtype = next(model.parameters()).dtype
+    return PREFIX_CHECK_TOLERANCE.get(dtype, PREFIX_CHECK_TOLERANCE_LOW_PRECISION)
+
+
+def prepare_prefix(
+    model: torch.nn.Module,
+    blocks: torch.nn.ModuleList,
+    wanted: Sequence[int],
+    token_lists: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    device: torch.device,
+) -> PrefixCache | None:
+    """The cache of the prefix that all `token_lists` share, or None when there is none worth
+    caching or the model's cache does not reproduce a plain forward's states.
+
+    The check runs the shortest prompt both ways and compares every wanted block's state."""
+    length = shared_prefix_length(token_lists)
+    if length < MIN_SHARED_PREFIX:
+        return None
+    prefix = build_prefix_cache(model, blocks, wanted, token_lists[0][:length], device=device)
+    if prefix is None:
+        log.info("shared prefix not reused: the model hands its blocks no cache")
+        return None
+    probe = [min(token_lists, key=len)]
+    try:
+        cached = forward_last_token_states(
+            model, blocks, wanted, probe, pad_id=pad_id, device=device, prefix=prefix
+        )
+    except Exception as error:  # a model whose cache cannot be copied or repeated
+        warnings.warn(
+            f"shared prompt prefix not reused ({type(error).__name__}: {error}); "
+            "running whole prompts",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    plain = forward_last_token_states(model, blocks, wanted, probe, pad_id=pad_id, device=device)
+    scale = np.linalg.norm(plain, axis=-1).max()
+    difference = float(np.linalg.norm(cached - plain, axis=-1).max() / max(scale, 1e-30))
+    if not difference <= _prefix_check_tolerance(model):
+        warnings.warn(
+            f"shared prompt prefix not reused: cached states differ from a plain forward by "
+            f"{difference:.2e} (relative); running whole prompts",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    log.info("reusing a shared prompt prefix of %d tokens", length)
+    return prefix
 
 
 def run_collection(
@@ -140,14 +300,36 @@ def run_collection(
     batch_tokens: int,
     write: Callable[[int, list[int], np.ndarray], None],
     progress: Callable[[int], None] | None = None,
+    reuse_prefix: bool = True,
+    max_padding: float = 0.1,
 ) -> None:
     """Run every item in length-bucketed batches; after each batch call
-    `write(target, rows, states)` once per target with states (len(wanted), len(rows), d)."""
-    batches = plan_batches([len(item.token_ids) for item in items], batch_tokens=batch_tokens)
+    `write(target, rows, states)` once per target with states (len(wanted), len(rows), d).
+
+    With `reuse_prefix` (the default), the prefix that all items share is run once and its
+    KV cache reused by every batch (see `prepare_prefix`); batches are then planned on the
+    remaining lengths. A batch holds at most `batch_tokens` padded tokens, and at most
+    `max_padding` of them are padding (see `plan_batches`)."""
+    token_lists = [item.token_ids for item in items]
+    prefix = None
+    if reuse_prefix and len(items) > 1:
+        prefix = prepare_prefix(model, blocks, wanted, token_lists, pad_id=pad_id, device=device)
+    skip = len(prefix.token_ids) if prefix is not None else 0
+    batches = plan_batches(
+        [len(ids) - skip for ids in token_lists],
+        batch_tokens=batch_tokens,
+        max_padding=max_padding,
+    )
     for batch in batches:
         chosen = [items[i] for i in batch]
         states = forward_last_token_states(
-            model, blocks, wanted, [item.token_ids for item in chosen], pad_id=pad_id, device=device
+            model,
+            blocks,
+            wanted,
+            [item.token_ids for item in chosen],
+            pad_id=pad_id,
+            device=device,
+            prefix=prefix,
         )
         for target in sorted({item.target for item in chosen}):
             columns = [col for col, item in enumerate(chosen) if item.target == target]

@@ -9,7 +9,18 @@ import pytest
 import torch
 from conftest import PICO_LAYERS
 
-from cvgen.collect import block_features, forward_last_token_states, plan_batches
+from cvgen import collect
+from cvgen.collect import (
+    PrefixCache,
+    WorkItem,
+    block_features,
+    build_prefix_cache,
+    forward_last_token_states,
+    plan_batches,
+    prepare_prefix,
+    run_collection,
+    shared_prefix_length,
+)
 from cvgen.model import find_decoder_blocks
 
 CPU = torch.device("cpu")
@@ -113,3 +124,153 @@ def test_block_features_delta_and_residual() -> None:
     residual = block_features([h0, h1, h2], features="residual")
     assert [d[0, 0] for d in delta] == [2.0, 4.0]
     assert [r[0, 0] for r in residual] == [3.0, 7.0]
+
+
+def test_plan_batches_bounds_padding_when_asked() -> None:
+    lengths = [40, 39, 38, 30, 29, 28, 20, 20, 19, 10]
+    loose = plan_batches(lengths, batch_tokens=10_000)
+    assert loose == [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]]  # no padding limit: one batch
+    tight = plan_batches(lengths, batch_tokens=10_000, max_padding=0.1)
+    assert sorted(i for batch in tight for i in batch) == list(range(len(lengths)))
+    for batch in tight:
+        padded = len(batch) * max(lengths[i] for i in batch)
+        assert 1 - sum(lengths[i] for i in batch) / padded <= 0.1
+    assert tight == [[0, 1, 2, 3], [4, 5], [6, 7, 8], [9]]
+
+
+def test_shared_prefix_length_leaves_every_prompt_a_token_of_its_own() -> None:
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1  # the short one keeps its last token
+    assert shared_prefix_length([[7, 2, 3], [1, 2, 3]]) == 0
+    assert shared_prefix_length([[5, 6, 7, 8]]) == 3
+    assert shared_prefix_length([]) == 0
+
+
+CHAT_TEXTS = [
+    "You are a poet. Write a haiku about the sea.",
+    "Act as a novelist who writes long and lavish sentences. Write a story about rain.",
+    "Be brief. Describe a market.",
+    "You are an author who writes plainly. Write a letter.",
+    "Be brief.",
+]
+
+
+def _chat_token_lists(tokenizer: object) -> list[list[int]]:
+    rendered = [
+        tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            [
+                {"role": "system", "content": "A shared system prompt for every sample."},
+                {"role": "user", "content": text},
+            ],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for text in CHAT_TEXTS
+    ]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in rendered]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("family", ["pico_llama", "pico_qwen2_chatml"])
+def test_prefix_reuse_gives_the_states_of_a_plain_full_model_forward(
+    family: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if family == "pico_qwen2_chatml":
+        from conftest import build_pico_model
+
+        folder = build_pico_model(tmp_path / "qwen2", "qwen2", seed=3)
+    else:
+        folder = request.getfixturevalue(family)
+    model, tokenizer = _load(folder)
+    blocks = find_decoder_blocks(model, PICO_LAYERS)
+    token_lists = _chat_token_lists(tokenizer)
+    prefix_length = shared_prefix_length(token_lists)
+    assert prefix_length >= 10  # the template header and the system turn are shared
+    wanted = [0, 1, 3, 4]
+    items = [
+        WorkItem(target=row % 2, row=row // 2, token_ids=ids) for row, ids in enumerate(token_lists)
+    ]
+    written: dict[tuple[int, int], np.ndarray] = {}
+
+    def write(target: int, rows: list[int], states: np.ndarray) -> None:
+        for column, row in enumerate(rows):
+            written[(target, row)] = states[:, column]
+
+    seen: list[int] = []
+    handle = blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    try:
+        run_collection(
+            model, blocks, wanted, items, pad_id=0, device=CPU, batch_tokens=64, write=write
+        )
+    finally:
+        handle.remove()
+    # the prefix ran once, then the check prompt both ways, then batches of suffixes only
+    shortest, longest = min(map(len, token_lists)), max(map(len, token_lists))
+    assert seen[:3] == [prefix_length, shortest - prefix_length, shortest]
+    assert max(seen[3:]) == longest - prefix_length
+    assert len(written) == len(token_lists)
+    for index, ids in enumerate(token_lists):
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        expected = np.stack([out.hidden_states[k + 1][0, -1].numpy() for k in wanted])
+        np.testing.assert_allclose(written[(index % 2, index // 2)], expected, atol=2e-5, rtol=1e-5)
+
+
+def test_a_prefix_cache_that_does_not_reproduce_the_states_is_refused(
+    pico_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tokenizer = _load(pico_llama)
+    blocks = find_decoder_blocks(model, PICO_LAYERS)
+    token_lists = _chat_token_lists(tokenizer)
+    good = prepare_prefix(model, blocks, [1, 2], token_lists, pad_id=0, device=CPU)
+    assert good is not None and len(good.token_ids) == shared_prefix_length(token_lists)
+
+    def wrong_cache(
+        model: torch.nn.Module,
+        blocks: torch.nn.ModuleList,
+        wanted: list[int],
+        prefix_ids: list[int],
+        *,
+        device: torch.device,
+    ) -> PrefixCache | None:
+        # the cache of other tokens, filed under the right ones
+        other = build_prefix_cache(
+            model, blocks, wanted, [(t + 7) % 500 for t in prefix_ids], device=device
+        )
+        assert other is not None
+        return PrefixCache(tuple(prefix_ids), other.cache)
+
+    monkeypatch.setattr(collect, "build_prefix_cache", wrong_cache)
+    with pytest.warns(RuntimeWarning, match="differ from a plain forward"):
+        refused = prepare_prefix(model, blocks, [1, 2], token_lists, pad_id=0, device=CPU)
+    assert refused is None
+    # run_collection then falls back to whole prompts and still gets the right states
+    items = [WorkItem(0, row, ids) for row, ids in enumerate(token_lists)]
+    got = np.zeros((2, len(items), 32), dtype=np.float32)
+
+    def write(target: int, rows: list[int], states: np.ndarray) -> None:
+        got[:, rows] = states
+
+    with pytest.warns(RuntimeWarning):
+        run_collection(
+            model, blocks, [1, 2], items, pad_id=0, device=CPU, batch_tokens=512, write=write
+        )
+    plain = forward_last_token_states(model, blocks, [1, 2], token_lists, pad_id=0, device=CPU)
+    np.testing.assert_allclose(got, plain, atol=1e-5)
+
+
+def test_forward_refuses_a_prompt_without_the_cached_prefix(pico_llama: Path) -> None:
+    model, tokenizer = _load(pico_llama)
+    blocks = find_decoder_blocks(model, PICO_LAYERS)
+    token_lists = _chat_token_lists(tokenizer)
+    prefix = build_prefix_cache(model, blocks, [1], token_lists[0][:8], device=CPU)
+    assert prefix is not None
+    with pytest.raises(ValueError, match="does not start with the cached prefix"):
+        forward_last_token_states(
+            model,
+            blocks,
+            [1],
+            [token_lists[0], [5, *token_lists[1]]],
+            pad_id=0,
+            device=CPU,
+            prefix=prefix,
+        )

@@ -1,0 +1,103 @@
+"""A small smoke run of scripts/bench.py on the pico model, and its FLOP count and solver oracle."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+
+def _bench() -> ModuleType:
+    """scripts/bench.py as a module (registered first: its dataclasses look themselves up)."""
+    if "cvgen_bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("cvgen_bench", SCRIPT)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["cvgen_bench"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["cvgen_bench"]
+
+
+@pytest.fixture(scope="module")
+def smoke(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--model", str(pico_llama), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_smoke_collection_routes_agree_and_rates_are_consistent(smoke: tuple[dict, str]) -> None:
+    results, printed = smoke
+    collection = results["collection"]
+    # the reference route and cvgen's collector read the same states from the same prompts
+    for difference in collection["max_relative_state_difference"].values():
+        assert difference < 1e-4
+    assert collection["prompts"] == 3 * 3  # 3 samples: baseline, negative, positive
+    assert collection["shared_prefix_tokens"] > 0
+    seconds, rates = collection["seconds"], collection["tokens_per_s"]
+    for route in ("reference", "cvgen", "cvgen_no_prefix", "bare"):
+        assert seconds[route] > 0
+        assert math.isclose(rates[route], collection["prompt_tokens"] / seconds[route])
+    ratio = collection["ratio_b_over_a"]
+    assert math.isfinite(ratio) and math.isclose(ratio, rates["cvgen"] / rates["reference"])
+    overhead = collection["capture_overhead"]
+    assert math.isclose(overhead, (rates["bare"] - rates["cvgen"]) / rates["bare"])
+    # prefix reuse runs fewer tokens than whole prompts
+    assert collection["computed_tokens"]["cvgen"] < collection["computed_tokens"]["bare"]
+    assert f"b/a = {ratio:.2f}x" in printed
+    assert f"(c-b)/c = {overhead:+.1%}" in printed
+
+
+def test_smoke_memory_pack_and_solver_sections(smoke: tuple[dict, str]) -> None:
+    results, printed = smoke
+    small, large = results["memory"]["runs"]
+    assert (small["samples"], large["samples"]) == (2, 16)
+    assert (small["prompts"], large["prompts"]) == (6, 48)
+    assert large["store_mib"] > small["store_mib"] > 0
+    growth = results["memory"]["max_rss_growth"]
+    assert math.isclose(growth, large["max_rss_mib"] / small["max_rss_mib"] - 1)
+    pack = results["pack"]
+    assert pack["axes"] == 8 and len(pack["reference_run_seconds"]) == 8
+    assert math.isclose(pack["ratio"], pack["seconds"]["reference_runs"] / pack["seconds"]["pack"])
+    assert [row["d"] for row in results["solver"]] == [48, 96]
+    for row in results["solver"]:
+        assert row["abs_cos"] > 0.9999  # cvgen's eigensolver and a full eigh agree
+        assert row["abs_cos_planted"] > 0.9  # and both find the planted axis
+        assert math.isclose(row["speedup"], row["seconds"]["eigh"] / row["seconds"]["cvgen"])
+    assert "Solver: cross-covariance" in printed and "Pack: 8 axes" in printed
+
+
+def test_forward_flops_counts_weights_and_attention() -> None:
+    bench = _bench()
+    # one span of 3 tokens: 2 * params * 3, plus keys attended 1 + 2 + 3 = 6 per block
+    assert bench.forward_flops(100, 8, 2, [(0, 3)]) == 2 * 100 * 3 + 4 * 8 * 2 * 6
+    # tokens 2..3 of a prompt whose first two come from a cache attend to 3 and 4 keys
+    assert bench.forward_flops(100, 8, 1, [(2, 4)]) == 2 * 100 * 2 + 4 * 8 * 1 * 7
+    assert bench.padded_tokens([5, 4, 1], [[0, 1], [2]]) == 2 * 5 + 1
+
+
+def test_full_eigh_route_finds_the_planted_axis() -> None:
+    bench = _bench()
+    a, b, axis = bench.planted_data(40, 32, seed=1)
+    found = bench.eigh_cross_covariance(a, b, bench.SolverOptions())
+    assert found is not None
+    assert abs(float(found.direction @ axis)) > 0.95
+    assert found.mean_positive > found.mean_negative
+    values, vectors = bench._full_eigh_pairs(a, b, 3)
+    m = (a.T.astype(np.float64) @ b + b.T.astype(np.float64) @ a) / 2
+    np.testing.assert_allclose(m @ vectors, vectors * values, atol=1e-6 * np.abs(values).max())

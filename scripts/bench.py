@@ -292,40 +292,26 @@ def collection_section(
     with tempfile.TemporaryDirectory(prefix="cvgen-bench-") as folder:
         # warm-up: one small batch each way, so that no route pays first-call costs
         warm = Workload(work.texts[:2], work.token_ids[:2], *_facts(work))
-        collect_cvgen(
-            model,
-            blocks,
-            warm,
-            device=device,
-            batch_tokens=args.batch_tokens,
-            store=Path(folder),
-            reuse_prefix=True,
-            max_padding=args.max_padding,
-        )
+
+        def run_cvgen(workload: Workload, *, reuse_prefix: bool) -> Any:
+            return collect_cvgen(
+                model,
+                blocks,
+                workload,
+                device=device,
+                batch_tokens=args.batch_tokens,
+                store=Path(folder),
+                reuse_prefix=reuse_prefix,
+                max_padding=args.max_padding,
+            )
+
+        run_cvgen(warm, reuse_prefix=True)
         with timed(device, seconds, "reference"):
             kept = collect_reference(model, work.token_ids, device)
         with timed(device, seconds, "cvgen"):
-            ours = collect_cvgen(
-                model,
-                blocks,
-                work,
-                device=device,
-                batch_tokens=args.batch_tokens,
-                store=Path(folder),
-                reuse_prefix=True,
-                max_padding=args.max_padding,
-            )
+            ours = run_cvgen(work, reuse_prefix=True)
         with timed(device, seconds, "cvgen_no_prefix"):
-            plain = collect_cvgen(
-                model,
-                blocks,
-                work,
-                device=device,
-                batch_tokens=args.batch_tokens,
-                store=Path(folder),
-                reuse_prefix=False,
-                max_padding=args.max_padding,
-            )
+            plain = run_cvgen(work, reuse_prefix=False)
     with timed(device, seconds, "bare"):
         bare_forward(
             model,

@@ -132,6 +132,17 @@ def test_wrong_sign_fraction_counts_decreasing_and_flat_items() -> None:
     assert bootstrap_slope(SWEEP, one_flat).wrong_sign_fraction == 0.25
 
 
+def test_a_flat_item_has_slope_exactly_zero_not_a_rounding_residue() -> None:
+    # on this grid the mean of ten copies of 1/3 rounds above 1/3, which would leave a
+    # slope of +2.7e-33 and count the flat item as rising
+    grid = np.linspace(-1.5, 1.5, 10)
+    values = np.vstack([grid, np.full(10, 1.0 / 3.0)])
+    rising, flat = item_slopes(grid, values)
+    assert rising == pytest.approx(1.0, rel=1e-12)
+    assert flat == 0.0
+    assert bootstrap_slope(grid, values).wrong_sign_fraction == 0.5
+
+
 def test_bootstrap_rejects_nan_rows_and_bad_options() -> None:
     values = noisy_items(4)
     values[2, 3] = math.nan
@@ -233,6 +244,12 @@ def test_kl_accepts_float32_log_softmax_and_checks_rows() -> None:
     np.testing.assert_allclose(from_float32, exact, rtol=1e-4)
     with pytest.raises(MetricError, match=r"^log_p: row 0 has total probability .*not logits\)$"):
         kl_divergence(logits, log_q)
+
+
+def test_kl_renormalises_rows_that_are_off_by_rounding() -> None:
+    log_q = np.log(np.array([[0.5, 0.3, 0.2]]))
+    heavy = log_q + 5e-4  # mass 1.0005, within the tolerance: the same distribution
+    np.testing.assert_allclose(kl_divergence(heavy, log_q), 0.0, atol=1e-12)
 
 
 def test_kl_errors_report_the_row_beyond_the_first_chunk() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,13 @@ from scipy.special import logsumexp
 from scipy.stats import rankdata
 
 from cvgen.errors import CvgenError
-from cvgen.textstats import mean_word_length, mean_zipf_frequency, quoted_fraction, words
+from cvgen.textstats import (
+    mean_word_length,
+    mean_zipf_frequency,
+    quoted_fraction,
+    sentiment,
+    words,
+)
 
 __all__ = [
     "AXIS_STATISTICS",
@@ -400,19 +405,6 @@ class TextStatistic:
     name: str
     description: str
     function: Callable[[str], float]
-
-
-@lru_cache(maxsize=1)
-def _vader() -> Any:
-    """The VADER analyser, built once on first use (it loads its lexicon from the wheel)."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
-def sentiment(text: str) -> float:
-    """VADER compound sentiment score of ``text``, in [-1, 1] (positive = positive tone)."""
-    return float(_vader().polarity_scores(text)["compound"])
 
 
 TEXT_STATISTICS: dict[str, TextStatistic] = {

@@ -1,10 +1,12 @@
 """Text statistics that show an axis at work in generated text: word length and rarity for
-`language`, the share of quoted speech for `character_focus`."""
+`language`, the share of quoted speech for `character_focus`, sentiment for the axes of tone."""
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from statistics import fmean
+from typing import Any
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 # straight double quotes, curly double quotes; an unclosed quote runs to the end of the text
@@ -37,3 +39,17 @@ def quoted_fraction(text: str) -> float:
     if not text:
         return 0.0
     return sum(len(match) for match in _QUOTED.findall(text)) / len(text)
+
+
+@lru_cache(maxsize=1)
+def _vader() -> Any:
+    """The VADER analyser, built once on first use (its lexicon ships in the wheel)."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def sentiment(text: str) -> float:
+    """VADER compound sentiment score of ``text``, in [-1, 1]: above 0 for a positive tone,
+    below 0 for a negative one, 0 for a neutral text."""
+    return float(_vader().polarity_scores(text)["compound"])

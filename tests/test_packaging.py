@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +32,12 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
         text=True,
     )
     wheel = next(wheels.glob("cvgen-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped_axes = sorted(p.stem for p in (REPO / "axes").glob("*.json"))
+    eval_files = {"cvgen/data/eval/prompts.txt", "cvgen/data/eval/neutral.json"} | {
+        f"cvgen/data/eval/probes/{axis}.json" for axis in shipped_axes
+    }
+    assert eval_files <= names, sorted(eval_files - names)
     site = tmp_path / "site"
     subprocess.run(
         [
@@ -49,10 +56,13 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
         text=True,
     )
     probe = (
-        "import json, importlib.resources as r, cvgen, cvgen.data as d;"
+        "import json, importlib.resources as r, cvgen, cvgen.data as d, cvgen.evaldata as e;"
         "print(json.dumps({'file': cvgen.__file__, 'root': str(d.data_root()),"
         " 'axes': d.shipped_axis_names(), 'prompts': len(d.load_writing_prompts()),"
         " 'stems': len(d.load_stems()),"
+        " 'eval_root': str(e.eval_root()), 'eval_prompts': len(e.load_eval_prompts()),"
+        " 'neutral': len(e.load_neutral_texts()), 'probe_axes': e.shipped_probe_axes(),"
+        " 'probe_classes': [list(e.load_probes(a).classes) for a in e.shipped_probe_axes()],"
         " 'page': [f.name for f in r.files('cvgen').joinpath('page').iterdir()]}))"
     )
     elsewhere = tmp_path / "elsewhere"
@@ -71,6 +81,10 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
     assert facts["root"] == str(site / "cvgen" / "data")
     assert len(facts["axes"]) == 8 and "language" in facts["axes"]
     assert facts["prompts"] >= 500 and facts["stems"] >= 1600
+    assert facts["eval_root"] == str(site / "cvgen" / "data" / "eval")
+    assert facts["eval_prompts"] == 48 and facts["neutral"] == 12
+    assert facts["probe_axes"] == facts["axes"] == shipped_axes
+    assert facts["probe_classes"][facts["axes"].index("optimism")] == ["optimism", "nihilism"]
     assert sorted(facts["page"]) == ["builder.js", "index.html.template", "style.css"]
     axes = subprocess.run(
         [sys.executable, "-c", "from cvgen.cli import main; main()", "axes"],

@@ -126,9 +126,30 @@ pack_out_option = click.option(
     default=None,
     help="State store folder (default: $CVGEN_CACHE/states or ~/.cache/cvgen/states).",
 )
+@click.option(
+    "--eval",
+    "run_eval",
+    is_flag=True,
+    help="Then evaluate the pack with `cvgen eval`'s defaults and store its safe scales.",
+)
+@click.option(
+    "--eval-backend",
+    type=click.Choice(["auto", "llama.cpp", "hf"]),
+    default="auto",
+    show_default=True,
+    help="The backend of --eval.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @one_line_errors
-def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **values: Any) -> None:
+def generate(
+    out: Path,
+    all_axes: bool,
+    cache_dir: Path | None,
+    run_eval: bool,
+    eval_backend: str,
+    quiet: bool,
+    **values: Any,
+) -> None:
     """Collect states, solve each block and write a pack of GGUF control vectors.
 
     Three files per axis: <model>-<axis>__debias.gguf, __<negative>.gguf, __<positive>.gguf.
@@ -164,6 +185,20 @@ def generate(out: Path, all_axes: bool, cache_dir: Path | None, quiet: bool, **v
         click.echo(f"prompts run: 0; all {result.reused_prompts} reused from the store")
     click.echo("\nexample:")
     click.echo(example_command(manifest, result.out))
+    if run_eval:
+        with _logging(quiet=quiet):
+            from cvgen.eval_pack import evaluate_pack
+
+            report = evaluate_pack(
+                result.out,
+                model=settings.model,
+                backend=eval_backend,
+                device=settings.device,
+                trust_remote_code=settings.trust_remote_code,
+                progress=not quiet,
+                announce=lambda message: click.echo(message, err=True),
+            ).report
+        _echo_eval_summary(report, result.out, stored=True)
 
 
 def _settings(values: dict[str, Any], *, all_axes: bool) -> GenerateSettings:
@@ -291,6 +326,125 @@ def _logging(*, quiet: bool) -> Iterator[None]:
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = saved
+
+
+def eval_options(command: F) -> F:
+    """One click option per `EvalSettings` field (flag, default and help from the field)."""
+    from cvgen.evaluate import SETTING_HELP, EvalSettings
+
+    for setting in reversed(dataclasses.fields(EvalSettings)):
+        default = setting.default
+        flag = "--" + setting.name.replace("_", "-")
+        help_text = SETTING_HELP[setting.name]
+        if setting.name == "scales":
+            option = click.option(
+                flag, default=",".join(f"{s:g}" for s in default), show_default=True, help=help_text
+            )
+        elif isinstance(default, bool):
+            option = click.option(
+                f"{flag}/--no-{flag[2:]}", default=default, show_default=True, help=help_text
+            )
+        else:
+            option = click.option(flag, type=type(default), default=default, show_default=True, help=help_text)
+        command = option(command)
+    return command
+
+
+@main.command("eval")
+@click.argument("pack", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="The model: a .gguf file (llama.cpp or hf), a folder or a hub id (hf). "
+    "Default: the pack's own source.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "llama.cpp", "hf"]),
+    default="auto",
+    show_default=True,
+    help="auto: llama.cpp for a .gguf model when llama-server is found, else hf (transformers).",
+)
+@click.option(
+    "--axis",
+    "axis_names",
+    multiple=True,
+    help="An axis of the pack to evaluate (repeatable; default: all of them).",
+)
+@eval_options
+@click.option(
+    "--store/--no-store",
+    default=True,
+    show_default=True,
+    help="Record the calibrated safe scales in pack.json, the files' metadata and the page.",
+)
+@click.option("--device", default="auto", show_default=True, help="hf backend: torch device.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="hf backend: weight dtype.",
+)
+@click.option(
+    "--trust-remote-code", is_flag=True, help="hf backend: allow the model's own Python code."
+)
+@click.option("--threads", type=int, default=None, help="llama.cpp backend: threads.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@one_line_errors
+def evaluate(
+    pack: Path,
+    model: str | None,
+    backend: str,
+    axis_names: tuple[str, ...],
+    store: bool,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool,
+    threads: int | None,
+    quiet: bool,
+    **values: Any,
+) -> None:
+    """Measure each axis of PACK: propensity slope, text statistics, KL damage and controls,
+    at a sweep of scales; write eval.json, eval.md and eval-<axis>.png into the pack and
+    store a calibrated safe scale per pole (see the README's "Evaluating a pack")."""
+    from cvgen.evaluate import EvalSettings
+
+    settings = EvalSettings.from_options(values)
+    with _logging(quiet=quiet):
+        from cvgen.eval_pack import evaluate_pack
+
+        result = evaluate_pack(
+            pack,
+            model=model,
+            backend=backend,
+            axes=axis_names,
+            settings=settings,
+            store=store,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            threads=threads,
+            progress=not quiet,
+            announce=lambda message: click.echo(message, err=True),
+        )
+    _echo_eval_summary(result.report, pack, stored=store)
+
+
+def _echo_eval_summary(report: dict[str, Any], pack: Path, *, stored: bool) -> None:
+    for name, axis in report["axes"].items():
+        slope = (axis["propensity"] or {}).get("slope")
+        safe = axis["safe_scale"]
+        click.echo(
+            f"{name}: propensity slope "
+            + (f"{slope['slope']:+.3f} [{slope['low']:+.3f}, {slope['high']:+.3f}]" if slope else "n/a")
+            + f", safe scale -{safe['negative']['scale']:.2f} / +{safe['positive']['scale']:.2f}"
+        )
+    click.echo(
+        f"wrote {pack}/eval.md, eval.json and {len(report['axes'])} plots in "
+        f"{report['seconds']:.0f} s" + ("; safe scales stored in pack.json" if stored else "")
+    )
 
 
 @main.command()
@@ -613,22 +767,9 @@ def _describe_preset(manifest: dict[str, Any], name: str) -> str:
 
 
 def _save_presets(pack: Path, manifest: dict[str, Any]) -> None:
-    """Rewrite pack.json and the page (keeping the page's model path and vector folder); the
-    page is rendered first, so a manifest it refuses changes nothing."""
-    from cvgen.html import PAGE_NAME, page_defaults, render_page
-    from cvgen.pack import MANIFEST_NAME, save_manifest, write_text_atomically
+    from cvgen.html import save_manifest_and_page
 
-    absolute = str(pack.expanduser().resolve())
-    defaults = page_defaults(pack / PAGE_NAME)
-    page = render_page(
-        manifest,
-        model_path=defaults.get("model_path", default_model_path(manifest)),
-        vector_dir=defaults.get("vector_dir", absolute),
-        pack_label=absolute,
-        source=str(pack / MANIFEST_NAME),
-    )
-    save_manifest(pack, manifest)
-    write_text_atomically(pack / PAGE_NAME, page)
+    save_manifest_and_page(pack, manifest)
 
 
 if __name__ == "__main__":  # pragma: no cover

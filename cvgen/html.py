@@ -27,7 +27,14 @@ from typing import Any
 
 from cvgen import __version__
 from cvgen.commands import CommandError, default_model_path, preset_selection
-from cvgen.pack import MANIFEST_NAME, ROLES, PackError, load_manifest, write_text_atomically
+from cvgen.pack import (
+    MANIFEST_NAME,
+    ROLES,
+    PackError,
+    load_manifest,
+    save_manifest,
+    write_text_atomically,
+)
 
 __all__ = [
     "PAGE_NAME",
@@ -35,6 +42,7 @@ __all__ = [
     "embed_json",
     "page_defaults",
     "render_page",
+    "save_manifest_and_page",
     "write_page",
 ]
 
@@ -227,3 +235,19 @@ def write_page(
     path = pack / PAGE_NAME
     write_text_atomically(path, text)
     return path
+
+
+def save_manifest_and_page(pack: Path, manifest: Mapping[str, Any]) -> None:
+    """Rewrite `PACK/pack.json` and the page (keeping the page's model path and vector
+    folder); the page is rendered first, so a manifest it refuses changes nothing."""
+    absolute = str(Path(pack).expanduser().resolve())
+    defaults = page_defaults(Path(pack) / PAGE_NAME)
+    page = render_page(
+        manifest,
+        model_path=defaults.get("model_path", default_model_path(manifest)),
+        vector_dir=defaults.get("vector_dir", absolute),
+        pack_label=absolute,
+        source=str(Path(pack) / MANIFEST_NAME),
+    )
+    save_manifest(pack, manifest)
+    write_text_atomically(Path(pack) / PAGE_NAME, page)

@@ -1,0 +1,211 @@
+"""The evaluation's outputs: `eval.md` (a readable summary) and one PNG per axis (effect vs
+scale with its bootstrap band, and KL vs scale with the controls)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PLOT_NAME = "eval-{axis}.png"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+def _slope_text(slope: Mapping[str, Any] | None) -> str:
+    if not slope:
+        return "n/a"
+    return f"{slope['slope']:+.3f} [{slope['low']:+.3f}, {slope['high']:+.3f}]"
+
+
+def _statistics_text(statistics: Mapping[str, Any]) -> str:
+    if not statistics:
+        return "none fits"
+    return "; ".join(
+        f"{name} ρ={_signed(entry['spearman'], 2)} (expected {'+' if entry['expected_sign'] > 0 else '−'})"
+        for name, entry in statistics.items()
+    )
+
+
+def _safe_text(safe: Mapping[str, Any]) -> str:
+    return " / ".join(
+        f"{safe[role]['scale']:.2f} ({safe[role]['limited_by']})" for role in ("negative", "positive")
+    )
+
+
+def summary_table(report: Mapping[str, Any]) -> list[str]:
+    """The one-line-per-axis summary table of eval.md."""
+    lines = [
+        "| axis (− / +) | propensity slope [95% CI] | wrong sign | text statistics | "
+        "KL at min / max scale | repetition at min / max (unsteered) | safe scale − / + | "
+        "random slope | negated slope |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    baseline = report["unsteered"]["repetition"]
+    for name, axis in report["axes"].items():
+        propensity = axis["propensity"] or {}
+        slope = propensity.get("slope")
+        controls = axis["controls"]
+        lines.append(
+            f"| {name} ({axis['classes'][0]} / {axis['classes'][1]}) | {_slope_text(slope)} | "
+            f"{_number(slope['wrong_sign_fraction'], 2) if slope else 'n/a'} | "
+            f"{_statistics_text(axis['statistics'])} | "
+            f"{_number(axis['kl'][0])} / {_number(axis['kl'][-1])} | "
+            f"{_number(axis['repetition'][0])} / {_number(axis['repetition'][-1])} "
+            f"({_number(baseline)}) | {_safe_text(axis['safe_scale'])} | "
+            f"{_slope_text(controls.get('random', {}).get('slope'))} | "
+            f"{_slope_text(controls.get('negated', {}).get('slope'))} |"
+        )
+    return lines
+
+
+def _axis_section(name: str, axis: Mapping[str, Any], report: Mapping[str, Any]) -> list[str]:
+    propensity = axis["propensity"]
+    statistics = axis["statistics"]
+    random_kl = axis["controls"].get("random", {}).get("kl")
+    header = ["scale", "propensity [95% band]", *statistics, "KL", "repetition"]
+    if random_kl:
+        header.append("random-direction KL")
+    lines = [
+        f"## {name}: {axis['classes'][0]} (−) vs {axis['classes'][1]} (+)",
+        "",
+        f"![{name}]({PLOT_NAME.format(axis=name)})",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for index, scale in enumerate(axis["scales"]):
+        cells = [f"{scale:+g}"]
+        if propensity:
+            cells.append(
+                f"{propensity['mean'][index]:+.3f} [{propensity['low'][index]:+.3f}, "
+                f"{propensity['high'][index]:+.3f}]"
+            )
+        else:
+            cells.append("n/a")
+        cells += [_number(entry["mean"][index]) for entry in statistics.values()]
+        cells += [_number(axis["kl"][index]), _number(axis["repetition"][index])]
+        if random_kl:
+            cells.append(_number(random_kl[index]))
+        lines.append("| " + " | ".join(cells) + " |")
+    debias = axis["controls"]["debias_only"]
+    lines += [
+        "",
+        f"- Unsteered: propensity {_signed(propensity['unsteered']) if propensity else 'n/a'}, "
+        + ", ".join(
+            f"{stat} {_number(entry['unsteered'])}" for stat, entry in statistics.items()
+        )
+        + f"{', ' if statistics else ''}repetition {_number(report['unsteered']['repetition'])}.",
+        f"- Debias file alone: KL {_number(debias['kl'])}, propensity shift "
+        f"{_signed(debias['propensity_shift'])}.",
+        f"- Safe scale: negative {_safe_text(axis['safe_scale'])} positive "
+        f"(KL budget {report['settings']['kl_budget']}, repetition within "
+        f"+{report['settings']['repetition_tolerance']} of unsteered).",
+        "",
+        "Greedy output for the first prompt (" + _quote(report["prompts"][0]) + "):",
+        "",
+    ]
+    for scale, text in axis["examples"].items():
+        lines.append(f"- **{float(scale):+g}**: {_quote(text, 300)}")
+    lines.append("")
+    return lines
+
+
+def _quote(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """eval.md: how the run was made, the summary table, then one section per axis."""
+    settings = report["settings"]
+    lines = [
+        f"# Evaluation of {report['pack_name']}",
+        "",
+        f"cvgen {report['cvgen_version']}, backend **{report['backend']}**, model "
+        f"`{report['model']}`; {len(report['prompts'])} held-out prompts, "
+        f"{settings['max_tokens']} generated tokens each, {report['neutral_positions']} neutral "
+        f"KL positions, scales {', '.join(f'{s:+g}' for s in settings['scales'])}. "
+        f"Wall time {report['seconds']:.0f} s (estimated {report['estimate_seconds']:.0f} s "
+        "after the unsteered run).",
+        "",
+        "Propensity: mean per-token log p(positive-pole probe) − log p(negative-pole probe); "
+        "its slope against scale should be positive, the random direction's near 0 and the "
+        "negated vector's negative. KL: mean per-token KL(unsteered ‖ steered) in nats on neutral "
+        "text. Repetition: the share of repeated 4-grams in the generations.",
+        "",
+        *summary_table(report),
+        "",
+    ]
+    for name, axis in report["axes"].items():
+        lines += _axis_section(name, axis, report)
+    return "\n".join(lines)
+
+
+def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
+    """One PNG per axis: propensity vs scale with its band (and the controls), KL vs scale.
+    Each file is written to a temporary name and renamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, axis in report["axes"].items():
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        _plot_effect(left, axis)
+        _plot_kl(right, axis, report["settings"]["kl_budget"])
+        figure.suptitle(f"{name}: {axis['classes'][0]} (−) vs {axis['classes'][1]} (+)")
+        figure.tight_layout()
+        path = folder / PLOT_NAME.format(axis=name)
+        temporary = path.with_name(f".{path.name}.part")
+        figure.savefig(temporary, format="png", dpi=100)
+        plt.close(figure)
+        temporary.replace(path)
+        written.append(path)
+    return written
+
+
+def _plot_effect(axes: Any, axis: Mapping[str, Any]) -> None:
+    scales = axis["scales"]
+    propensity = axis["propensity"]
+    axes.set_xlabel("scale")
+    if not propensity:
+        axes.set_title("no probes for this axis")
+        return
+    axes.fill_between(scales, propensity["low"], propensity["high"], alpha=0.25, label="95% band")
+    axes.plot(scales, propensity["mean"], marker="o", label="axis")
+    for kind, style in (("random", "--"), ("negated", ":")):
+        entry = axis["controls"].get(kind, {})
+        if "mean" in entry:
+            axes.plot(scales, entry["mean"], linestyle=style, marker=".", label=f"{kind} control")
+    axes.axhline(propensity["unsteered"], color="grey", linewidth=0.8, label="unsteered")
+    axes.set_ylabel("propensity (nats/token)")
+    axes.set_title("effect")
+    axes.legend(fontsize=8)
+
+
+def _plot_kl(axes: Any, axis: Mapping[str, Any], budget: float) -> None:
+    scales = axis["scales"]
+    axes.plot(scales, _finite(axis["kl"]), marker="o", label="axis")
+    random_kl = axis["controls"].get("random", {}).get("kl")
+    if random_kl:
+        axes.plot(scales, _finite(random_kl), linestyle="--", marker=".", label="random control")
+    axes.axhline(budget, color="red", linewidth=0.8, label=f"budget {budget:g}")
+    safe = axis["safe_scale"]
+    for role, sign in (("negative", -1), ("positive", 1)):
+        axes.axvline(sign * safe[role]["scale"], color="green", linewidth=0.8, linestyle=":")
+    axes.set_xlabel("scale")
+    axes.set_ylabel("KL (nats/token)")
+    axes.set_title("damage on neutral text (green: safe scale)")
+    axes.legend(fontsize=8)
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float("nan") if v is None else float(v) for v in values]

@@ -290,8 +290,20 @@ class HfBackend:
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, *, n_layer: int, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        n_layer: int,
+        batch_size: int = 16,
+        threads: int | None = None,
+    ) -> None:
         import torch
+
+        if threads is not None:
+            # torch's CPU thread pool collapses when its threads outnumber the free cores
+            torch.set_num_threads(threads)
 
         from cvgen.model import find_decoder_blocks, input_device
 
@@ -314,6 +326,7 @@ class HfBackend:
         dtype: str = "auto",
         trust_remote_code: bool = False,
         batch_size: int = 16,
+        threads: int | None = None,
     ) -> HfBackend:
         """Load a model (GGUF file, folder or hub id) and its tokenizer with cvgen's loader."""
         from cvgen.model import (
@@ -337,7 +350,7 @@ class HfBackend:
             device=torch_device,
             trust_remote_code=trust_remote_code,
         )
-        return cls(model, tokenizer, n_layer=n_layer, batch_size=batch_size)
+        return cls(model, tokenizer, n_layer=n_layer, batch_size=batch_size, threads=threads)
 
     def prompt_ids(self, user_text: str) -> list[int]:
         from cvgen.prompts import has_chat_template, tokenize_texts

@@ -390,7 +390,12 @@ def eval_options(command: F) -> F:
 @click.option(
     "--trust-remote-code", is_flag=True, help="hf backend: allow the model's own Python code."
 )
-@click.option("--threads", type=int, default=None, help="llama.cpp backend: threads.")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads (llama.cpp: -t; hf: torch). Use fewer than the free cores on a busy machine.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @one_line_errors
 def evaluate(

@@ -72,7 +72,9 @@ def open_backend(
         if not Path(model).is_file():
             raise EvalError(f"--model: {model} is not a file (llama.cpp needs a .gguf model)")
         return LlamaCppBackend(Path(model), top_k=settings.top_k, threads=threads, log_dir=log_dir)
-    return HfBackend.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return HfBackend.load(
+        model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, threads=threads
+    )
 
 
 def check_backend_fits(backend: Backend, manifest: Mapping[str, Any], pack: Path) -> None:

@@ -52,7 +52,10 @@ class Steering:
         """llama.cpp's arguments for these files (none for the unsteered model)."""
         if not self.files:
             return []
-        return ["--control-vector-scaled", ",".join(f"{path}:{scale:g}" for path, scale in self.files)]
+        return [
+            "--control-vector-scaled",
+            ",".join(f"{path}:{scale:g}" for path, scale in self.files),
+        ]
 
     def block_vectors(self) -> dict[int, np.ndarray]:
         """block -> the summed float32 vector that llama.cpp would add to that block's output."""
@@ -182,7 +185,10 @@ class LlamaCppBackend:
     def _tokenizer_server(self) -> LlamaServer:
         if self._tokenizer is None:
             self._tokenizer = LlamaServer(
-                self.model, binary=self.binary, threads=self.threads, log_path=self._log("tokenizer")
+                self.model,
+                binary=self.binary,
+                threads=self.threads,
+                log_path=self._log("tokenizer"),
             ).start()
         return self._tokenizer
 
@@ -236,7 +242,9 @@ class LlamaCppSession:
     def score(
         self, items: Sequence[tuple[Sequence[int], Sequence[int]]], *, distributions: bool = False
     ) -> list[Scored]:
-        return [self._score_one(prompt, continuation, distributions) for prompt, continuation in items]
+        return [
+            self._score_one(prompt, continuation, distributions) for prompt, continuation in items
+        ]
 
     def _score_one(
         self, prompt: Sequence[int], continuation: Sequence[int], distributions: bool

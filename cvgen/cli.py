@@ -336,7 +336,7 @@ def eval_options(command: F) -> F:
         default = setting.default
         flag = "--" + setting.name.replace("_", "-")
         help_text = SETTING_HELP[setting.name]
-        if setting.name == "scales":
+        if setting.name in ("scales", "control_scales"):
             option = click.option(
                 flag, default=",".join(f"{s:g}" for s in default), show_default=True, help=help_text
             )
@@ -345,7 +345,9 @@ def eval_options(command: F) -> F:
                 f"{flag}/--no-{flag[2:]}", default=default, show_default=True, help=help_text
             )
         else:
-            option = click.option(flag, type=type(default), default=default, show_default=True, help=help_text)
+            option = click.option(
+                flag, type=type(default), default=default, show_default=True, help=help_text
+            )
         command = option(command)
     return command
 
@@ -371,6 +373,13 @@ def eval_options(command: F) -> F:
     "axis_names",
     multiple=True,
     help="An axis of the pack to evaluate (repeatable; default: all of them).",
+)
+@click.option(
+    "--probes",
+    "probe_assignments",
+    multiple=True,
+    metavar="AXIS=FILE",
+    help="Your own probes file for an axis (repeatable; default: the shipped probes).",
 )
 @eval_options
 @click.option(
@@ -403,6 +412,7 @@ def evaluate(
     model: str | None,
     backend: str,
     axis_names: tuple[str, ...],
+    probe_assignments: tuple[str, ...],
     store: bool,
     device: str,
     dtype: str,
@@ -417,6 +427,12 @@ def evaluate(
     from cvgen.evaluate import EvalSettings
 
     settings = EvalSettings.from_options(values)
+    probe_files = {}
+    for assignment in probe_assignments:
+        name, sep, file = assignment.partition("=")
+        if not sep or not name or not file:
+            raise click.UsageError(f"--probes: '{assignment}' is not AXIS=FILE")
+        probe_files[name] = Path(file)
     with _logging(quiet=quiet):
         from cvgen.eval_pack import evaluate_pack
 
@@ -433,6 +449,7 @@ def evaluate(
             threads=threads,
             progress=not quiet,
             announce=lambda message: click.echo(message, err=True),
+            probe_files=probe_files,
         )
     _echo_eval_summary(result.report, pack, stored=store)
 
@@ -443,7 +460,11 @@ def _echo_eval_summary(report: dict[str, Any], pack: Path, *, stored: bool) -> N
         safe = axis["safe_scale"]
         click.echo(
             f"{name}: propensity slope "
-            + (f"{slope['slope']:+.3f} [{slope['low']:+.3f}, {slope['high']:+.3f}]" if slope else "n/a")
+            + (
+                f"{slope['slope']:+.3f} [{slope['low']:+.3f}, {slope['high']:+.3f}]"
+                if slope
+                else "n/a"
+            )
             + f", safe scale -{safe['negative']['scale']:.2f} / +{safe['positive']['scale']:.2f}"
         )
     click.echo(

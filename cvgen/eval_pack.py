@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from cvgen import __version__
-from cvgen.backends import BACKENDS, Backend, BackendError, HfBackend, LlamaCppBackend
+from cvgen.backends import BACKENDS, Backend, HfBackend, LlamaCppBackend
 from cvgen.commands import default_model_path
 from cvgen.eval_report import render_markdown, write_plots
-from cvgen.evaluate import EvalError, EvalInputs, EvalSettings, RawResults, run_evaluation, summarise_axis
+from cvgen.evaluate import (
+    EvalError,
+    EvalInputs,
+    EvalSettings,
+    RawResults,
+    axis_probes,
+    run_evaluation,
+    summarise_axis,
+)
 from cvgen.gguf_io import read_control_vector, write_control_vector
 from cvgen.llamacpp import LlamaCppError, find_binary
 from cvgen.pack import ROLES, load_manifest, render_pack_readme, write_text_atomically
@@ -83,9 +91,7 @@ def check_backend_fits(backend: Backend, manifest: Mapping[str, Any], pack: Path
     for what, got in (("n_layer", backend.n_layer), ("n_embd", backend.n_embd)):
         want = expected.get(what)
         if isinstance(want, int) and want != got:
-            raise EvalError(
-                f"{pack}: the pack was made for {what} {want}, but the model has {got}"
-            )
+            raise EvalError(f"{pack}: the pack was made for {what} {want}, but the model has {got}")
 
 
 def select_axes(manifest: Mapping[str, Any], axes: Sequence[str], pack: Path) -> list[str]:
@@ -149,17 +155,25 @@ def evaluate_pack(
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
     loaded: Backend | None = None,
+    probe_files: Mapping[str, Path] | None = None,
 ) -> EvalResult:
     """Evaluate `pack` and write eval.json, eval.md and eval-<axis>.png into it; with `store`,
     record each axis's calibrated safe scales (pack.json, file metadata, README, page).
 
-    `loaded` reuses an open backend (e.g. the model `cvgen generate --eval` already holds).
+    `loaded` reuses an open backend. `probe_files` maps an axis to its own probes file (else
+    the shipped probes of that axis, when its classes match).
     Nothing is written unless the whole evaluation succeeded.
     """
     settings = settings or EvalSettings()
     pack = Path(pack)
     manifest = load_manifest(pack)
     chosen_axes = select_axes(manifest, axes, pack)
+    for name, path in (probe_files or {}).items():
+        if name not in chosen_axes:
+            raise EvalError(
+                f"--probes: axis '{name}' is not evaluated (axes: {', '.join(chosen_axes)})"
+            )
+        axis_probes(name, tuple(manifest["axes"][name]["classes"]), Path(path))  # fail fast
     if loaded is None:
         kind = choose_backend(backend, model or default_model(manifest, "llama.cpp"))
         model = model or default_model(manifest, kind)
@@ -178,10 +192,15 @@ def evaluate_pack(
     try:
         check_backend_fits(opened, manifest, pack)
         inputs, raw = run_evaluation(
-            opened, pack, manifest, chosen_axes, settings, progress=progress, announce=announce
+            opened,
+            pack,
+            manifest,
+            chosen_axes,
+            settings,
+            progress=progress,
+            announce=announce,
+            probe_files=probe_files,
         )
-    except (BackendError, LlamaCppError):
-        raise
     finally:
         if loaded is None:
             opened.close()

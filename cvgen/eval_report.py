@@ -35,7 +35,8 @@ def _statistics_text(statistics: Mapping[str, Any]) -> str:
 
 def _safe_text(safe: Mapping[str, Any]) -> str:
     return " / ".join(
-        f"{safe[role]['scale']:.2f} ({safe[role]['limited_by']})" for role in ("negative", "positive")
+        f"{safe[role]['scale']:.2f} ({safe[role]['limited_by']})"
+        for role in ("negative", "positive")
     )
 
 
@@ -68,10 +69,7 @@ def summary_table(report: Mapping[str, Any]) -> list[str]:
 def _axis_section(name: str, axis: Mapping[str, Any], report: Mapping[str, Any]) -> list[str]:
     propensity = axis["propensity"]
     statistics = axis["statistics"]
-    random_kl = axis["controls"].get("random", {}).get("kl")
     header = ["scale", "propensity [95% band]", *statistics, "KL", "repetition"]
-    if random_kl:
-        header.append("random-direction KL")
     lines = [
         f"## {name}: {axis['classes'][0]} (−) vs {axis['classes'][1]} (+)",
         "",
@@ -91,16 +89,13 @@ def _axis_section(name: str, axis: Mapping[str, Any], report: Mapping[str, Any])
             cells.append("n/a")
         cells += [_number(entry["mean"][index]) for entry in statistics.values()]
         cells += [_number(axis["kl"][index]), _number(axis["repetition"][index])]
-        if random_kl:
-            cells.append(_number(random_kl[index]))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _controls_lines(axis["controls"])
     debias = axis["controls"]["debias_only"]
     lines += [
         "",
         f"- Unsteered: propensity {_signed(propensity['unsteered']) if propensity else 'n/a'}, "
-        + ", ".join(
-            f"{stat} {_number(entry['unsteered'])}" for stat, entry in statistics.items()
-        )
+        + ", ".join(f"{stat} {_number(entry['unsteered'])}" for stat, entry in statistics.items())
         + f"{', ' if statistics else ''}repetition {_number(report['unsteered']['repetition'])}.",
         f"- Debias file alone: KL {_number(debias['kl'])}, propensity shift "
         f"{_signed(debias['propensity_shift'])}.",
@@ -114,6 +109,24 @@ def _axis_section(name: str, axis: Mapping[str, Any], report: Mapping[str, Any])
     for scale, text in axis["examples"].items():
         lines.append(f"- **{float(scale):+g}**: {_quote(text, 300)}")
     lines.append("")
+    return lines
+
+
+def _controls_lines(controls: Mapping[str, Any]) -> list[str]:
+    """A small table of the random and negated controls at their scales."""
+    kinds = [kind for kind in ("random", "negated") if kind in controls]
+    if not kinds:
+        return []
+    lines = ["", "| control | scale | propensity | KL |", "|---|---|---|---|"]
+    for kind in kinds:
+        entry = controls[kind]
+        for index, scale in enumerate(entry["scales"]):
+            mean = entry.get("mean")
+            kl = entry.get("kl")
+            lines.append(
+                f"| {kind} | {scale:+g} | {_signed(mean[index]) if mean else 'n/a'} | "
+                f"{_number(kl[index]) if kl else 'n/a'} |"
+            )
     return lines
 
 
@@ -184,7 +197,9 @@ def _plot_effect(axes: Any, axis: Mapping[str, Any]) -> None:
     for kind, style in (("random", "--"), ("negated", ":")):
         entry = axis["controls"].get(kind, {})
         if "mean" in entry:
-            axes.plot(scales, entry["mean"], linestyle=style, marker=".", label=f"{kind} control")
+            axes.plot(
+                entry["scales"], entry["mean"], linestyle=style, marker=".", label=f"{kind} control"
+            )
     axes.axhline(propensity["unsteered"], color="grey", linewidth=0.8, label="unsteered")
     axes.set_ylabel("propensity (nats/token)")
     axes.set_title("effect")
@@ -194,9 +209,15 @@ def _plot_effect(axes: Any, axis: Mapping[str, Any]) -> None:
 def _plot_kl(axes: Any, axis: Mapping[str, Any], budget: float) -> None:
     scales = axis["scales"]
     axes.plot(scales, _finite(axis["kl"]), marker="o", label="axis")
-    random_kl = axis["controls"].get("random", {}).get("kl")
-    if random_kl:
-        axes.plot(scales, _finite(random_kl), linestyle="--", marker=".", label="random control")
+    random = axis["controls"].get("random", {})
+    if random.get("kl"):
+        axes.plot(
+            random["scales"],
+            _finite(random["kl"]),
+            linestyle="--",
+            marker=".",
+            label="random control",
+        )
     axes.axhline(budget, color="red", linewidth=0.8, label=f"budget {budget:g}")
     safe = axis["safe_scale"]
     for role, sign in (("negative", -1), ("positive", 1)):

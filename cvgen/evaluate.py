@@ -36,7 +36,7 @@ import numpy as np
 
 from cvgen.backends import Backend, Scored, Session, Steering
 from cvgen.errors import CvgenError
-from cvgen.evaldata import Probes, find_probes, load_eval_prompts, load_neutral_texts
+from cvgen.evaldata import Probes, find_probes, load_eval_prompts, load_neutral_texts, load_probes
 from cvgen.gguf_io import read_control_vector, write_control_vector
 from cvgen.metrics import (
     bootstrap_mean_band,
@@ -67,14 +67,16 @@ class EvalSettings:
     """Everything that decides an evaluation's numbers (recorded in eval.json)."""
 
     scales: tuple[float, ...] = DEFAULT_SCALES
-    prompts: int = 16
-    probe_pairs: int = 0  # 0: every pair in the axis's probes file
+    prompts: int = 12
+    probe_pairs: int = 4  # 0: every pair in the axis's probes file
+    probe_tokens: int = 20  # 0: whole probes
     max_tokens: int = 64
-    neutral_texts: int = 12
-    kl_tokens: int = 64
+    neutral_texts: int = 8
+    kl_tokens: int = 48
     kl_budget: float = DEFAULT_KL_BUDGET
     repetition_tolerance: float = DEFAULT_REPETITION_TOLERANCE
     controls: bool = True
+    control_scales: tuple[float, ...] = (-1.0, 1.0)
     seed: int = 0
     bootstrap: int = 2000
     top_k: int = 256
@@ -93,8 +95,19 @@ class EvalSettings:
         for name in ("prompts", "max_tokens", "neutral_texts", "kl_tokens", "bootstrap", "top_k"):
             if getattr(self, name) < 1:
                 raise EvalError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 1")
-        if self.probe_pairs < 0:
-            raise EvalError(f"--probe-pairs: {self.probe_pairs} must be >= 0")
+        for name in ("probe_pairs", "probe_tokens"):
+            if getattr(self, name) < 0:
+                raise EvalError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 0")
+        controls = tuple(float(s) for s in self.control_scales)
+        object.__setattr__(self, "control_scales", controls)
+        if (
+            not controls
+            or list(controls) != sorted(set(controls))
+            or not all(math.isfinite(s) and s != 0 for s in controls)
+        ):
+            raise EvalError(
+                f"--control-scales: {list(controls)} must be non-zero, finite and ascending"
+            )
         if not (math.isfinite(self.kl_budget) and self.kl_budget > 0):
             raise EvalError(f"--kl-budget: {self.kl_budget} must be a positive number")
         if not (math.isfinite(self.repetition_tolerance) and self.repetition_tolerance >= 0):
@@ -105,8 +118,9 @@ class EvalSettings:
         """Settings from CLI option values (`--scales` as comma-separated text)."""
         known = {f.name for f in fields(cls)}
         chosen = {k: v for k, v in values.items() if k in known and v is not None}
-        if isinstance(chosen.get("scales"), str):
-            chosen["scales"] = parse_scales(chosen["scales"])
+        for name in ("scales", "control_scales"):
+            if isinstance(chosen.get(name), str):
+                chosen[name] = parse_scales(chosen[name], option=name)
         return cls(**chosen)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +133,8 @@ SETTING_HELP = {
     "scales": "Comma-separated scales of the sweep (must hold 0 and both signs).",
     "prompts": "Held-out prompts used (from eval/prompts.txt).",
     "probe_pairs": "Probe pairs per axis for the propensity (0: all in the axis's probes file).",
+    "probe_tokens": "Tokens of each probe text that are scored (0: the whole text).",
+    "control_scales": "Comma-separated scales of the random and negated controls.",
     "max_tokens": "Tokens generated (greedy) per prompt and scale.",
     "neutral_texts": "Neutral texts used for the KL divergence (from eval/neutral.json).",
     "kl_tokens": "Tokens of each neutral reply at which the KL divergence is measured.",
@@ -132,14 +148,15 @@ SETTING_HELP = {
 }
 
 
-def parse_scales(text: str) -> tuple[float, ...]:
-    """`-1.5,-1,0,1,1.5` -> the scales; a bad item names itself."""
+def parse_scales(text: str, *, option: str = "scales") -> tuple[float, ...]:
+    """`-1.5,-1,0,1,1.5` -> the scales; a bad item names itself and the option."""
     scales = []
     for item in text.split(","):
         try:
             scales.append(float(item.strip()))
         except ValueError:
-            raise EvalError(f"--scales: '{item.strip()}' is not a number (in '{text}')") from None
+            flag = "--" + option.replace("_", "-")
+            raise EvalError(f"{flag}: '{item.strip()}' is not a number (in '{text}')") from None
     return tuple(scales)
 
 
@@ -154,8 +171,28 @@ class EvalInputs:
     probe_ids: Mapping[str, tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]]  # (neg, pos)
 
 
+def axis_probes(
+    axis: str, classes: tuple[str, str], probe_file: Path | None = None
+) -> Probes | None:
+    """The probes of `axis`: from `probe_file` (its classes must be the pack's), else the shipped
+    ones when their classes match, else None (propensity is then not measured)."""
+    if probe_file is None:
+        return find_probes(axis, classes)
+    probes = load_probes(axis, probe_file)
+    if probes.classes != classes:
+        raise EvalError(
+            f"{probe_file}: field 'classes' is {list(probes.classes)}, but axis '{axis}' of the "
+            f"pack has classes {list(classes)}"
+        )
+    return probes
+
+
 def prepare_inputs(
-    backend: Backend, axes: Mapping[str, tuple[str, str]], settings: EvalSettings
+    backend: Backend,
+    axes: Mapping[str, tuple[str, str]],
+    settings: EvalSettings,
+    *,
+    probe_files: Mapping[str, Path] | None = None,
 ) -> EvalInputs:
     """Load and tokenise the held-out prompts, the neutral texts and each axis's probes."""
     prompts = load_eval_prompts()[: settings.prompts]
@@ -166,7 +203,7 @@ def prepare_inputs(
     probes: dict[str, Probes | None] = {}
     probe_ids: dict[str, tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]] = {}
     for axis, classes in axes.items():
-        found = find_probes(axis, classes)
+        found = axis_probes(axis, classes, (probe_files or {}).get(axis))
         if found is None:
             log.warning(
                 "axis '%s': no shipped probes for classes %s; propensity is not measured",
@@ -177,8 +214,12 @@ def prepare_inputs(
         pairs = found.pairs if found is not None else ()
         if settings.probe_pairs:
             pairs = pairs[: settings.probe_pairs]
+        limit = settings.probe_tokens or None
         probe_ids[axis] = tuple(
-            (tuple(backend.continuation_ids(neg)), tuple(backend.continuation_ids(pos)))
+            (
+                tuple(backend.continuation_ids(neg)[:limit]),
+                tuple(backend.continuation_ids(pos)[:limit]),
+            )
             for neg, pos in pairs
         )
     return EvalInputs(
@@ -259,16 +300,15 @@ def measure(
 # --- control files ---------------------------------------------------------------------------
 
 
-def random_directions(
-    positive: Mapping[int, np.ndarray], *, seed: int
-) -> dict[int, np.ndarray]:
+def random_directions(positive: Mapping[int, np.ndarray], *, seed: int) -> dict[int, np.ndarray]:
     """Per block, a random direction (Gaussian, seeded) with the positive vector's norm."""
     generator = np.random.default_rng(seed)
-    out = {}
+    out: dict[int, np.ndarray] = {}
     for block in sorted(positive):
         vector = np.asarray(positive[block], dtype=np.float64)
         draw = generator.standard_normal(vector.shape[0])
-        out[block] = (draw / np.linalg.norm(draw) * np.linalg.norm(vector)).astype(np.float32)
+        scaled = draw / np.linalg.norm(draw) * np.linalg.norm(vector)
+        out[block] = np.asarray(scaled, dtype=np.float32)
     return out
 
 
@@ -325,7 +365,9 @@ def axis_files(
         model_hint=hint,
         metadata={"cvgen.role": "negated-control"},
     )
-    return AxisFiles(files["debias"], files["negative"], files["positive"], random_path, negated_path)
+    return AxisFiles(
+        files["debias"], files["negative"], files["positive"], random_path, negated_path
+    )
 
 
 # --- the whole run ---------------------------------------------------------------------------
@@ -356,21 +398,19 @@ class Job:
 
 def plan_jobs(axes: Sequence[str], inputs: EvalInputs, settings: EvalSettings) -> list[Job]:
     """Every configuration: the axis at each scale (all metrics), and with controls the random
-    direction at each non-zero scale (propensity and KL) and the negated vector at each non-zero
-    scale (propensity)."""
+    direction at each control scale (propensity and KL) and the negated vector at each control
+    scale (propensity); the controls share the axis's scale-0 run (the debias file alone)."""
     jobs = []
     for axis in axes:
         has_probes = bool(inputs.probe_ids[axis])
         for scale in settings.scales:
             jobs.append(Job(axis, "axis", scale, has_probes, True, True))
         if settings.controls:
-            for scale in settings.scales:
-                if scale != 0:
-                    jobs.append(Job(axis, "random", scale, has_probes, True, False))
+            for scale in settings.control_scales:
+                jobs.append(Job(axis, "random", scale, has_probes, True, False))
             if has_probes:
-                for scale in settings.scales:
-                    if scale != 0:
-                        jobs.append(Job(axis, "negated", scale, True, False, False))
+                for scale in settings.control_scales:
+                    jobs.append(Job(axis, "negated", scale, True, False, False))
     return jobs
 
 
@@ -395,14 +435,18 @@ def run_evaluation(
     *,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
+    probe_files: Mapping[str, Path] | None = None,
 ) -> tuple[EvalInputs, RawResults]:
     """Measure the unsteered model, then every planned configuration (see `plan_jobs`)."""
     from tqdm.auto import tqdm
 
     say = announce or (lambda message: log.info("%s", message))
     started = time.perf_counter()
-    classes = {axis: tuple(manifest["axes"][axis]["classes"]) for axis in axes}
-    inputs = prepare_inputs(backend, classes, settings)  # type: ignore[arg-type]
+    classes = {
+        axis: (str(manifest["axes"][axis]["classes"][0]), str(manifest["axes"][axis]["classes"][1]))
+        for axis in axes
+    }
+    inputs = prepare_inputs(backend, classes, settings, probe_files=probe_files)
     with tempfile.TemporaryDirectory(prefix="cvgen-eval-") as scratch:
         controls_dir = Path(scratch) if settings.controls else None
         files = {
@@ -512,9 +556,14 @@ def _mean_repetition(texts: Sequence[str] | None) -> float | None:
     return float(np.mean([text_repetition(text) for text in texts]))
 
 
-def _slope_dict(scales: Sequence[float], values: np.ndarray, settings: EvalSettings) -> dict[str, Any]:
+def _slope_dict(
+    scales: Sequence[float], values: np.ndarray, settings: EvalSettings
+) -> dict[str, Any]:
     estimate = bootstrap_slope(
-        np.asarray(scales, dtype=np.float64), values, resamples=settings.bootstrap, seed=settings.seed
+        np.asarray(scales, dtype=np.float64),
+        values,
+        resamples=settings.bootstrap,
+        seed=settings.seed,
     )
     return asdict(estimate)
 
@@ -567,8 +616,7 @@ def _finite_or_none(value: float) -> float | None:
 def _controls_summary(
     axis: str, raw: RawResults, settings: EvalSettings, main: Sequence[Measurement]
 ) -> dict[str, Any]:
-    zero = settings.scales.index(0.0)
-    debias = main[zero]
+    debias = main[settings.scales.index(0.0)]
     controls: dict[str, Any] = {
         "debias_only": {
             "kl": _mean(debias.kl),
@@ -581,19 +629,19 @@ def _controls_summary(
     }
     if not settings.controls:
         return controls
+    scales = sorted({0.0, *settings.control_scales})
     for kind in ("random", "negated"):
-        runs = [
-            main[zero] if s == 0 else raw.measured.get((axis, kind, s)) for s in settings.scales
-        ]
-        if any(run is None for run in runs):
+        runs = [debias if s == 0 else raw.measured.get((axis, kind, s)) for s in scales]
+        present = [run for run in runs if run is not None]
+        if len(present) != len(runs):
             continue
-        entry: dict[str, Any] = {}
-        if all(run is not None and run.propensity is not None for run in runs):
-            values = np.stack([run.propensity for run in runs if run is not None], axis=1)
-            entry["slope"] = _slope_dict(settings.scales, values, settings)
+        entry: dict[str, Any] = {"scales": scales}
+        if all(run.propensity is not None for run in present):
+            values = np.stack([run.propensity for run in present if run.propensity is not None], 1)
+            entry["slope"] = _slope_dict(scales, values, settings)
             entry["mean"] = [float(v) for v in values.mean(axis=0)]
-        if all(run is not None and run.kl is not None for run in runs):
-            entry["kl"] = [_mean(run.kl) for run in runs if run is not None]
+        if all(run.kl is not None for run in present):
+            entry["kl"] = [_mean(run.kl) for run in present]
         controls[kind] = entry
     return controls
 

@@ -148,6 +148,7 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
     for name, axis in manifest["axes"].items():
         files = ", ".join(f"`{axis['files'][role]}`" for role in ROLES)
         lines.append(f"| {name} | {axis['classes'][0]} | {axis['classes'][1]} | {files} |")
+    lines += _safe_scale_lines(manifest)
     lines += [
         "",
         "Always load an axis's `__debias` file at scale 1, plus ONE of its pole files at the",
@@ -168,6 +169,28 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
         "",
     ]
     return "\n".join(lines)
+
+
+def _safe_scale_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """The calibrated safe scales that `cvgen eval` stored, if any."""
+    rows = [
+        f"| {name} | {axis['safe_scale']['negative']:.2f} | {axis['safe_scale']['positive']:.2f} |"
+        for name, axis in manifest["axes"].items()
+        if isinstance(axis.get("safe_scale"), Mapping)
+    ]
+    evaluation = manifest.get("evaluation")
+    if not rows or not isinstance(evaluation, Mapping):
+        return []
+    return [
+        "",
+        f"Calibrated safe scales (`cvgen eval`, {evaluation.get('backend')} backend, KL budget "
+        f"{evaluation.get('kl_budget')} nats/token; details in `eval.md`): stay within these "
+        "|scale| values per pole.",
+        "",
+        "| axis | negative pole | positive pole |",
+        "|---|---|---|",
+        *rows,
+    ]
 
 
 def _llama_cpp_line(manifest: Mapping[str, Any]) -> list[str]:

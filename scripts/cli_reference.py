@@ -22,6 +22,7 @@ COMMANDS = (
     "inspect",
     "commands",
     "compare",
+    "eval",
     "axes",
     "html",
     "preset add",

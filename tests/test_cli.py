@@ -45,7 +45,18 @@ def pico_pack(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.mark.parametrize(
     "command",
-    ["generate", "collect", "solve", "inspect", "commands", "compare", "axes", "html", "preset"],
+    [
+        "generate",
+        "collect",
+        "solve",
+        "inspect",
+        "commands",
+        "compare",
+        "eval",
+        "axes",
+        "html",
+        "preset",
+    ],
 )
 def test_every_command_has_help(command: str) -> None:
     result = run(command, "--help")

@@ -36,6 +36,8 @@ FAST = [
     "6",
     "--probe-pairs",
     "2",
+    "--probe-tokens",
+    "6",
     "--scales",
     "-1,0,1",
     "--bootstrap",
@@ -79,8 +81,14 @@ def pico_pack(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"scales": (0.0, 1.0)}, "--scales: [0.0, 1.0] must hold 0 and at least one scale of each sign"),
-        ({"scales": (1.0, 0.0, -1.0)}, "--scales: [1.0, 0.0, -1.0] must be ascending without repeats"),
+        (
+            {"scales": (0.0, 1.0)},
+            "--scales: [0.0, 1.0] must hold 0 and at least one scale of each sign",
+        ),
+        (
+            {"scales": (1.0, 0.0, -1.0)},
+            "--scales: [1.0, 0.0, -1.0] must be ascending without repeats",
+        ),
         ({"kl_budget": 0.0}, "--kl-budget: 0.0 must be a positive number"),
         ({"prompts": 0}, "--prompts: 0 must be >= 1"),
         ({"repetition_tolerance": -0.1}, "--repetition-tolerance: -0.1 must be >= 0"),
@@ -198,7 +206,9 @@ def test_kl_against_identical_distributions_is_zero_and_detects_a_change() -> No
 # --- the transformers backend ----------------------------------------------------------------
 
 
-def test_hf_hook_adds_the_vector_to_the_output_of_its_block(pico_llama: Path, tmp_path: Path) -> None:
+def test_hf_hook_adds_the_vector_to_the_output_of_its_block(
+    pico_llama: Path, tmp_path: Path
+) -> None:
     """direction.k added at block k's output must equal adding it to block k+1's input."""
     backend = HfBackend.load(str(pico_llama), device="cpu", dtype="float32")
     block = 2
@@ -233,7 +243,9 @@ def test_hf_hook_adds_the_vector_to_the_output_of_its_block(pico_llama: Path, tm
 
 def test_hf_batched_scores_equal_one_by_one(pico_llama: Path) -> None:
     backend = HfBackend.load(str(pico_llama), device="cpu", dtype="float32")
-    prompts = [backend.prompt_ids(t) for t in ("A short one.", "A much longer prompt than that one.")]
+    prompts = [
+        backend.prompt_ids(t) for t in ("A short one.", "A much longer prompt than that one.")
+    ]
     continuation = backend.continuation_ids(" Yes, indeed.")
     with backend.session(Steering("none")) as session:
         batched = session.score([(p, continuation) for p in prompts])
@@ -263,6 +275,7 @@ def test_cli_eval_writes_the_report_and_stores_safe_scales(pico_pack: Path) -> N
         assert slope["low"] <= slope["slope"] <= slope["high"]
         negated = axis["controls"]["negated"]["slope"]["slope"]
         assert negated == pytest.approx(-slope["slope"], abs=1e-3 + 0.05 * abs(slope["slope"]))
+        assert axis["controls"]["random"]["scales"] == [-1.0, 0.0, 1.0]
         assert len(axis["controls"]["random"]["kl"]) == 3
         safe = {role: axis["safe_scale"][role]["scale"] for role in ("negative", "positive")}
         if min(safe.values()) > 0:
@@ -283,12 +296,16 @@ def test_cli_eval_refuses_an_unknown_axis_without_writing(pico_pack: Path, tmp_p
     before = sorted(p.name for p in pico_pack.iterdir())
     result = CliRunner().invoke(main, ["eval", str(pico_pack), "--axis", "nope", "--backend", "hf"])
     assert result.exit_code == 1
-    assert f"--axis: 'nope' is not in pack {pico_pack} (it has: language, optimism)" in result.output
+    assert (
+        f"--axis: 'nope' is not in pack {pico_pack} (it has: language, optimism)" in result.output
+    )
     assert sorted(p.name for p in pico_pack.iterdir()) == before
 
 
 def test_cli_eval_refuses_bad_scales(pico_pack: Path) -> None:
-    result = CliRunner().invoke(main, ["eval", str(pico_pack), "--scales", "0,1", "--backend", "hf"])
+    result = CliRunner().invoke(
+        main, ["eval", str(pico_pack), "--scales", "0,1", "--backend", "hf"]
+    )
     assert result.exit_code == 1
     assert "--scales: [0.0, 1.0] must hold 0 and at least one scale of each sign" in result.output
 
@@ -319,3 +336,45 @@ def test_generate_with_eval_writes_the_report(pico_llama: Path, tmp_path: Path) 
     assert list(report["axes"]) == ["language"] and report["backend"] == "hf"
     assert report["settings"]["scales"] == [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]
     assert "eval:" in result.output or (out / "eval.md").is_file()
+
+
+def test_cli_eval_uses_a_probes_file_of_your_own(pico_pack: Path, tmp_path: Path) -> None:
+    probes = tmp_path / "mine.json"
+    pairs = [["It was plain.", "It was resplendent."], ["He ran.", "He fled, gossamer-light."]]
+    probes.write_text(
+        json.dumps({"axis": "language", "classes": ["simple", "ornate"], "pairs": pairs})
+    )
+    at = FAST.index("--probe-pairs")
+    options = FAST[:at] + FAST[at + 2 :]
+    result = run(
+        "eval",
+        str(pico_pack),
+        "--backend",
+        "hf",
+        "--axis",
+        "language",
+        "--probes",
+        f"language={probes}",
+        "--probe-pairs",
+        "0",
+        "--no-store",
+        *options,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((pico_pack / "eval.json").read_text())
+    assert report["axes"]["language"]["propensity"]["probe_pairs"] == 2
+
+
+def test_cli_eval_refuses_probes_with_other_classes(pico_pack: Path, tmp_path: Path) -> None:
+    probes = tmp_path / "wrong.json"
+    probes.write_text(
+        json.dumps({"axis": "language", "classes": ["plain", "fancy"], "pairs": [["a b", "c d"]]})
+    )
+    result = CliRunner().invoke(
+        main, ["eval", str(pico_pack), "--backend", "hf", "--probes", f"language={probes}"]
+    )
+    assert result.exit_code == 1
+    assert (
+        f"{probes}: field 'classes' is ['plain', 'fancy'], but axis 'language' of the pack has "
+        "classes ['simple', 'ornate']" in result.output
+    )

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import craft_gguf, require_llama_cpp, require_real_model
 
+from cvgen.backends import Steering
 from cvgen.commands import vector_arguments
 from cvgen.compare import render_chat_prompt
 from cvgen.gguf_io import read_control_vector, read_model_file_info, write_control_vector
@@ -326,3 +327,105 @@ def test_character_focus_dialogue_gives_more_quoted_speech(
     less = sum(n > d for n, d in quoted)
     assert fmean(d for _, d in quoted) - fmean(n for n, _ in quoted) > 0.05, quoted
     assert more >= 2 * max(less, 1), quoted
+
+
+# --- cvgen eval on the real consumer ----------------------------------------------------------
+
+
+def test_eval_backends_agree_on_token_logprobs_and_kl(bins: Path, model: Path, pack: Path) -> None:
+    """The llama.cpp backend (grammar-forced tokens, full-vocabulary log-probabilities) and the
+    transformers backend (hooks) give the same forced-token log-probabilities and KL, up to
+    the Q4_1 arithmetic, unsteered and with language at +1; the top-k KL is a lower bound."""
+    from cvgen.backends import HfBackend, LlamaCppBackend
+    from cvgen.evaluate import AxisFiles
+
+    llama = LlamaCppBackend(model, top_k=256)
+    hf = HfBackend.load(str(model), device="cpu", dtype="float32")
+    manifest = json.loads((pack / "pack.json").read_text())
+    files = manifest["axes"]["language"]["files"]
+    axis = AxisFiles(*(pack / files[role] for role in ("debias", "negative", "positive")))
+    try:
+        prompt = llama.prompt_ids("Write a story about a lighthouse keeper.")
+        reply = llama.continuation_ids(
+            "The lighthouse stood on a rock at the edge of the bay, and every night its lamp "
+            "turned slowly over the dark water."
+        )
+        assert reply == hf.continuation_ids(
+            "The lighthouse stood on a rock at the edge of the bay, and every night its lamp "
+            "turned slowly over the dark water."
+        )
+        scored = {}
+        for name, backend in (("llama.cpp", llama), ("hf", hf)):
+            for label, steering in (
+                ("plain", Steering("plain")),
+                ("ornate", axis.steering("axis", 1.0)),
+            ):
+                with backend.session(steering) as session:
+                    scored[name, label] = session.score([(prompt, reply)], distributions=True)[0]
+    finally:
+        llama.close()
+    for label in ("plain", "ornate"):
+        gap = np.abs(scored["llama.cpp", label].token_logprobs - scored["hf", label].token_logprobs)
+        assert gap.mean() < 0.05 and gap.max() < 0.3, (label, gap)
+    steered_gap = scored["hf", "ornate"].token_logprobs - scored["hf", "plain"].token_logprobs
+    assert np.abs(steered_gap).mean() > 0.1  # the vector changes the scores far beyond the gap
+    exact = scored["hf", "ornate"].distributions.kl_from(scored["hf", "plain"].distributions)
+    top = scored["llama.cpp", "ornate"].distributions.kl_from(
+        scored["llama.cpp", "plain"].distributions
+    )
+    artifact("eval_backend_kl.json", {"hf_exact": exact.tolist(), "llama_top256": top.tolist()})
+    assert exact.mean() > 0.02
+    assert abs(top.mean() - exact.mean()) < 0.25 * exact.mean() + 0.01
+
+
+def test_cli_eval_on_llama_cpp_measures_the_language_axis(bins: Path, pack: Path) -> None:
+    """`cvgen eval` with real llama.cpp: the language axis's propensity rises with scale (its
+    interval above 0), more steeply than the random direction's, and the negated vector's
+    slope is the axis's, reversed."""
+    from click.testing import CliRunner
+
+    from cvgen.cli import main
+
+    target = pack.parent / "eval-pack"
+    if not target.exists():
+        import shutil
+
+        shutil.copytree(pack, target)
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            str(target),
+            "--axis",
+            "language",
+            "--backend",
+            "llama.cpp",
+            "--scales",
+            "-1,0,1",
+            "--prompts",
+            "4",
+            "--probe-pairs",
+            "3",
+            "--max-tokens",
+            "32",
+            "--neutral-texts",
+            "2",
+            "--kl-tokens",
+            "24",
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((target / "eval.json").read_text())
+    language = report["axes"]["language"]
+    artifact("eval_language_llamacpp.json", language)
+    slope = language["propensity"]["slope"]
+    assert report["backend"] == "llama.cpp"
+    assert slope["low"] > 0
+    random = language["controls"]["random"]["slope"]["slope"]
+    assert abs(random) < 0.5 * slope["slope"]
+    negated = language["controls"]["negated"]["slope"]["slope"]
+    assert negated == pytest.approx(-slope["slope"], rel=0.05, abs=0.01)
+    manifest = json.loads((target / "pack.json").read_text())
+    assert manifest["evaluation"]["backend"] == "llama.cpp"

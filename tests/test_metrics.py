@@ -393,7 +393,6 @@ def test_axis_statistics_name_shipped_axes_and_registered_statistics() -> None:
         ("language", "word_length"),
         ("language", "zipf_frequency"),
         ("optimism", "sentiment"),
-        ("compassion", "sentiment"),
     ],
 )
 def test_expected_sign_agrees_with_the_axis_own_class_descriptions(

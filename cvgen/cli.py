@@ -336,7 +336,7 @@ def eval_options(command: F) -> F:
         default = setting.default
         flag = "--" + setting.name.replace("_", "-")
         help_text = SETTING_HELP[setting.name]
-        if setting.name in ("scales", "control_scales"):
+        if setting.name in ("scales", "control_scales", "calibration_scales"):
             option = click.option(
                 flag, default=",".join(f"{s:g}" for s in default), show_default=True, help=help_text
             )

@@ -90,6 +90,7 @@ def _axis_section(name: str, axis: Mapping[str, Any], report: Mapping[str, Any])
         cells += [_number(entry["mean"][index]) for entry in statistics.values()]
         cells += [_number(axis["kl"][index]), _number(axis["repetition"][index])]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _damage_lines(axis["damage"])
     lines += _controls_lines(axis["controls"])
     debias = axis["controls"]["debias_only"]
     lines += [
@@ -99,9 +100,11 @@ def _axis_section(name: str, axis: Mapping[str, Any], report: Mapping[str, Any])
         + f"{', ' if statistics else ''}repetition {_number(report['unsteered']['repetition'])}.",
         f"- Debias file alone: KL {_number(debias['kl'])}, propensity shift "
         f"{_signed(debias['propensity_shift'])}.",
-        f"- Safe scale: negative {_safe_text(axis['safe_scale'])} positive "
-        f"(KL budget {report['settings']['kl_budget']}, repetition within "
-        f"+{report['settings']['repetition_tolerance']} of unsteered).",
+        f"- Safe scale (negative / positive): {_safe_text(axis['safe_scale'])}; KL budget "
+        f"{report['settings']['kl_budget']} nats/token, and the repetition's rise over the "
+        f"unsteered model not clearly above {report['settings']['repetition_tolerance']} "
+        "(its 95% lower bound), judged on the sweep and the calibration scales "
+        f"{', '.join(f'±{s:g}' for s in report['settings']['calibration_scales']) or 'none'}.",
         "",
         "Greedy output for the first prompt (" + _quote(report["prompts"][0]) + "):",
         "",
@@ -109,6 +112,23 @@ def _axis_section(name: str, axis: Mapping[str, Any], report: Mapping[str, Any])
     for scale, text in axis["examples"].items():
         lines.append(f"- **{float(scale):+g}**: {_quote(text, 300)}")
     lines.append("")
+    return lines
+
+
+def _damage_lines(damage: Mapping[str, Any]) -> list[str]:
+    """KL and repetition at every scale run (the sweep and the calibration scales)."""
+    lines = [
+        "",
+        "| scale | KL | repetition | rise over unsteered | rise, 95% lower bound |",
+        "|---|---|---|---|---|",
+    ]
+    for index, scale in enumerate(damage["scales"]):
+        lines.append(
+            f"| {scale:+g} | {_number(damage['kl'][index])} | "
+            f"{_number(damage['repetition'][index])} | "
+            f"{_signed(damage['repetition_rise'][index])} | "
+            f"{_signed(damage['repetition_rise_low'][index])} |"
+        )
     return lines
 
 
@@ -207,8 +227,8 @@ def _plot_effect(axes: Any, axis: Mapping[str, Any]) -> None:
 
 
 def _plot_kl(axes: Any, axis: Mapping[str, Any], budget: float) -> None:
-    scales = axis["scales"]
-    axes.plot(scales, _finite(axis["kl"]), marker="o", label="axis")
+    damage = axis["damage"]
+    axes.plot(damage["scales"], _finite(damage["kl"]), marker="o", label="axis")
     random = axis["controls"].get("random", {})
     if random.get("kl"):
         axes.plot(

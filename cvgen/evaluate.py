@@ -18,7 +18,8 @@ it (the debias file at 1 plus the pole file at |s|; s = 0 is the debias file alo
   should be the axis's, reversed).
 
 The safe scale of each pole is the largest |s| whose KL stays under the budget and whose
-repetition rate stays near the unsteered one (`cvgen.metrics.calibrate_safe_scale`).
+repetition rate stays near the unsteered one (`cvgen.metrics.calibrate_safe_scale`), judged on
+the sweep plus the calibration scales beyond it (KL and generations only).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SCALES = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 # The KL budget (nats per token, unsteered || steered, on neutral factual text); see the
 # README's "Evaluating a pack" section for the measurements behind it.
-DEFAULT_KL_BUDGET = 0.5
+DEFAULT_KL_BUDGET = 0.1
 DEFAULT_REPETITION_TOLERANCE = 0.05
 
 
@@ -77,6 +78,7 @@ class EvalSettings:
     repetition_tolerance: float = DEFAULT_REPETITION_TOLERANCE
     controls: bool = True
     control_scales: tuple[float, ...] = (-1.0, 1.0)
+    calibration_scales: tuple[float, ...] = (2.0, 3.0)
     seed: int = 0
     bootstrap: int = 2000
     top_k: int = 256
@@ -98,6 +100,15 @@ class EvalSettings:
         for name in ("probe_pairs", "probe_tokens"):
             if getattr(self, name) < 0:
                 raise EvalError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 0")
+        calibration = tuple(float(s) for s in self.calibration_scales)
+        object.__setattr__(self, "calibration_scales", calibration)
+        if list(calibration) != sorted(set(calibration)) or not all(
+            math.isfinite(s) and s > max(scales) and -s < min(scales) for s in calibration
+        ):
+            raise EvalError(
+                f"--calibration-scales: {list(calibration)} must be ascending and beyond the "
+                f"sweep's largest |scale| on both sides"
+            )
         controls = tuple(float(s) for s in self.control_scales)
         object.__setattr__(self, "control_scales", controls)
         if (
@@ -118,9 +129,10 @@ class EvalSettings:
         """Settings from CLI option values (`--scales` as comma-separated text)."""
         known = {f.name for f in fields(cls)}
         chosen = {k: v for k, v in values.items() if k in known and v is not None}
-        for name in ("scales", "control_scales"):
+        for name in ("scales", "control_scales", "calibration_scales"):
             if isinstance(chosen.get(name), str):
-                chosen[name] = parse_scales(chosen[name], option=name)
+                text = chosen[name].strip()
+                chosen[name] = parse_scales(text, option=name) if text else ()
         return cls(**chosen)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +147,8 @@ SETTING_HELP = {
     "probe_pairs": "Probe pairs per axis for the propensity (0: all in the axis's probes file).",
     "probe_tokens": "Tokens of each probe text that are scored (0: the whole text).",
     "control_scales": "Comma-separated scales of the random and negated controls.",
+    "calibration_scales": "Comma-separated |scales| beyond the sweep, run on both poles for the "
+    "safe scale only (KL and repetition); empty: none.",
     "max_tokens": "Tokens generated (greedy) per prompt and scale.",
     "neutral_texts": "Neutral texts used for the KL divergence (from eval/neutral.json).",
     "kl_tokens": "Tokens of each neutral reply at which the KL divergence is measured.",
@@ -397,7 +411,8 @@ class Job:
 
 
 def plan_jobs(axes: Sequence[str], inputs: EvalInputs, settings: EvalSettings) -> list[Job]:
-    """Every configuration: the axis at each scale (all metrics), and with controls the random
+    """Every configuration: the axis at each scale (all metrics) and at each calibration scale
+    on both poles (KL and generations, for the safe scale), and with controls the random
     direction at each control scale (propensity and KL) and the negated vector at each control
     scale (propensity); the controls share the axis's scale-0 run (the debias file alone)."""
     jobs = []
@@ -405,6 +420,9 @@ def plan_jobs(axes: Sequence[str], inputs: EvalInputs, settings: EvalSettings) -
         has_probes = bool(inputs.probe_ids[axis])
         for scale in settings.scales:
             jobs.append(Job(axis, "axis", scale, has_probes, True, True))
+        for magnitude in settings.calibration_scales:
+            for scale in (-magnitude, magnitude):
+                jobs.append(Job(axis, "axis", scale, False, True, True))
         if settings.controls:
             for scale in settings.control_scales:
                 jobs.append(Job(axis, "random", scale, has_probes, True, False))
@@ -540,9 +558,10 @@ def summarise_axis(
         "propensity": _propensity_summary(axis, inputs, raw, settings, main),
         "statistics": _statistics_summary(axis, raw, scales, main),
         "controls": _controls_summary(axis, raw, settings, main),
+        "damage": _damage_summary(axis, raw, settings),
         "examples": {f"{s:g}": (m.texts or [""])[0] for s, m in zip(scales, main, strict=True)},
     }
-    summary["safe_scale"] = _safe_scales(summary, raw, settings)
+    summary["safe_scale"] = _safe_scales(summary["damage"], settings)
     return summary
 
 
@@ -646,21 +665,42 @@ def _controls_summary(
     return controls
 
 
-def _safe_scales(
-    summary: Mapping[str, Any], raw: RawResults, settings: EvalSettings
-) -> dict[str, Any]:
-    scales = summary["scales"]
-    baseline = _mean_repetition(raw.unsteered.texts) or 0.0
+def _damage_summary(axis: str, raw: RawResults, settings: EvalSettings) -> dict[str, Any]:
+    """KL and repetition at every scale the axis ran at (the sweep and the calibration scales),
+    with the repetition's rise over the unsteered model per prompt: its mean and the lower end
+    of its 95% bootstrap interval (the safe-scale rule uses that lower end, so that the noise of
+    a few greedy generations does not read as damage)."""
+    magnitudes = settings.calibration_scales
+    scales = sorted({*settings.scales, *magnitudes, *(-m for m in magnitudes)})
+    runs = [raw.measured[(axis, "axis", s)] for s in scales]
+    unsteered = np.array([text_repetition(t) for t in raw.unsteered.texts or []])
+    rise = np.stack(
+        [np.array([text_repetition(t) for t in run.texts or []]) - unsteered for run in runs], 1
+    )
+    low, _ = bootstrap_mean_band(rise, resamples=settings.bootstrap, seed=settings.seed)
+    return {
+        "scales": scales,
+        "kl": [_mean(run.kl) for run in runs],
+        "repetition": [_mean_repetition(run.texts) for run in runs],
+        "repetition_rise": [float(v) for v in rise.mean(axis=0)],
+        "repetition_rise_low": [float(v) for v in low],
+    }
+
+
+def _safe_scales(damage: Mapping[str, Any], settings: EvalSettings) -> dict[str, Any]:
+    """Per pole, `calibrate_safe_scale` on the KL curve and on the lower bound of the
+    repetition's rise (baseline 0, tolerance `repetition_tolerance`)."""
+    scales = damage["scales"]
     out = {}
     for role, sign in (("negative", -1.0), ("positive", 1.0)):
         picked = [i for i, s in enumerate(scales) if s == 0 or s * sign > 0]
         picked.sort(key=lambda i: abs(scales[i]))
         result = calibrate_safe_scale(
             [abs(scales[i]) for i in picked],
-            [summary["kl"][i] for i in picked],
-            [summary["repetition"][i] for i in picked],
+            [damage["kl"][i] for i in picked],
+            [max(0.0, damage["repetition_rise_low"][i]) for i in picked],
             kl_budget=settings.kl_budget,
-            repetition_baseline=baseline,
+            repetition_baseline=0.0,
             repetition_tolerance=settings.repetition_tolerance,
         )
         out[role] = {"scale": result.scale, "limited_by": result.limited_by}

@@ -16,6 +16,7 @@ from cvgen.backends import FullDistributions, HfBackend, Scored, Steering
 from cvgen.cli import main
 from cvgen.evaluate import (
     AxisFiles,
+    _safe_scales,
     EvalError,
     EvalSettings,
     kl_against,
@@ -92,6 +93,11 @@ def pico_pack(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         ({"kl_budget": 0.0}, "--kl-budget: 0.0 must be a positive number"),
         ({"prompts": 0}, "--prompts: 0 must be >= 1"),
         ({"repetition_tolerance": -0.1}, "--repetition-tolerance: -0.1 must be >= 0"),
+        (
+            {"calibration_scales": (1.0, 2.0)},
+            "--calibration-scales: [1.0, 2.0] must be ascending and beyond the sweep's largest "
+            "|scale| on both sides",
+        ),
     ],
 )
 def test_settings_refuse_bad_values(options: dict[str, object], message: str) -> None:
@@ -203,6 +209,24 @@ def test_kl_against_identical_distributions_is_zero_and_detects_a_change() -> No
     np.testing.assert_allclose(kl_against(reference, moved), expected, rtol=1e-4)
 
 
+def test_safe_scales_read_each_pole_on_its_own_side() -> None:
+    """A synthetic damage curve: KL 0.02 s^2 on the positive side (budget 0.1 is crossed
+    between 2 and 3: 0.08 + 0.2 * 0.1 -> 2.2), 0.05 s^2 on the negative side (crossed between
+    1 and 1.5 at 1 + 0.05/0.0625 * 0.5 = 1.4); the repetition bound rises past 0.05 at +3 only
+    after the KL limit, and never on the negative side."""
+    scales = [-3.0, -2.0, -1.5, -1.0, 0.0, 1.0, 1.5, 2.0, 3.0]
+    kl = [(0.05 if s < 0 else 0.02) * s * s for s in scales]
+    rise_low = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2]
+    damage = {"scales": scales, "kl": kl, "repetition_rise_low": rise_low}
+    safe = _safe_scales(damage, EvalSettings(kl_budget=0.1))
+    assert safe["positive"] == {"scale": pytest.approx(2.2), "limited_by": "kl"}
+    assert safe["negative"] == {"scale": pytest.approx(1.4), "limited_by": "kl"}
+    damage["repetition_rise_low"] = [0.0] * 7 + [0.1, 0.2]  # clear repetition from +2 on
+    safe = _safe_scales(damage, EvalSettings(kl_budget=0.1))
+    # repetition crosses 0.05 between 1.5 (0) and 2 (0.1): 1.5 + 0.5 * 0.5 = 1.75
+    assert safe["positive"] == {"scale": pytest.approx(1.75), "limited_by": "repetition"}
+
+
 # --- the transformers backend ----------------------------------------------------------------
 
 
@@ -268,6 +292,8 @@ def test_cli_eval_writes_the_report_and_stores_safe_scales(pico_pack: Path) -> N
     manifest = json.loads((pico_pack / "pack.json").read_text())
     for name, axis in report["axes"].items():
         assert axis["scales"] == [-1.0, 0.0, 1.0]
+        assert axis["damage"]["scales"] == [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+        assert axis["damage"]["kl"][3] == axis["kl"][1]  # the same debias-only run
         assert len(axis["kl"]) == 3 and axis["kl"][1] >= 0
         # the KL grows away from the debias-only point on both sides
         assert axis["kl"][0] > axis["kl"][1] and axis["kl"][2] > axis["kl"][1]

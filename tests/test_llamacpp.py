@@ -412,6 +412,8 @@ def test_cli_eval_on_llama_cpp_measures_the_language_axis(bins: Path, pack: Path
             "2",
             "--kl-tokens",
             "24",
+            "--calibration-scales",
+            "",
             "--quiet",
         ],
         catch_exceptions=False,

@@ -16,6 +16,7 @@ from cvgen import __version__
 from cvgen.backends import BACKENDS, Backend, HfBackend, LlamaCppBackend
 from cvgen.commands import default_model_path
 from cvgen.eval_report import render_markdown, write_plots
+from cvgen.eval_summary import summarise_axis
 from cvgen.evaluate import (
     EvalError,
     EvalInputs,
@@ -23,7 +24,6 @@ from cvgen.evaluate import (
     RawResults,
     axis_probes,
     run_evaluation,
-    summarise_axis,
 )
 from cvgen.gguf_io import read_control_vector, write_control_vector
 from cvgen.llamacpp import LlamaCppError, find_binary

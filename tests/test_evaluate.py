@@ -14,9 +14,9 @@ from click.testing import CliRunner, Result
 
 from cvgen.backends import FullDistributions, HfBackend, Scored, Steering
 from cvgen.cli import main
+from cvgen.eval_summary import _safe_scales
 from cvgen.evaluate import (
     AxisFiles,
-    _safe_scales,
     EvalError,
     EvalSettings,
     kl_against,

@@ -13,6 +13,7 @@ The public API, one stage per module, composed by `generate_pack`:
     build_command                                 (cvgen.commands)
     GenerateSettings, generate_pack               (cvgen.settings, cvgen.pipeline)
     collect_shard, solve_pack, ShardSpec          (cvgen.pipeline, cvgen.shards)
+    collected_states                              (cvgen.pipeline: states only, no pack)
 
 Names are imported on first use, so `import cvgen` stays cheap (no torch import).
 """
@@ -47,6 +48,7 @@ _EXPORTS = {
     "generate_pack": "cvgen.pipeline",
     "collect_shard": "cvgen.pipeline",
     "solve_pack": "cvgen.pipeline",
+    "collected_states": "cvgen.pipeline",
     "ShardSpec": "cvgen.shards",
     "CvgenError": "cvgen.errors",
 }

@@ -492,6 +492,60 @@ def generate_pack(
 
 
 @dataclass
+class CollectedStates:
+    """A run's stored states, complete: one array per list of texts ("baseline",
+    "<axis>/negative", "<axis>/positive"), each (stored blocks, samples, width)."""
+
+    arrays: dict[str, StateArray]
+    stored_blocks: list[int]
+    axes: list[Axis]
+    n_layer: int
+    collected_prompts: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def collected_states(
+    settings: GenerateSettings, *, store_root: Path | None = None, show_progress: bool = True
+) -> CollectedStates:
+    """Collect whatever of the run `settings` is missing from the store (loading the weights
+    only then), and return its arrays opened, with the stored blocks (the block before the
+    first kept one, then every kept block) and the axes. Solves and writes nothing: for
+    callers that solve the states their own way (e.g. a comparison of methods)."""
+    clock = time.perf_counter()
+    resolve_device(settings.device)
+    run = _prepare(settings)
+    arrays = _open_arrays(
+        run.rendered,
+        root=store_root or default_store_root(),
+        identity=run.identity,
+        dtype_name=run.dtype_name(),
+        stored_blocks=run.stored_blocks,
+        width=run.n_embd,
+        quantization=settings.load_in,
+    )
+    tokens = _tokenize_pending(run, run.rendered, arrays)
+    timings = {"prepare": time.perf_counter() - clock}
+    collected = _collect(
+        settings,
+        run.source,
+        arrays,
+        tokens,
+        run.stored_blocks,
+        _pad_id(run.tokenizer),
+        show_progress,
+        timings,
+    )
+    return CollectedStates(
+        arrays=arrays,
+        stored_blocks=list(run.stored_blocks),
+        axes=list(run.inputs.axes),
+        n_layer=int(run.manifest["model"]["n_layer"]),
+        collected_prompts=collected,
+        timings=timings,
+    )
+
+
+@dataclass
 class ShardResult:
     """What `collect_shard` did: the shard, its description file and run figures."""
 

@@ -58,9 +58,9 @@ class EvalSettings:
     """Everything that decides an evaluation's numbers (recorded in eval.json)."""
 
     scales: tuple[float, ...] = DEFAULT_SCALES
-    prompts: int = 12
-    probe_pairs: int = 4  # 0: every pair in the axis's probes file
-    probe_tokens: int = 20  # 0: whole probes
+    prompts: int = 10
+    probe_pairs: int = 3  # 0: every pair in the axis's probes file
+    probe_tokens: int = 16  # 0: whole probes
     max_tokens: int = 64
     neutral_texts: int = 8
     kl_tokens: int = 48

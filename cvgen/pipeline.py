@@ -443,18 +443,12 @@ def _write_solved_pack(run: _Run, arrays: Mapping[str, BlockStates], out: Path) 
     )
 
 
-def generate_pack(
-    settings: GenerateSettings,
-    out: Path,
-    *,
-    store_root: Path | None = None,
-    show_progress: bool = True,
-) -> PackResult:
-    """Make a pack at `out` for `settings` on this machine: sample, collect (reusing stored
-    states), solve, write the GGUF files, `pack.json`, `samples.jsonl`, the pack's README.md and `index.html`
-    (the command-line page). The same as `collect_shard` for shard 0/1 followed by `solve_pack`."""
+def _collect_run(
+    settings: GenerateSettings, store_root: Path | None, show_progress: bool
+) -> tuple[_Run, dict[str, StateArray], int, dict[str, float]]:
+    """Prepare the run, open its store arrays and collect what they miss: (run, arrays,
+    prompts collected, timings)."""
     clock = time.perf_counter()
-    out = check_pack_target(out)
     resolve_device(settings.device)  # fail fast on an unavailable device
     run = _prepare(settings)
     arrays = _open_arrays(
@@ -478,6 +472,21 @@ def generate_pack(
         show_progress,
         timings,
     )
+    return run, arrays, collected, timings
+
+
+def generate_pack(
+    settings: GenerateSettings,
+    out: Path,
+    *,
+    store_root: Path | None = None,
+    show_progress: bool = True,
+) -> PackResult:
+    """Make a pack at `out` for `settings` on this machine: sample, collect (reusing stored
+    states), solve, write the GGUF files, `pack.json`, `samples.jsonl`, the pack's README.md and `index.html`
+    (the command-line page). The same as `collect_shard` for shard 0/1 followed by `solve_pack`."""
+    out = check_pack_target(out)
+    run, arrays, collected, timings = _collect_run(settings, store_root, show_progress)
     clock = time.perf_counter()
     _write_solved_pack(run, arrays, out)
     timings["solve_and_write"] = time.perf_counter() - clock
@@ -511,30 +520,7 @@ def collected_states(
     only then), and return its arrays opened, with the stored blocks (the block before the
     first kept one, then every kept block) and the axes. Solves and writes nothing: for
     callers that solve the states their own way (e.g. a comparison of methods)."""
-    clock = time.perf_counter()
-    resolve_device(settings.device)
-    run = _prepare(settings)
-    arrays = _open_arrays(
-        run.rendered,
-        root=store_root or default_store_root(),
-        identity=run.identity,
-        dtype_name=run.dtype_name(),
-        stored_blocks=run.stored_blocks,
-        width=run.n_embd,
-        quantization=settings.load_in,
-    )
-    tokens = _tokenize_pending(run, run.rendered, arrays)
-    timings = {"prepare": time.perf_counter() - clock}
-    collected = _collect(
-        settings,
-        run.source,
-        arrays,
-        tokens,
-        run.stored_blocks,
-        _pad_id(run.tokenizer),
-        show_progress,
-        timings,
-    )
+    run, arrays, collected, timings = _collect_run(settings, store_root, show_progress)
     return CollectedStates(
         arrays=arrays,
         stored_blocks=list(run.stored_blocks),

@@ -190,3 +190,21 @@ def require_llama_cpp() -> Path:
             pytest.fail(f"{folder}: {', '.join(missing)} missing: run scripts/build_llama_cpp.sh")
         pytest.skip("llama.cpp not built; run scripts/build_llama_cpp.sh")
     return folder
+
+
+def generate_pico_pack(
+    model: Path, out: Path, axes: tuple[str, ...] = ("language", "optimism")
+) -> str:
+    """Run `cvgen generate` on a pico model (12 samples, tau 0, store beside `out`); return
+    its output after checking it succeeded."""
+    from click.testing import CliRunner
+
+    from cvgen.cli import main
+
+    arguments = ["generate", "--model", str(model), "--samples", "12", "--tau", "0"]
+    for axis in axes:
+        arguments += ["--axis", axis]
+    arguments += ["--out", str(out), "--quiet", "--cache-dir", str(out.parent / "store")]
+    result = CliRunner().invoke(main, arguments, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output

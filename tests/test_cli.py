@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from conftest import craft_gguf
+from conftest import craft_gguf, generate_pico_pack
 
 from cvgen.cli import main
 
@@ -20,26 +20,8 @@ def run(*args: str) -> Result:
 @pytest.fixture(scope="module")
 def pico_pack(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "pack"
-    result = run(
-        "generate",
-        "--model",
-        str(pico_llama),
-        "--axis",
-        "language",
-        "--axis",
-        "optimism",
-        "--samples",
-        "12",
-        "--tau",
-        "0",
-        "--out",
-        str(out),
-        "--quiet",
-        "--cache-dir",
-        str(out.parent / "store"),
-    )
-    assert result.exit_code == 0, result.output
-    assert f"wrote {out}" in result.output and "llama-server -m MODEL.gguf" in result.output
+    output = generate_pico_pack(pico_llama, out)
+    assert f"wrote {out}" in output and "llama-server -m MODEL.gguf" in output
     return out
 
 

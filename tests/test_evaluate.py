@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from conftest import generate_pico_pack
 
 from cvgen.backends import FullDistributions, HfBackend, Scored, Steering
 from cvgen.cli import main
@@ -54,25 +55,7 @@ def run(*args: str) -> Result:
 @pytest.fixture(scope="module")
 def pico_pack(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "pack"
-    result = run(
-        "generate",
-        "--model",
-        str(pico_llama),
-        "--axis",
-        "language",
-        "--axis",
-        "optimism",
-        "--samples",
-        "12",
-        "--tau",
-        "0",
-        "--out",
-        str(out),
-        "--quiet",
-        "--cache-dir",
-        str(out.parent / "store"),
-    )
-    assert result.exit_code == 0, result.output
+    generate_pico_pack(pico_llama, out)
     return out
 
 

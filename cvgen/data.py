@@ -256,6 +256,8 @@ def load_writing_prompts(
     """
     if source is None:
         path = data_root() / "writing_prompts.txt"
+        if not path.is_file():
+            raise DataError(f"{path}: the shipped writing prompts are missing; reinstall cvgen")
         return _clean_prompts(str(path), path.read_text(encoding="utf-8").splitlines(), "lines")
     path = Path(source).expanduser()
     suffix = path.suffix.lower()

@@ -146,3 +146,17 @@ def test_prompt_column_errors(tmp_path: Path) -> None:
 def test_missing_prompt_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="file not found"):
         load_writing_prompts(str(tmp_path / "absent.csv"))
+
+
+def test_missing_shipped_prompts_are_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cvgen.data
+
+    monkeypatch.setattr(cvgen.data, "data_root", lambda: tmp_path)
+    with pytest.raises(DataError) as caught:
+        load_writing_prompts()
+    assert str(caught.value) == (
+        f"{tmp_path / 'writing_prompts.txt'}: the shipped writing prompts are missing; "
+        "reinstall cvgen"
+    )

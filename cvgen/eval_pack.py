@@ -154,13 +154,12 @@ def evaluate_pack(
     threads: int | None = None,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
-    loaded: Backend | None = None,
     probe_files: Mapping[str, Path] | None = None,
 ) -> EvalResult:
     """Evaluate `pack` and write eval.json, eval.md and eval-<axis>.png into it; with `store`,
     record each axis's calibrated safe scales (pack.json, file metadata, README, page).
 
-    `loaded` reuses an open backend. `probe_files` maps an axis to its own probes file (else
+    `probe_files` maps an axis to its own probes file (else
     the shipped probes of that axis, when its classes match).
     Nothing is written unless the whole evaluation succeeded.
     """
@@ -174,21 +173,17 @@ def evaluate_pack(
                 f"--probes: axis '{name}' is not evaluated (axes: {', '.join(chosen_axes)})"
             )
         axis_probes(name, tuple(manifest["axes"][name]["classes"]), Path(path))  # fail fast
-    if loaded is None:
-        kind = choose_backend(backend, model or default_model(manifest, "llama.cpp"))
-        model = model or default_model(manifest, kind)
-        opened = open_backend(
-            kind,
-            model,
-            settings=settings,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            threads=threads,
-        )
-    else:
-        opened = loaded
-        model = model or default_model(manifest, loaded.name)
+    kind = choose_backend(backend, model or default_model(manifest, "llama.cpp"))
+    model = model or default_model(manifest, kind)
+    opened = open_backend(
+        kind,
+        model,
+        settings=settings,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        threads=threads,
+    )
     try:
         check_backend_fits(opened, manifest, pack)
         inputs, raw = run_evaluation(
@@ -202,8 +197,7 @@ def evaluate_pack(
             probe_files=probe_files,
         )
     finally:
-        if loaded is None:
-            opened.close()
+        opened.close()
     report = build_report(pack, manifest, chosen_axes, opened, model, inputs, raw, settings)
     written = write_report(pack, report)
     if store:

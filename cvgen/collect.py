@@ -8,17 +8,19 @@ language-model head never run. States are cast to float32 before they leave the 
 
 Shared prefix: every prompt of a run usually starts with the same tokens (the chat template's
 header, the default system prompt, the start of the user turn). `run_collection` runs that
-prefix once, keeps the model's own KV cache of it, and feeds each batch only the remaining
+prefix once into a KV cache that cvgen creates and hands the model under the keyword its
+installed forward takes (`cache` or `past_key_values`), and feeds each batch only the remaining
 tokens, with the cache repeated over the batch. The states are the same as a plain forward's
 (within float rounding); the collector checks this on one prompt before it relies on it, and
-falls back to plain forwards, with a warning, when a model's cache does not reproduce them.
+falls back to plain forwards, with a warning that gives the reason, when a model's cache does
+not reproduce them or the model takes no cache.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -35,6 +37,9 @@ MIN_SHARED_PREFIX = 4
 # prompt: float32 rounding is ~1e-6; a wrong position or mask gives differences of order 1.
 PREFIX_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
 PREFIX_CHECK_TOLERANCE_LOW_PRECISION = 5e-2
+# The model forward's keyword for its KV cache, newest name first (transformers 5.24 renamed
+# `past_key_values` to `cache`; the old name is deprecated and goes in 5.40).
+CACHE_KEYWORDS = ("cache", "past_key_values")
 
 
 class _StopForward(Exception):
@@ -145,6 +150,7 @@ class PrefixCache:
 
     token_ids: tuple[int, ...]
     cache: Any
+    keyword: str = "past_key_values"  # the model forward's name for it (see `cache_keyword`)
 
     def expanded(self, batch: int) -> Any:
         """A fresh copy of the cache, repeated over `batch` rows (a forward extends it)."""
@@ -167,6 +173,36 @@ def shared_prefix_length(token_lists: Sequence[Sequence[int]]) -> int:
     return max(length, 0)
 
 
+class PrefixCacheUnavailable(Exception):
+    """The model cannot take a cache cvgen owns (no cache keyword, no cache class)."""
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword under which `model.forward` takes its KV cache: `cache` (transformers
+    5.24 and later) or `past_key_values` (earlier releases), read from the installed
+    signature. Raises `PrefixCacheUnavailable` when the forward takes neither."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in CACHE_KEYWORDS:
+        if name in parameters:
+            return name
+    raise PrefixCacheUnavailable(
+        f"{type(model).__name__}.forward takes none of the cache keywords {', '.join(CACHE_KEYWORDS)}"
+    )
+
+
+def new_model_cache(model: torch.nn.Module) -> Any:
+    """An empty `transformers.DynamicCache` for `model` (given its config where the installed
+    release accepts one, so sliding-window layers get their own kind of cache)."""
+    try:
+        from transformers import DynamicCache
+    except ImportError as error:
+        raise PrefixCacheUnavailable(f"transformers has no DynamicCache ({error})") from None
+    config: Any = getattr(model, "config", None)
+    if config is not None and "config" in inspect.signature(DynamicCache.__init__).parameters:
+        return DynamicCache(config=config)
+    return DynamicCache()
+
+
 @torch.inference_mode()
 def build_prefix_cache(
     model: torch.nn.Module,
@@ -175,29 +211,25 @@ def build_prefix_cache(
     prefix_ids: Sequence[int],
     *,
     device: torch.device,
-) -> PrefixCache | None:
-    """Run `prefix_ids` through blocks 0..max(wanted) with the model's cache on, and keep that
-    cache. None when the model does not hand its blocks a cache object."""
-    found: dict[str, Any] = {}
-
-    def grab(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        for name in ("past_key_values", "past_key_value"):
-            if kwargs.get(name) is not None:
-                found["cache"] = kwargs[name]
-
+) -> PrefixCache:
+    """Run `prefix_ids` (batch 1) through blocks 0..max(wanted) into a cache that cvgen
+    creates and passes in under the keyword the installed forward takes, and return it.
+    Raises `PrefixCacheUnavailable` when the model takes no such cache."""
+    keyword = cache_keyword(model)
+    cache = new_model_cache(model)
     ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=device)
-    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     sink: dict[int, torch.Tensor] = {}
     last = torch.tensor([len(prefix_ids) - 1], device=device)
-    try:
-        with capture_block_outputs(blocks, wanted, last, sink), suppress(_StopForward):
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-    finally:
-        handle.remove()
-    cache = found.get("cache")
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-        return None
-    return PrefixCache(tuple(int(token) for token in prefix_ids), cache)
+    with capture_block_outputs(blocks, wanted, last, sink), suppress(_StopForward):
+        model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{keyword: cache}
+        )
+    if cache.get_seq_length() != len(prefix_ids):
+        raise PrefixCacheUnavailable(
+            f"the model filled {cache.get_seq_length()} of {len(prefix_ids)} prefix positions "
+            "of the cache it was given"
+        )
+    return PrefixCache(tuple(int(token) for token in prefix_ids), cache, keyword)
 
 
 @torch.inference_mode()
@@ -226,7 +258,7 @@ def forward_last_token_states(
     if prefix is not None:
         cached = torch.ones((len(token_lists), len(prefix.token_ids)), dtype=mask.dtype)
         mask = torch.cat([cached.to(device), mask], dim=1)
-        extra = {"use_cache": True, "past_key_values": prefix.expanded(len(token_lists))}
+        extra = {"use_cache": True, prefix.keyword: prefix.expanded(len(token_lists))}
     sink: dict[int, torch.Tensor] = {}
     with capture_block_outputs(blocks, wanted, last, sink), suppress(_StopForward):
         model(input_ids=input_ids, attention_mask=mask, **extra)
@@ -251,42 +283,57 @@ def prepare_prefix(
     device: torch.device,
 ) -> PrefixCache | None:
     """The cache of the prefix that all `token_lists` share, or None when there is none worth
-    caching or the model's cache does not reproduce a plain forward's states.
+    caching or the model's cache does not reproduce a plain forward's states. Every None is
+    logged as a warning (shown under `-q` too) that gives the reason.
 
     The check runs the shortest prompt both ways and compares every wanted block's state."""
     length = shared_prefix_length(token_lists)
     if length < MIN_SHARED_PREFIX:
-        return None
-    prefix = build_prefix_cache(model, blocks, wanted, token_lists[0][:length], device=device)
-    if prefix is None:
-        log.info("shared prefix not reused: the model hands its blocks no cache")
+        log.warning(
+            "shared prompt prefix not reused: the prompts share %d tokens (fewer than %d)",
+            length,
+            MIN_SHARED_PREFIX,
+        )
         return None
     probe = [min(token_lists, key=len)]
     try:
+        prefix = build_prefix_cache(model, blocks, wanted, token_lists[0][:length], device=device)
         cached = forward_last_token_states(
             model, blocks, wanted, probe, pad_id=pad_id, device=device, prefix=prefix
         )
-    except Exception as error:  # a model whose cache cannot be copied or repeated
-        warnings.warn(
-            f"shared prompt prefix not reused ({type(error).__name__}: {error}); "
-            "running whole prompts",
-            RuntimeWarning,
-            stacklevel=3,
+    except (
+        PrefixCacheUnavailable,
+        AttributeError,
+        NotImplementedError,
+        TypeError,
+        RuntimeError,
+    ) as error:
+        # a model whose forward takes no cache, or whose cache cannot be copied or repeated
+        log.warning(
+            "shared prompt prefix not reused (%s: %s); running whole prompts",
+            type(error).__name__,
+            _first_line(error),
         )
         return None
     plain = forward_last_token_states(model, blocks, wanted, probe, pad_id=pad_id, device=device)
     scale = np.linalg.norm(plain, axis=-1).max()
     difference = float(np.linalg.norm(cached - plain, axis=-1).max() / max(scale, 1e-30))
     if not difference <= _prefix_check_tolerance(model):
-        warnings.warn(
-            f"shared prompt prefix not reused: cached states differ from a plain forward by "
-            f"{difference:.2e} (relative); running whole prompts",
-            RuntimeWarning,
-            stacklevel=3,
+        log.warning(
+            "shared prompt prefix not reused: cached states differ from a plain forward by "
+            "%.2e (relative); running whole prompts",
+            difference,
         )
         return None
-    log.info("reusing a shared prompt prefix of %d tokens", length)
+    log.info(
+        "reusing a shared prompt prefix of %d tokens (cache keyword %r)", length, prefix.keyword
+    )
     return prefix
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "no message"
 
 
 def run_collection(

@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
 # Create (or reuse) cvgen's virtualenv and install cvgen into it (editable), with the dev tools.
-# Prints the venv path on stdout; progress goes to stderr. Venv: $CVGEN_VENV or ./.venv.
-# Torch is installed FIRST (torch==2.13.0, which this kind of machine has as a local CPU build)
-# unless the venv already has one: GPU users install their own torch first, or set
-# CVGEN_TORCH_SPEC. Installing cvgen's other requirements first would pull a CUDA build.
+# Prints the venv path on stdout; progress goes to stderr.
+#
+# Locked (the default): every package comes from requirements.lock, exact versions with their
+# SHA-256 hashes (pip --require-hashes), so a fresh machine gets what main was tested with, not
+# whatever was released since. Torch is the one exception: the lock leaves it out, so that GPU
+# users keep their own build. It is installed after the locked packages (which hold its
+# dependencies) as $CVGEN_TORCH_SPEC, default torch==2.13.0 (this kind of machine has it as a
+# local CPU build), unless the venv already has a torch. `pip check` then proves the set
+# consistent. Venv: $CVGEN_VENV or ./.venv.
+#
+# Latest (CVGEN_LATEST=1, or `scripts/test.sh --latest`): the newest release of everything
+# pyproject.toml allows (torch still as $CVGEN_TORCH_SPEC), in a venv of its own,
+# $CVGEN_LATEST_VENV or <venv>-latest, to find drift on purpose before it reaches the lock.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCK="$REPO/requirements.lock"
 VENV="${CVGEN_VENV:-$REPO/.venv}"
+if [ "${CVGEN_LATEST:-0}" = "1" ]; then
+  VENV="${CVGEN_LATEST_VENV:-$VENV-latest}"
+fi
 PY="${PYTHON:-python3}"
 TORCH_SPEC="${CVGEN_TORCH_SPEC:-torch==2.13.0}"
 step() { echo "setup: $*" >&2; }
@@ -23,16 +36,47 @@ pip_quietly() {
   fi
   rm -f "$log"
 }
+install_torch() {
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    step "installing $TORCH_SPEC"
+    pip_quietly install -q "$TORCH_SPEC"
+  fi
+}
 
 if [ ! -x "$VENV/bin/python" ]; then
   step "creating virtualenv $VENV"
   "$PY" -m venv "$VENV"
+fi
+
+if [ "${CVGEN_LATEST:-0}" = "1" ]; then
+  # torch first: installing cvgen's other requirements first would pull a CUDA build
+  install_torch
+  step "installing the NEWEST releases of cvgen's requirements (no lock)"
   pip_quietly install -q -U pip
+  pip_quietly install -q -U --upgrade-strategy eager -e "$REPO[dev]"
+  "$VENV/bin/python" -m pip freeze --exclude-editable >"$VENV/cvgen-latest-freeze.txt"
+  step "resolved versions: $VENV/cvgen-latest-freeze.txt"
+  echo "$VENV"
+  exit 0
 fi
-if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  step "installing $TORCH_SPEC (before anything that depends on torch)"
-  pip_quietly install -q "$TORCH_SPEC"
+
+STAMP="$VENV/.cvgen-lock.sha256"
+WANT="$(sha256sum "$LOCK" | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  step "installing the locked requirements (requirements.lock, hash-checked)"
+  # --no-deps: the lock is the whole closure; nothing outside it is resolved or fetched
+  pip_quietly install -q --no-deps --require-hashes -r "$LOCK"
+  install_torch
+  step "installing cvgen (editable, no build isolation: hatchling comes from the lock)"
+  pip_quietly install -q --no-deps --no-build-isolation -e "$REPO"
+  pip_quietly check
+  echo "$WANT" >"$STAMP"
+else
+  install_torch
+  # the checkout may have moved: make sure the editable install points at this one
+  if ! "$VENV/bin/python" -c "import cvgen, pathlib, sys; sys.exit(pathlib.Path(cvgen.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())" "$REPO" 2>/dev/null; then
+    step "installing cvgen (editable) from $REPO"
+    pip_quietly install -q --no-deps --no-build-isolation -e "$REPO"
+  fi
 fi
-step "installing cvgen (editable) with its dev tools"
-pip_quietly install -q -e "$REPO[dev]"
 echo "$VENV"

@@ -3,10 +3,21 @@
 # (including the slow tests on the real SmolLM2-135M model and the real llama.cpp, which this
 # script fetches and builds into ~/.cache/cvgen, and the browser tests on Debian's chromium,
 # which it installs with apt-get when missing). Extra arguments go to pytest.
+#
+# The packages come from requirements.lock (see scripts/setup.sh). `--latest` (first argument,
+# or CVGEN_LATEST=1) runs the same checks with the newest release of every requirement instead,
+# in a venv of its own, to find drift on purpose; it prints the versions it resolved.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+if [ "${1:-}" = "--latest" ]; then
+  shift
+  export CVGEN_LATEST=1
+fi
 VENV="$(bash scripts/setup.sh)"
+if [ "${CVGEN_LATEST:-0}" = "1" ]; then
+  echo "test: --latest: $(grep -iE '^(transformers|torch|numpy|scipy|gguf|accelerate|tokenizers|huggingface.hub)==' "$VENV/cvgen-latest-freeze.txt" | tr '\n' ' ')" >&2
+fi
 CVGEN_REAL_MODEL="$(PYTHON="$VENV/bin/python" bash scripts/fetch_model.sh)"
 export CVGEN_REAL_MODEL
 export CVGEN_REQUIRE_REAL_MODEL="${CVGEN_REQUIRE_REAL_MODEL:-1}"

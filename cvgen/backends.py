@@ -306,6 +306,7 @@ class HfBackend:
         n_layer: int,
         batch_size: int = 16,
         threads: int | None = None,
+        decoder_blocks: str | None = None,
     ) -> None:
         import torch
 
@@ -318,7 +319,7 @@ class HfBackend:
         self.model = model
         self.tokenizer = tokenizer
         self.n_layer = n_layer
-        self.blocks = find_decoder_blocks(model, n_layer)
+        self.blocks = find_decoder_blocks(model, n_layer, path=decoder_blocks)
         self.n_embd = int(model.get_input_embeddings().weight.shape[1])
         self.device = input_device(model, torch.device("cpu"))
         self.batch_size = batch_size
@@ -335,6 +336,7 @@ class HfBackend:
         trust_remote_code: bool = False,
         batch_size: int = 16,
         threads: int | None = None,
+        decoder_blocks: str | None = None,
     ) -> HfBackend:
         """Load a model (GGUF file, folder or hub id) and its tokenizer with cvgen's loader."""
         from cvgen.model import (
@@ -358,7 +360,14 @@ class HfBackend:
             device=torch_device,
             trust_remote_code=trust_remote_code,
         )
-        return cls(model, tokenizer, n_layer=n_layer, batch_size=batch_size, threads=threads)
+        return cls(
+            model,
+            tokenizer,
+            n_layer=n_layer,
+            batch_size=batch_size,
+            threads=threads,
+            decoder_blocks=decoder_blocks,
+        )
 
     def prompt_ids(self, user_text: str) -> list[int]:
         from cvgen.prompts import has_chat_template, tokenize_texts

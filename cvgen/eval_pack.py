@@ -75,13 +75,19 @@ def open_backend(
     trust_remote_code: bool = False,
     threads: int | None = None,
     log_dir: Path | None = None,
+    decoder_blocks: str | None = None,
 ) -> Backend:
     if backend == "llama.cpp":
         if not Path(model).is_file():
             raise EvalError(f"--model: {model} is not a file (llama.cpp needs a .gguf model)")
         return LlamaCppBackend(Path(model), top_k=settings.top_k, threads=threads, log_dir=log_dir)
     return HfBackend.load(
-        model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, threads=threads
+        model,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        threads=threads,
+        decoder_blocks=decoder_blocks,
     )
 
 
@@ -183,6 +189,7 @@ def evaluate_pack(
         dtype=dtype,
         trust_remote_code=trust_remote_code,
         threads=threads,
+        decoder_blocks=manifest.get("settings", {}).get("decoder_blocks"),
     )
     try:
         check_backend_fits(opened, manifest, pack)

@@ -309,29 +309,64 @@ def config_dimensions(config: Any, source: ModelSource) -> tuple[int, int]:
     return n_layer, n_embd
 
 
-def find_decoder_blocks(model: torch.nn.Module, n_layer: int) -> torch.nn.ModuleList:
-    """The model's list of decoder blocks (e.g. `model.model.layers`, `transformer.h`)."""
-    for path in (
-        "model.layers",
-        "model.language_model.layers",
-        "transformer.h",
-        "gpt_neox.layers",
-        "model.decoder.layers",
-        "language_model.model.layers",
-    ):
-        module: Any = model
-        for part in path.split("."):
-            module = getattr(module, part, None)
-            if module is None:
-                break
+# Where transformers' model classes keep their decoder blocks, tried in this order.
+KNOWN_BLOCK_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "language_model.model.layers",
+)
+
+
+def _module_at(model: torch.nn.Module, path: str) -> Any:
+    """The attribute at dotted `path` below `model` (e.g. "model.layers"), or None."""
+    module: Any = model
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def find_decoder_blocks(
+    model: torch.nn.Module, n_layer: int, *, path: str | None = None
+) -> torch.nn.ModuleList:
+    """The model's list of `n_layer` decoder blocks: the ModuleList at `path` (a dotted
+    attribute path such as "model.layers", from `--decoder-blocks`) when given, else the first
+    of `KNOWN_BLOCK_PATHS` that holds one. Never a guess: a model that keeps its blocks
+    elsewhere gets a `ModelError` that lists the ModuleLists of length `n_layer` it has and
+    says how to name the right one."""
+    if path is not None:
+        module = _module_at(model, path)
         if isinstance(module, torch.nn.ModuleList) and len(module) == n_layer:
             return module
-    for _name, module in model.named_modules():
+        found = "nothing" if module is None else f"a {type(module).__name__}"
+        if isinstance(module, torch.nn.ModuleList):
+            found += f" of length {len(module)}"
+        raise ModelError(
+            f"--decoder-blocks: {path!r} in {type(model).__name__} is {found}, "
+            f"not a ModuleList of the {n_layer} decoder blocks"
+        )
+    for known in KNOWN_BLOCK_PATHS:
+        module = _module_at(model, known)
         if isinstance(module, torch.nn.ModuleList) and len(module) == n_layer:
             return module
+    lists = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layer
+    ]
+    hint = (
+        f"its ModuleLists of length {n_layer} are: {', '.join(lists)}"
+        if lists
+        else f"it has no ModuleList of length {n_layer}"
+    )
     raise ModelError(
-        f"cannot find the {n_layer} decoder blocks in {type(model).__name__}; "
-        "cvgen looks for a ModuleList such as model.layers or transformer.h"
+        f"cannot find the {n_layer} decoder blocks in {type(model).__name__} at any of "
+        f"{', '.join(KNOWN_BLOCK_PATHS)}; {hint}. Name them with --decoder-blocks PATH "
+        "(e.g. --decoder-blocks model.layers)"
     )
 
 

@@ -181,7 +181,9 @@ def _collect(
     )
     device = input_device(model, device)
     timings["load_model"] = time.perf_counter() - clock
-    blocks = find_decoder_blocks(model, config_dimensions(model.config, source)[0])
+    blocks = find_decoder_blocks(
+        model, config_dimensions(model.config, source)[0], path=settings.decoder_blocks
+    )
     targets = list(arrays.values())
     prompts_per_sample = len(arrays)  # the baseline plus two per axis
     started = time.perf_counter()

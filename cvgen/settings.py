@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ FEATURES = ("delta", "residual")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("none", "auto")
 LOAD_IN = ("none", "8bit", "4bit")
+_DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_0-9]\w*)*")
 
 
 class SettingsError(CvgenError, ValueError):
@@ -184,6 +186,11 @@ class GenerateSettings:
     trust_remote_code: bool = option(
         False, "Allow the model's own Python code to run (off by default)."
     )
+    decoder_blocks: str | None = option(
+        None,
+        "Dotted attribute path of the model's decoder-block list (e.g. model.layers), for a "
+        "model that keeps its blocks where cvgen does not look.",
+    )
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -209,6 +216,11 @@ class GenerateSettings:
             raise SettingsError(f"--tau: {self.tau} must be a finite number >= 0")
         if self.eigen_candidates < 1:
             raise SettingsError(f"--eigen-candidates: {self.eigen_candidates} must be at least 1")
+        if self.decoder_blocks is not None and not _DOTTED_PATH.fullmatch(self.decoder_blocks):
+            raise SettingsError(
+                f"--decoder-blocks: {self.decoder_blocks!r} is not a dotted attribute path "
+                "such as model.layers"
+            )
         if not self.axes:
             raise SettingsError("no axis chosen: pass --axis NAME (repeatable) or --all-axes")
         if len(set(self.axes)) != len(self.axes):

@@ -173,7 +173,9 @@ def test_shards_of_different_splits_and_default_batches_agree_to_float_tolerance
         got = read_control_vector(out / path.name).directions
         assert got.keys() == expected.keys()
         for block in expected:
-            np.testing.assert_allclose(got[block], expected[block], rtol=1e-4, atol=1e-6)
+            # float32 rounding of other batch shapes, through the solver: a few 1e-6 on
+            # components of vectors of norm ~0.2 (a component near 0 has no relative scale)
+            np.testing.assert_allclose(got[block], expected[block], rtol=1e-4, atol=1e-5)
 
 
 def test_a_missing_shard_is_named_and_nothing_is_written(

@@ -494,3 +494,24 @@ def test_an_unsharded_collect_and_generate_share_their_states(
     solved = solve(pico_llama, store, tmp_path / "b")
     assert solved.exit_code == 0, solved.output
     assert gguf_bytes(tmp_path / "a") == gguf_bytes(tmp_path / "b")
+
+
+def test_shards_reuse_the_rows_of_a_generate_in_the_same_store(
+    pico_llama: Path, tmp_path: Path
+) -> None:
+    """Shard arrays have their own keys, but their rows are found by text in the arrays that
+    `cvgen generate` wrote, so no prompt is run again and solve gives generate's exact files."""
+    store = tmp_path / "store"
+    generated = run(
+        "generate", *options(pico_llama), "--out", str(tmp_path / "a"), "--cache-dir", str(store)
+    )
+    assert generated.exit_code == 0, generated.output
+    for shard, rows in (("0/2", "0..7"), ("1/2", "8..15")):
+        result = collect(pico_llama, store, shard)
+        assert result.output.startswith(
+            f"shard {shard}: samples {rows} of 16, 0 prompts run, 40 reused from the store"
+        ), result.output
+    solved = solve(pico_llama, store, tmp_path / "b")
+    assert solved.exit_code == 0, solved.output
+    assert json.loads((tmp_path / "b" / "pack.json").read_text())["shards"] == ["0/2", "1/2"]
+    assert gguf_bytes(tmp_path / "b") == gguf_bytes(tmp_path / "a")

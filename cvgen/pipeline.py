@@ -64,7 +64,14 @@ from cvgen.shards import (
     select_shards,
 )
 from cvgen.solve import BlockDirection, SolverOptions, get_method
-from cvgen.store import BlockStates, StateArray, content_key, default_store_root
+from cvgen.store import (
+    ArrayFamily,
+    BlockStates,
+    StateArray,
+    content_key,
+    default_store_root,
+    reuse_stored_rows,
+)
 
 log = logging.getLogger("cvgen")
 
@@ -161,6 +168,8 @@ def _collect(
         for index, (name, array) in enumerate(arrays.items())
         for row in array.pending_rows()
     ]
+    stored = sum(array.n for array in arrays.values()) - len(items)
+    log.info("reused %d stored prompts, running %d new ones", stored, len(items))
     if not items:
         return 0
     device = device_for_local_rank(
@@ -313,7 +322,9 @@ def _open_arrays(
     quantization: str = "none",
     shard: ShardSpec | None = None,
 ) -> dict[str, StateArray]:
-    """Open (or create) the store array of every list of texts, keyed by content."""
+    """Open (or create) the store array of every list of texts, keyed by content, and fill
+    their pending rows with the states of identical texts already done in the store (any
+    array of the same model identity, dtype, quantisation, blocks and width)."""
     keys = _array_keys(
         rendered,
         identity=identity,
@@ -322,7 +333,14 @@ def _open_arrays(
         quantization=quantization,
         shard=shard,
     )
-    return {
+    family = ArrayFamily(
+        model_identity=identity,
+        dtype=dtype_name,
+        quantization=quantization,
+        blocks=tuple(stored_blocks),
+        width=width,
+    )
+    arrays = {
         name: StateArray.open(
             root,
             keys[name],
@@ -337,9 +355,15 @@ def _open_arrays(
                 "blocks": stored_blocks,
                 **({"shard": str(shard)} if shard is not None else {}),
             },
+            texts=texts,
+            family=family,
         )
         for name, texts in rendered.items()
     }
+    copied = reuse_stored_rows(list(arrays.values()))
+    if copied:
+        log.info("copied the states of %d prompts from stored rows of the same text", copied)
+    return arrays
 
 
 def _solve_into_manifest(

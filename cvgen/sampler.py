@@ -8,6 +8,11 @@ each key's pair index so triples stay distinct up to stems x pairs x prompts.
 
 The per-axis draw is seeded by (seed, axis name): adding an axis to a pack changes neither the
 shared samples nor the other axes' pairs, so their collected states are reused.
+
+The draw for n is a prefix of the draw for any larger n with the same seed (stems, prompts and
+every axis's pairs), so growing `--samples` keeps the samples already collected: each round is
+a lazily drawn Fisher-Yates shuffle from its own generator, and the first round's pair of row i
+depends on i alone.
 """
 
 from __future__ import annotations
@@ -47,14 +52,29 @@ def _axis_seed(seed: int, axis: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(axis.encode("utf-8"))])
 
 
-def _draw_keys(n: int, population: int, rng: np.random.Generator) -> np.ndarray:
-    """n keys in [0, population): a sample without replacement, then full rounds if needed."""
-    first = rng.choice(population, size=min(n, population), replace=False)
-    parts = [np.asarray(first, dtype=np.int64)]
-    remaining = n - len(first)
-    while remaining > 0:
-        parts.append(rng.permutation(population)[:remaining].astype(np.int64))
-        remaining -= population
+def _shuffled_prefix(count: int, population: int, rng: np.random.Generator) -> np.ndarray:
+    """The first `count` entries of a Fisher-Yates shuffle of range(population), drawn lazily
+    (memory O(count), not O(population)): int64 of shape (count,). Step i's swap partner comes
+    from the i-th draw alone, so the result for `count` is a prefix of the result for any
+    larger `count` from the same generator state."""
+    steps = np.arange(count, dtype=np.int64)
+    partners = steps + rng.integers(0, population - steps, dtype=np.int64)
+    moved: dict[int, int] = {}  # position -> the value now there, where it is not its own
+    keys = np.empty(count, dtype=np.int64)
+    for step, partner in zip(steps.tolist(), partners.tolist(), strict=True):
+        keys[step] = moved.get(partner, partner)
+        moved[partner] = moved.get(step, step)
+    return keys
+
+
+def _draw_keys(n: int, population: int, seed: int) -> np.ndarray:
+    """n keys in [0, population): rounds of a shuffle of the population, round r drawn from
+    its own generator (seed, 0, r), so that every n is a prefix of every larger n."""
+    parts = []
+    for round_index in range(-(-n // population)):
+        count = min(population, n - round_index * population)
+        rng = np.random.default_rng([seed, 0, round_index])
+        parts.append(_shuffled_prefix(count, population, rng))
     return np.concatenate(parts)
 
 
@@ -85,7 +105,7 @@ def draw_samples(
         raise SamplerError("no writing prompts to sample from")
     axis_list = list(axes.values()) if isinstance(axes, Mapping) else list(axes)
     population = len(stems) * n_prompts
-    keys = _draw_keys(n, population, np.random.default_rng([seed, 0]))
+    keys = _draw_keys(n, population, seed)
     stem_index, prompt_index = np.divmod(keys, n_prompts)
     pair_index = {
         axis.name: _assign_pairs(keys, population, len(axis.pairs), seed, axis.name)

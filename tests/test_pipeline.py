@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -381,3 +382,40 @@ def test_manifest_carries_the_settings_and_their_digest(pico_llama: Path, tmp_pa
     assert one.manifest["settings_digest"] != two.manifest["settings_digest"]
     again = _settings(pico_llama, axes=("language",)).digest()
     assert one.manifest["settings_digest"] == again
+
+
+def test_growing_samples_runs_only_the_new_prompts(
+    pico_llama: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    small = _settings(pico_llama, axes=("language",), samples=4)
+    grown = _settings(pico_llama, axes=("language",), samples=8)
+    generate_pack(small, tmp_path / "small", store_root=store, show_progress=False)
+    before = {path.name: np.load(path) for path in store.glob("*.npy")}
+    with caplog.at_level(logging.INFO, logger="cvgen"):
+        result = generate_pack(grown, tmp_path / "grown", store_root=store, show_progress=False)
+    assert (result.collected_prompts, result.reused_prompts) == (12, 12)  # 3 arrays x 4 rows
+    assert "reused 12 stored prompts, running 12 new ones" in caplog.messages
+    assert "copied the states of 12 prompts from stored rows of the same text" in caplog.messages
+    small_arrays = {_array_name(store, name): states for name, states in before.items()}
+    for path in store.glob("*.npy"):
+        if path.name in before:
+            continue
+        name = _array_name(store, path.name)
+        assert np.array_equal(np.load(path)[:, :4], small_arrays[name]), name  # bit-identical
+    fresh = generate_pack(
+        grown, tmp_path / "fresh", store_root=tmp_path / "fresh-store", show_progress=False
+    )
+    assert fresh.collected_prompts == 24
+    grown_vectors, fresh_vectors = _vectors(tmp_path / "grown"), _vectors(tmp_path / "fresh")
+    assert grown_vectors.keys() == fresh_vectors.keys()
+    for file, vectors in fresh_vectors.items():
+        assert vectors.keys() == grown_vectors[file].keys()
+        for block, vector in vectors.items():
+            np.testing.assert_allclose(grown_vectors[file][block], vector, atol=1e-5)
+
+
+def _array_name(store: Path, data_file: str) -> str:
+    """The array name ("baseline", "language/negative", ...) recorded beside a data file."""
+    meta = json.loads((store / data_file).with_suffix(".json").read_text())
+    return str(meta["array"])

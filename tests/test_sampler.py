@@ -59,3 +59,38 @@ def test_texts_share_stem_and_differ_only_in_the_continuation() -> None:
 def test_zero_samples_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         draw_samples(0, stems=STEMS, n_prompts=3, axes=[_axis("a", 2)], seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_a_smaller_draw_is_a_prefix_of_a_larger_one(seed: int) -> None:
+    axes = [_axis("a", 4), _axis("b", 7)]
+    population = len(STEMS) * 200  # 1200 (stem, prompt) keys: n = 2600 is past two rounds
+    largest = draw_samples(2600, stems=STEMS, n_prompts=200, axes=axes, seed=seed)
+    for n in (1, 7, 23, 600, population - 1, population, population + 1, 2500):
+        plan = draw_samples(n, stems=STEMS, n_prompts=200, axes=axes, seed=seed)
+        assert np.array_equal(plan.stem_index, largest.stem_index[:n]), n
+        assert np.array_equal(plan.prompt_index, largest.prompt_index[:n]), n
+        for axis in ("a", "b"):
+            assert np.array_equal(plan.pair_index[axis], largest.pair_index[axis][:n]), (n, axis)
+    other = draw_samples(2600, stems=STEMS, n_prompts=200, axes=axes, seed=seed + 1)
+    assert not np.array_equal(other.prompt_index, largest.prompt_index)
+    for axis in ("a", "b"):
+        assert not np.array_equal(other.triples(axis), largest.triples(axis))
+
+
+def test_every_round_is_a_permutation_of_the_stem_prompt_keys() -> None:
+    plan = draw_samples(75, stems=STEMS, n_prompts=5, axes=[_axis("a", 3)], seed=9)
+    keys = plan.stem_index * 5 + plan.prompt_index
+    assert sorted(keys[:30].tolist()) == list(range(30))
+    assert sorted(keys[30:60].tolist()) == list(range(30))
+    assert len(set(keys[60:].tolist())) == 15
+    assert not np.array_equal(keys[:30], keys[30:60])  # each round is shuffled anew
+
+
+def test_a_large_population_is_not_materialised() -> None:
+    many = Stems(pre=tuple(f"p{i}" for i in range(300)), post=tuple(f"q{i}" for i in range(300)))
+    plan = draw_samples(
+        1000, stems=many, n_prompts=1_000_000_000, axes=[_axis("a", 2)], seed=1
+    )  # 9e13 keys: a full permutation would not fit in memory
+    keys = plan.stem_index.astype(object) * 1_000_000_000 + plan.prompt_index.astype(object)
+    assert len(set(keys.tolist())) == 1000

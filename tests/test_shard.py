@@ -173,7 +173,9 @@ def test_shards_of_different_splits_and_default_batches_agree_to_float_tolerance
         got = read_control_vector(out / path.name).directions
         assert got.keys() == expected.keys()
         for block in expected:
-            np.testing.assert_allclose(got[block], expected[block], rtol=1e-4, atol=1e-6)
+            # float32 rounding of other batch shapes, through the solver: a few 1e-6 on
+            # components of vectors of norm ~0.2 (a component near 0 has no relative scale)
+            np.testing.assert_allclose(got[block], expected[block], rtol=1e-4, atol=1e-5)
 
 
 def test_a_missing_shard_is_named_and_nothing_is_written(
@@ -492,3 +494,24 @@ def test_an_unsharded_collect_and_generate_share_their_states(
     solved = solve(pico_llama, store, tmp_path / "b")
     assert solved.exit_code == 0, solved.output
     assert gguf_bytes(tmp_path / "a") == gguf_bytes(tmp_path / "b")
+
+
+def test_shards_reuse_the_rows_of_a_generate_in_the_same_store(
+    pico_llama: Path, tmp_path: Path
+) -> None:
+    """Shard arrays have their own keys, but their rows are found by text in the arrays that
+    `cvgen generate` wrote, so no prompt is run again and solve gives generate's exact files."""
+    store = tmp_path / "store"
+    generated = run(
+        "generate", *options(pico_llama), "--out", str(tmp_path / "a"), "--cache-dir", str(store)
+    )
+    assert generated.exit_code == 0, generated.output
+    for shard, rows in (("0/2", "0..7"), ("1/2", "8..15")):
+        result = collect(pico_llama, store, shard)
+        assert result.output.startswith(
+            f"shard {shard}: samples {rows} of 16, 0 prompts run, 40 reused from the store"
+        ), result.output
+    solved = solve(pico_llama, store, tmp_path / "b")
+    assert solved.exit_code == 0, solved.output
+    assert json.loads((tmp_path / "b" / "pack.json").read_text())["shards"] == ["0/2", "1/2"]
+    assert gguf_bytes(tmp_path / "b") == gguf_bytes(tmp_path / "a")

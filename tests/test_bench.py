@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+
+from cvgen.collect import shared_prefix_length
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
@@ -41,44 +42,50 @@ def smoke(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[d
     return json.loads(out.read_text()), done.stdout
 
 
-def test_smoke_collection_routes_agree_and_rates_are_consistent(smoke: tuple[dict, str]) -> None:
+def test_smoke_collection_reuses_the_whole_shared_prefix_and_reads_the_reference_states(
+    smoke: tuple[dict, str], pico_llama: Path
+) -> None:
+    """The figures are checked against what the test computes itself from the same prompts:
+    the collector must reuse exactly the prefix that all prompts share (0 when the installed
+    transformers stops handing the cache on, as 5.24 did), compute only the suffixes, and
+    read the same states as the reference route."""
     results, printed = smoke
     collection = results["collection"]
+    work = _bench().build_workload(str(pico_llama), samples=3, axis="language")
+    lengths = [len(ids) for ids in work.token_ids]
+    shared = shared_prefix_length(work.token_ids)
+    assert shared >= 10  # the chat header and the persona stem's opening
+    assert collection["prompts"] == len(lengths) == 3 * 3
+    assert collection["prompt_tokens"] == sum(lengths)
+    assert collection["shared_prefix_tokens"] == shared
+    computed = collection["computed_tokens"]
+    assert computed["reference"] == sum(lengths)
+    # the prefix runs once, then each prompt's own tokens (padded): never fewer than the real
+    # tokens once, and fewer than whole prompts
+    assert sum(lengths) - (len(lengths) - 1) * shared <= computed["cvgen"] < computed["bare"]
     # the reference route and cvgen's collector read the same states from the same prompts
     for difference in collection["max_relative_state_difference"].values():
         assert difference < 1e-4
-    assert collection["prompts"] == 3 * 3  # 3 samples: baseline, negative, positive
-    assert collection["shared_prefix_tokens"] > 0
-    seconds, rates = collection["seconds"], collection["tokens_per_s"]
-    for route in ("reference", "cvgen", "cvgen_no_prefix", "bare"):
-        assert seconds[route] > 0
-        assert math.isclose(rates[route], collection["prompt_tokens"] / seconds[route])
-    ratio = collection["ratio_b_over_a"]
-    assert math.isfinite(ratio) and math.isclose(ratio, rates["cvgen"] / rates["reference"])
-    overhead = collection["capture_overhead"]
-    assert math.isclose(overhead, (rates["bare"] - rates["cvgen"]) / rates["bare"])
-    # prefix reuse runs fewer tokens than whole prompts
-    assert collection["computed_tokens"]["cvgen"] < collection["computed_tokens"]["bare"]
-    assert f"b/a = {ratio:.2f}x" in printed
-    assert f"(c-b)/c = {overhead:+.1%}" in printed
+    assert "Collection" in printed and f"shared prefix {shared} tokens" in printed
 
 
-def test_smoke_memory_pack_and_solver_sections(smoke: tuple[dict, str]) -> None:
+def test_smoke_memory_pack_and_solver_sections(smoke: tuple[dict, str], pico_llama: Path) -> None:
     results, printed = smoke
     small, large = results["memory"]["runs"]
     assert (small["samples"], large["samples"]) == (2, 16)
     assert (small["prompts"], large["prompts"]) == (6, 48)
-    assert large["store_mib"] > small["store_mib"] > 0
-    growth = results["memory"]["max_rss_growth"]
-    assert math.isclose(growth, large["max_rss_mib"] / small["max_rss_mib"] - 1)
+    # the store holds exactly (stored blocks, prompts, width) float32 per array, plus headers
+    work = _bench().build_workload(str(pico_llama), samples=2, axis="language")
+    row_bytes = len(work.stored_blocks) * work.width * 4
+    for run in (small, large):
+        stored = run["store_mib"] * 2**20
+        assert run["prompts"] * row_bytes <= stored <= run["prompts"] * row_bytes + 3 * 4096
     pack = results["pack"]
     assert pack["axes"] == 8 and len(pack["reference_run_seconds"]) == 8
-    assert math.isclose(pack["ratio"], pack["seconds"]["reference_runs"] / pack["seconds"]["pack"])
     assert [row["d"] for row in results["solver"]] == [48, 96]
     for row in results["solver"]:
-        assert row["abs_cos"] > 0.9999  # cvgen's eigensolver and a full eigh agree
+        assert row["abs_cos"] > 0.9999  # cvgen's solver and a full eigh agree
         assert row["abs_cos_planted"] > 0.9  # and both find the planted axis
-        assert math.isclose(row["speedup"], row["seconds"]["eigh"] / row["seconds"]["cvgen"])
     assert "Solver: cross-covariance" in printed and "Pack: 8 axes" in printed
 
 

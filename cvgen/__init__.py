@@ -6,9 +6,9 @@ The public API, one stage per module, composed by `generate_pack`:
     draw_samples                                  (cvgen.sampler)
     render_text, tokenize_texts                   (cvgen.prompts)
     resolve_model_source, load_causal_lm          (cvgen.model)
-    forward_last_token_states, block_features     (cvgen.collect)
+    forward_last_token_states                     (cvgen.collect)
     StateArray                                    (cvgen.store)
-    get_method, solve_cross_covariance, ...       (cvgen.solve)
+    get_method, solve_blocks, block_features, ... (cvgen.solve)
     write_control_vector, read_control_vector     (cvgen.gguf_io)
     build_command                                 (cvgen.commands)
     GenerateSettings, generate_pack               (cvgen.settings, cvgen.pipeline)
@@ -35,9 +35,10 @@ _EXPORTS = {
     "resolve_model_source": "cvgen.model",
     "load_causal_lm": "cvgen.model",
     "forward_last_token_states": "cvgen.collect",
-    "block_features": "cvgen.collect",
+    "block_features": "cvgen.solve",
     "StateArray": "cvgen.store",
     "get_method": "cvgen.solve",
+    "solve_blocks": "cvgen.solve",
     "solve_cross_covariance": "cvgen.solve",
     "solve_mean_diff": "cvgen.solve",
     "solve_pca_diff": "cvgen.solve",

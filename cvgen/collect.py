@@ -383,18 +383,3 @@ def run_collection(
             write(target, [chosen[col].row for col in columns], states[:, columns])
         if progress is not None:
             progress(len(chosen))
-
-
-def block_features(states: Sequence[np.ndarray], *, features: str) -> list[np.ndarray]:
-    """Per-block features from stored outputs h_{k-1}, h_k, ..., h_last (each (n, d) float32).
-
-    "delta": x_k = h_k - h_{k-1}, the block's own contribution (the default);
-    "residual": x_k = h_k. Returns one (n, d) float32 array per block k (the first stored
-    output is only the reference h_{k-1} of the first block).
-    """
-    if features == "residual":
-        return [np.asarray(h, dtype=np.float32) for h in states[1:]]
-    return [
-        np.asarray(current, dtype=np.float32) - np.asarray(previous, dtype=np.float32)
-        for previous, current in zip(states[:-1], states[1:], strict=False)
-    ]

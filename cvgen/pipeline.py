@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cvgen import __version__
-from cvgen.collect import WorkItem, block_features, run_collection
+from cvgen.collect import WorkItem, run_collection
 from cvgen.commands import CommandError, build_command, default_model_path
 from cvgen.data import Axis, Stems, load_axis, load_stems, load_writing_prompts
 from cvgen.errors import CvgenError
@@ -63,7 +63,7 @@ from cvgen.shards import (
     read_shard_descriptions,
     select_shards,
 )
-from cvgen.solve import BlockDirection, SolverOptions, get_method
+from cvgen.solve import BlockDirection, SolverOptions, solve_blocks
 from cvgen.store import (
     ArrayFamily,
     BlockStates,
@@ -224,26 +224,18 @@ def _solve_axis(
     arrays: Mapping[str, BlockStates],
     stored_blocks: Sequence[int],
 ) -> dict[int, BlockDirection]:
-    """Solve every steerable block of one axis: block -> direction (blocks with none left out)."""
-    method = get_method(settings.method)
-    options = SolverOptions(tau=settings.tau, eigen_candidates=settings.eigen_candidates)
-    solved: dict[int, BlockDirection] = {}
-    for previous, block in zip(stored_blocks[:-1], stored_blocks[1:], strict=False):
-        per_array = {
-            name: block_features(
-                [arrays[name].block(previous), arrays[name].block(block)],
-                features=settings.features,
-            )[0]
-            for name in (BASELINE, f"{axis.name}/negative", f"{axis.name}/positive")
-        }
-        baseline = per_array[BASELINE]
-        result = method(
-            per_array[f"{axis.name}/negative"] - baseline,
-            per_array[f"{axis.name}/positive"] - baseline,
-            options,
-        )
-        if result is not None:
-            solved[block] = result
+    """Solve every steerable block of one axis: block -> direction (blocks with none left out).
+
+    The first stored block is only the reference h_(k-1) of the first steerable one."""
+    solved = solve_blocks(
+        arrays[f"{axis.name}/negative"],
+        arrays[f"{axis.name}/positive"],
+        arrays[BASELINE],
+        stored_blocks[1:],
+        features=settings.features,
+        method=settings.method,
+        options=SolverOptions(tau=settings.tau, eigen_candidates=settings.eigen_candidates),
+    )
     if not solved:
         raise GenerateError(
             f"axis '{axis.name}': no block passed the {settings.method} solver "

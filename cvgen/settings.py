@@ -182,7 +182,11 @@ class GenerateSettings:
     )
     batch_tokens: int = option(4096, "Padded tokens per forward batch.")
     tau: float = option(0.5, "Fisher-ratio threshold of the cross-covariance method.")
-    eigen_candidates: int = option(16, "Eigenvectors taken from each end of the spectrum.")
+    eigen_candidates: int = option(
+        0,
+        "0: score every eigenvector (the exact method). N > 0: only N from each end of the "
+        "spectrum, an approximation that is faster when samples exceed half the width.",
+    )
     trust_remote_code: bool = option(
         False, "Allow the model's own Python code to run (off by default)."
     )
@@ -214,8 +218,11 @@ class GenerateSettings:
             raise SettingsError(f"--batch-tokens: {self.batch_tokens} must be at least 1")
         if not math.isfinite(self.tau) or self.tau < 0:
             raise SettingsError(f"--tau: {self.tau} must be a finite number >= 0")
-        if self.eigen_candidates < 1:
-            raise SettingsError(f"--eigen-candidates: {self.eigen_candidates} must be at least 1")
+        if self.eigen_candidates < 0:
+            raise SettingsError(
+                f"--eigen-candidates: {self.eigen_candidates} must be 0 (all eigenvectors, "
+                "exact) or a positive count (an approximation)"
+            )
         if self.decoder_blocks is not None and not _DOTTED_PATH.fullmatch(self.decoder_blocks):
             raise SettingsError(
                 f"--decoder-blocks: {self.decoder_blocks!r} is not a dotted attribute path "

@@ -16,22 +16,28 @@ Inputs may be float32; all arithmetic is float64, and directions come back as fl
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import scipy.linalg
 from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 
 from cvgen.errors import CvgenError
+from cvgen.settings import FEATURES
 
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "BlockDirection",
+    "BlockReader",
     "SolveMethod",
     "SolverError",
     "SolverOptions",
+    "StoredOutputs",
+    "block_features",
+    "candidate_eigenvectors",
     "extreme_eigenvectors",
     "fisher_ratio",
     "get_method",
@@ -61,18 +67,25 @@ class SolverOptions:
     tau: Fisher-ratio threshold (ALGORITHM.md §3). A cross-covariance candidate needs
         r >= tau to be considered, and each accepted step must raise r by more than tau.
         The mean-diff and pca-diff methods do not use it.
-    eigen_candidates: eigenvectors taken from EACH end of the spectrum of M (the most
-        negative and the most positive), so up to 2 * eigen_candidates candidates.
+    eigen_candidates: 0 (the default) scores EVERY eigenvector of M, which is the published
+        method exactly (see :func:`candidate_eigenvectors`). A positive k is an explicit
+        APPROXIMATION for huge models with more samples than half the width (2n > d): only
+        the k most negative and k most positive eigenvectors are scored, found by ARPACK,
+        and a trait whose eigenvalue sits mid-spectrum is then missed. It changes nothing
+        when 2n <= d, where all 2n candidates are always scored.
     """
 
     tau: float = 0.5
-    eigen_candidates: int = 16
+    eigen_candidates: int = 0
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.tau) and self.tau >= 0):
             raise SolverError(f"tau: {self.tau} must be a finite number >= 0")
-        if self.eigen_candidates < 1:
-            raise SolverError(f"eigen_candidates: {self.eigen_candidates} must be at least 1")
+        if self.eigen_candidates < 0:
+            raise SolverError(
+                f"eigen_candidates: {self.eigen_candidates} must be 0 (all eigenvectors, "
+                "exact) or a positive count per end of the spectrum (an approximation)"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,7 +200,44 @@ def _ratio_along(a: np.ndarray, b: np.ndarray, unit: np.ndarray) -> float:
     return float(fisher_ratio((a @ unit)[:, None], (b @ unit)[:, None])[0])
 
 
-# --- partial eigensolver -----------------------------------------------------------------
+# --- candidate eigenvectors --------------------------------------------------------------
+
+
+def candidate_eigenvectors(
+    negative_diffs: np.ndarray, positive_diffs: np.ndarray, eigen_candidates: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The eigenvectors of M = (A^T B + B^T A) / 2 that the cross-covariance method scores.
+
+    negative_diffs: A (n, d); positive_diffs: B (n, d). Returns eigenvalues (m,) ascending
+    and unit eigenvectors (d, m) as columns.
+
+    eigen_candidates = 0 (exact): the candidates are every eigenvector of M that can score,
+    so the method's result is that of scoring all d eigenvectors (ALGORITHM.md §3):
+
+    - 2n <= d: M = Z^T J Z / 2 with Z = [A; B] (2n, d) and J swapping the A and B halves,
+      so M has rank <= 2n and lives in the row space of Z. All 2n eigenpairs of the exact
+      2n-dimensional problem are returned (m = 2n; thin QR of Z^T, then a 2n x 2n eigh).
+      The d - 2n eigenvalues left out are exactly zero and their eigenvectors v are
+      orthogonal to every row of A and B: A v = B v = 0, so every projection is 0, r(v) = 0
+      and the step s = mean(B v) v = 0, which no compounding step can accept (even tau = 0).
+    - 2n > d: a dense eigh of the explicit d x d matrix M, all d eigenpairs (m = d). It
+      costs O(d^3), of the order of forming M (O(n d^2) with n > d / 2).
+
+    eigen_candidates = k > 0 (approximation, for 2n > d only): the k lowest and k highest
+    eigenpairs by :func:`extreme_eigenvectors` (ARPACK). No certificate: an eigenvector
+    outside both ends is never scored, however well it separates the classes. On the
+    2n <= d route all 2n are returned whatever k is (they are as cheap as k of them).
+    """
+    a, b = _as_pair(negative_diffs, positive_diffs)
+    if eigen_candidates < 0:
+        raise SolverError(f"eigen_candidates: {eigen_candidates} must be at least 0")
+    count, dimension = a.shape
+    if 2 * count <= dimension:
+        return _row_space_eigenpairs(a, b, None)
+    if eigen_candidates == 0:
+        values, vectors = scipy.linalg.eigh(_explicit_m(a, b))
+        return values, vectors
+    return extreme_eigenvectors(a, b, eigen_candidates)
 
 
 def extreme_eigenvectors(
@@ -199,12 +249,14 @@ def extreme_eigenvectors(
     Returns eigenvalues (m,) in ascending order and unit eigenvectors (d, m) as columns,
     with m = 2k, or fewer when M has fewer than 2k eigenpairs worth returning:
 
-    - 2n <= d: M = Z^T J Z / 2 with Z = [A; B] has rank <= 2n. The exact 2n-dimensional
-      problem is solved (thin QR of Z^T), so m <= 2n. The eigenvalues left out are exactly
-      zero and their eigenvectors project every sample to 0, so they can never score.
+    - 2n <= d: the exact 2n-dimensional problem (see :func:`candidate_eigenvectors`), its
+      k lowest and k highest eigenpairs, so m <= 2n.
     - otherwise: ARPACK (Lanczos) on the operator v -> (A^T(Bv) + B^T(Av)) / 2, which never
       forms M; or, when d is too small for a Krylov method (d < 4k + 1), a subset eigh of
       the explicit d x d matrix (the whole spectrum only when 2k >= d asks for it).
+
+    Scoring only these is an APPROXIMATION of the method: the trait's eigenvalue can sit
+    mid-spectrum (when the negative class barely moves along it), and is then missed.
     """
     a, b = _as_pair(negative_diffs, positive_diffs)
     if k < 1:
@@ -213,14 +265,21 @@ def extreme_eigenvectors(
     if 2 * count <= dimension:
         return _row_space_eigenpairs(a, b, k)
     if dimension < 4 * k + 1:
-        return _end_eigenpairs((a.T @ b + b.T @ a) / 2, k)
+        return _end_eigenpairs(_explicit_m(a, b), k)
     return _krylov_eigenpairs(a, b, k)
 
 
-def _end_eigenpairs(symmetric: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k lowest and k highest eigenpairs of a small dense symmetric (m, m) matrix."""
+def _explicit_m(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """M = (A^T B + B^T A) / 2, (d, d), from A and B (n, d)."""
+    cross = a.T @ b
+    return (cross + cross.T) / 2
+
+
+def _end_eigenpairs(symmetric: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The k lowest and k highest eigenpairs of a small dense symmetric (m, m) matrix; all
+    m of them when k is None or 2k >= m."""
     size = symmetric.shape[0]
-    if 2 * k >= size:
+    if k is None or 2 * k >= size:
         values, vectors = scipy.linalg.eigh(symmetric)
         return values, vectors
     low_values, low_vectors = scipy.linalg.eigh(symmetric, subset_by_index=[0, k - 1])
@@ -228,8 +287,12 @@ def _end_eigenpairs(symmetric: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return np.concatenate([low_values, high_values]), np.hstack([low_vectors, high_vectors])
 
 
-def _row_space_eigenpairs(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact route for 2n <= d: M = Q (R J R^T / 2) Q^T with Z^T = [A; B]^T = Q R."""
+def _row_space_eigenpairs(
+    a: np.ndarray, b: np.ndarray, k: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact route for 2n <= d: M = Q (R J R^T / 2) Q^T with Z^T = [A; B]^T = Q R.
+
+    k eigenpairs from each end of the 2n x 2n problem, or all 2n when k is None."""
     count = a.shape[0]
     basis, triangle = np.linalg.qr(np.vstack([a, b]).T)  # (d, 2n), (2n, 2n)
     transposed = triangle.T  # rows are samples: J swaps the A half and the B half
@@ -257,7 +320,7 @@ def _krylov_eigenpairs(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray
             RuntimeWarning,
             stacklevel=3,
         )
-        return _end_eigenpairs((a.T @ b + b.T @ a) / 2, k)
+        return _end_eigenpairs(_explicit_m(a, b), k)
     order = np.argsort(values)
     return values[order], vectors[:, order]
 
@@ -306,9 +369,10 @@ def solve_cross_covariance(
 ) -> BlockDirection | None:
     """The default method: candidates from M = (A^T B + B^T A)/2, chosen by Fisher ratio.
 
-    negative_diffs: A (n, d); positive_diffs: B (n, d). Candidates are the
-    `options.eigen_candidates` eigenvectors at each end of M's spectrum
-    (:func:`extreme_eigenvectors`). Each candidate v is scored by r(v) on a = A v, b = B v;
+    negative_diffs: A (n, d); positive_diffs: B (n, d). Candidates are the eigenvectors
+    of M given by :func:`candidate_eigenvectors`: by default every one that can score, so
+    the result is the published method's; `options.eigen_candidates` > 0 trades that for
+    speed on huge models. Each candidate v is scored by r(v) on a = A v, b = B v;
     those with r >= tau are sorted by r, descending, weighted as s = mean(b) * v and
     compounded greedily (see :func:`_compound`). Returns None when no step is accepted.
 
@@ -317,7 +381,7 @@ def solve_cross_covariance(
     trait the negative class then projects below it (m_A < m_B).
     """
     a, b = _as_pair(negative_diffs, positive_diffs)
-    _, candidates = extreme_eigenvectors(a, b, options.eigen_candidates)
+    _, candidates = candidate_eigenvectors(a, b, options.eigen_candidates)
     projections_b = b @ candidates
     ratios = fisher_ratio(a @ candidates, projections_b)
     passing = np.flatnonzero(ratios >= options.tau)
@@ -398,7 +462,34 @@ def get_method(name: str) -> SolveMethod:
 
 # --- all blocks --------------------------------------------------------------------------
 
-BlockStates = Mapping[int, np.ndarray] | np.ndarray
+
+class BlockReader(Protocol):
+    """Anything whose `block(k)` gives the stored (n, d) outputs h_k of block k, such as a
+    store array (`cvgen.store.StateArray`) or shards merged in sample order."""
+
+    def block(self, block: int) -> np.ndarray: ...
+
+
+StoredOutputs = Mapping[int, np.ndarray] | BlockReader
+
+
+def block_features(outputs: Sequence[np.ndarray], *, features: str) -> list[np.ndarray]:
+    """Per-block features from stored outputs h_{k-1}, h_k, ..., h_last (each (n, d)).
+
+    "delta": x_k = h_k - h_{k-1}, the block's own contribution (the default);
+    "residual": x_k = h_k. Returns one (n, d) float32 array per block k (the first stored
+    output is only the reference h_{k-1} of the first block).
+    """
+    _check_features(features)
+    shapes = {np.shape(h) for h in outputs}
+    if len(shapes) > 1:
+        raise SolverError(f"stored outputs must share one (n, d) shape; got {sorted(shapes)}")
+    if features == "residual":
+        return [np.asarray(h, dtype=np.float32) for h in outputs[1:]]
+    return [
+        np.asarray(current, dtype=np.float32) - np.asarray(previous, dtype=np.float32)
+        for previous, current in zip(outputs[:-1], outputs[1:], strict=False)
+    ]
 
 
 def paired_differences(
@@ -406,7 +497,7 @@ def paired_differences(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A = negative - baseline and B = positive - baseline, float64, each (n, d).
 
-    negative, positive, baseline: states of one block, (n, d) each, rows paired by index.
+    negative, positive, baseline: features of one block, (n, d) each, rows paired by index.
     """
     shapes = {np.shape(negative), np.shape(positive), np.shape(baseline)}
     if len(shapes) != 1:
@@ -420,36 +511,58 @@ def paired_differences(
     return negative_diffs, positive_diffs
 
 
-def _block_ids(states: BlockStates) -> list[int]:
-    return list(states.keys()) if isinstance(states, Mapping) else list(range(len(states)))
+def _stored_output(states: StoredOutputs, block: int) -> np.ndarray:
+    """h_block (n, d) from a mapping or a reader; SolverError when a mapping lacks it."""
+    if not isinstance(states, Mapping):
+        return states.block(block)
+    if block not in states:
+        raise SolverError(
+            f"outputs of block {block} are missing from the given states (have {sorted(states)})"
+        )
+    return np.asarray(states[block])
+
+
+def _features_at(states: StoredOutputs, block: int, features: str) -> np.ndarray:
+    """x_block (n, d) float32: h_block for "residual", h_block - h_(block-1) for "delta"."""
+    if features == "residual":
+        return np.asarray(_stored_output(states, block), dtype=np.float32)
+    outputs = [_stored_output(states, block - 1), _stored_output(states, block)]
+    return block_features(outputs, features="delta")[0]
+
+
+def _check_features(features: str) -> None:
+    if features not in FEATURES:
+        raise SolverError(
+            f"features: unknown value {features!r}; choose one of: {', '.join(FEATURES)}"
+        )
 
 
 def solve_blocks(
-    negative: BlockStates,
-    positive: BlockStates,
-    baseline: BlockStates,
+    negative: StoredOutputs,
+    positive: StoredOutputs,
+    baseline: StoredOutputs,
+    blocks: Sequence[int],
     *,
+    features: str = "delta",
     method: str = DEFAULT_METHOD,
     options: SolverOptions | None = None,
-    blocks: Iterable[int] | None = None,
 ) -> dict[int, BlockDirection]:
-    """Solve every block: states per block -> {block: BlockDirection}.
+    """Solve each of `blocks` from stored block outputs: -> {block: BlockDirection}.
 
-    negative, positive, baseline: per-block states, either a mapping block -> (n, d) or an
-    array (L, n, d) indexed by block. blocks: which to solve (default: every block of
-    `negative`). Blocks whose method returns None are left out of the result.
+    negative, positive, baseline: the stored outputs h_k of each block k, (n, d) each, as
+    a mapping block -> array or a :class:`BlockReader`; rows are paired by index.
+    features: "delta" (x_k = h_k - h_(k-1); needs block k - 1 stored too) or "residual"
+    (x_k = h_k). For each block, A = x_neg - x_base and B = x_pos - x_base (float64) go
+    to `method`. Blocks for which the method finds no direction are left out.
     """
+    _check_features(features)
     solve = get_method(method)
     settings = options if options is not None else SolverOptions()
-    chosen = _block_ids(negative) if blocks is None else list(blocks)
     result: dict[int, BlockDirection] = {}
-    for block in chosen:
+    for block in blocks:
         try:
-            states = (negative[block], positive[block], baseline[block])
-        except (KeyError, IndexError) as error:
-            raise SolverError(f"block {block}: missing from the given states ({error})") from None
-        try:
-            solved = solve(*paired_differences(*states), settings)
+            per_array = [_features_at(h, block, features) for h in (negative, positive, baseline)]
+            solved = solve(*paired_differences(*per_array), settings)
         except SolverError as error:
             raise SolverError(f"block {block}: {error}") from None
         if solved is not None:

@@ -43,13 +43,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cvgen.backends import BACKENDS, Backend, HfBackend, LlamaCppBackend, Scored
-from cvgen.collect import block_features
 from cvgen.errors import CvgenError
 from cvgen.evaluate import AxisFiles, EvalInputs, EvalSettings, measure, neutral_scores
 from cvgen.evaluate import prepare_inputs as prepare_eval_inputs
 from cvgen.gguf_io import write_control_vector
 from cvgen.settings import GenerateSettings, LayerSkip, select_blocks
-from cvgen.solve import DEFAULT_METHOD, BlockDirection, SolverOptions, get_method
+from cvgen.solve import DEFAULT_METHOD, BlockDirection, SolverOptions, solve_blocks
 from cvgen.store import BlockStates, default_store_root
 
 DEFAULT_MODEL = "~/.cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,31 +116,23 @@ def solve_variant_blocks(
     features: str = "delta",
     options: SolverOptions | None = None,
 ) -> dict[int, BlockDirection]:
-    """Solve `blocks` of one axis with `method`, from the pipeline's stored states, exactly as
-    `cvgen.pipeline` does (features of block k from stored outputs k-1 and k; A and B against
-    the shared baseline). Blocks whose solver finds nothing are left out."""
-    solve = get_method(method)
-    settings = options or SolverOptions()
-    solved: dict[int, BlockDirection] = {}
+    """Solve `blocks` of one axis with `method`, from the pipeline's stored states, by the
+    same `cvgen.solve.solve_blocks` the pipeline uses. Blocks whose solver finds nothing are
+    left out."""
     for block in blocks:
         if block not in stored_blocks or block - 1 not in stored_blocks:
             raise CompareError(
                 f"block {block}: its states (and block {block - 1}'s) are not stored"
             )
-        per_array = {
-            name: block_features(
-                [arrays[name].block(block - 1), arrays[name].block(block)], features=features
-            )[0]
-            for name in ("baseline", f"{axis}/negative", f"{axis}/positive")
-        }
-        result = solve(
-            per_array[f"{axis}/negative"] - per_array["baseline"],
-            per_array[f"{axis}/positive"] - per_array["baseline"],
-            settings,
-        )
-        if result is not None:
-            solved[block] = result
-    return solved
+    return solve_blocks(
+        arrays[f"{axis}/negative"],
+        arrays[f"{axis}/positive"],
+        arrays["baseline"],
+        blocks,
+        features=features,
+        method=method,
+        options=options,
+    )
 
 
 def role_vectors(solved: Mapping[int, BlockDirection]) -> dict[str, dict[int, np.ndarray]]:

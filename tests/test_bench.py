@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 
 from cvgen.collect import shared_prefix_length
@@ -84,7 +83,7 @@ def test_smoke_memory_pack_and_solver_sections(smoke: tuple[dict, str], pico_lla
     assert pack["axes"] == 8 and len(pack["reference_run_seconds"]) == 8
     assert [row["d"] for row in results["solver"]] == [48, 96]
     for row in results["solver"]:
-        assert row["abs_cos"] > 0.9999  # cvgen's solver and a full eigh agree
+        assert row["abs_cos"] > 0.9999  # the approximation and the exact method agree
         assert row["abs_cos_planted"] > 0.9  # and both find the planted axis
     assert "Solver: cross-covariance" in printed and "Pack: 8 axes" in printed
 
@@ -98,13 +97,10 @@ def test_forward_flops_counts_weights_and_attention() -> None:
     assert bench.padded_tokens([5, 4, 1], [[0, 1], [2]]) == 2 * 5 + 1
 
 
-def test_full_eigh_route_finds_the_planted_axis() -> None:
+def test_exact_route_finds_the_planted_axis() -> None:
     bench = _bench()
     a, b, axis = bench.planted_data(40, 32, seed=1)
-    found = bench.eigh_cross_covariance(a, b, bench.SolverOptions())
+    found = bench.eigh_cross_covariance(a, b, bench.SolverOptions(eigen_candidates=4))
     assert found is not None
     assert abs(float(found.direction @ axis)) > 0.95
     assert found.mean_positive > found.mean_negative
-    values, vectors = bench._full_eigh_pairs(a, b, 3)
-    m = (a.T.astype(np.float64) @ b + b.T.astype(np.float64) @ a) / 2
-    np.testing.assert_allclose(m @ vectors, vectors * values, atol=1e-6 * np.abs(values).max())

@@ -184,6 +184,11 @@ def test_generate_bad_axis_file_is_one_line_and_writes_nothing(
             "--skip-first: 'two' is neither a block count",
         ),
         (["--axis", "language", "--samples", "0"], "--samples: 0 must be at least 1"),
+        (
+            ["--axis", "language", "--eigen-candidates", "-1"],
+            "--eigen-candidates: -1 must be 0 (all eigenvectors, exact) or a positive count "
+            "(an approximation)",
+        ),
         ([], "no axis chosen"),
     ],
 )

@@ -17,7 +17,6 @@ from cvgen.collect import (
     PrefixCache,
     PrefixCacheUnavailable,
     WorkItem,
-    block_features,
     build_prefix_cache,
     cache_keyword,
     forward_last_token_states,
@@ -27,6 +26,7 @@ from cvgen.collect import (
     shared_prefix_length,
 )
 from cvgen.model import find_decoder_blocks
+from cvgen.solve import block_features
 
 CPU = torch.device("cpu")
 
@@ -121,14 +121,6 @@ def test_plan_batches_respects_the_token_budget_and_covers_every_item() -> None:
         longest = max(lengths[i] for i in batch)
         assert len(batch) == 1 or len(batch) * longest <= 48
     assert batches[0] == [6]  # the longest prompt goes first, alone
-
-
-def test_block_features_delta_and_residual() -> None:
-    h0, h1, h2 = (np.full((2, 3), v, dtype=np.float32) for v in (1.0, 3.0, 7.0))
-    delta = block_features([h0, h1, h2], features="delta")
-    residual = block_features([h0, h1, h2], features="residual")
-    assert [d[0, 0] for d in delta] == [2.0, 4.0]
-    assert [r[0, 0] for r in residual] == [3.0, 7.0]
 
 
 def test_plan_batches_bounds_padding_when_asked() -> None:

@@ -14,9 +14,10 @@ from conftest import PICO_LAYERS
 from cvgen.collect import forward_last_token_states
 from cvgen.gguf_io import llamacpp_problems, read_control_vector
 from cvgen.pack import PackError
-from cvgen.pipeline import generate_pack
+from cvgen.pipeline import collected_states, generate_pack
 from cvgen.prompts import PromptError
 from cvgen.settings import GenerateSettings, LayerSkip
+from cvgen.solve import SolverOptions, solve_cross_covariance
 from cvgen.store import StateArray
 
 
@@ -324,7 +325,7 @@ def test_example_command_falls_back_to_legacy_syntax_for_a_colon(
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from cvgen.pipeline import generate_pack
+from cvgen.pipeline import collected_states, generate_pack
 from cvgen.settings import GenerateSettings
 from cvgen.store import StateArray
 
@@ -419,3 +420,29 @@ def _array_name(store: Path, data_file: str) -> str:
     """The array name ("baseline", "language/negative", ...) recorded beside a data file."""
     meta = json.loads((store / data_file).with_suffix(".json").read_text())
     return str(meta["array"])
+
+
+@pytest.mark.parametrize("features", ["delta", "residual"])
+def test_pack_vectors_are_solved_from_the_chosen_features(
+    pico_llama: Path, tmp_path: Path, features: str
+) -> None:
+    settings = _settings(pico_llama, axes=("language",), features=features)
+    store = tmp_path / "store"
+    generate_pack(settings, tmp_path / "pack", store_root=store, show_progress=False)
+    ornate = _vectors(tmp_path / "pack")[f"{pico_llama.name}-language__ornate.gguf"]
+    states = collected_states(settings, store_root=store, show_progress=False)
+    assert states.collected_prompts == 0  # the pack's own states, from the store
+    names = ("language/negative", "language/positive", "baseline")
+    for block in states.stored_blocks[1:]:
+        h = {name: states.arrays[name].block(block).astype(np.float64) for name in names}
+        if features == "delta":
+            for name in names:
+                h[name] = h[name] - states.arrays[name].block(block - 1)
+        by_hand = solve_cross_covariance(
+            h["language/negative"] - h["baseline"],
+            h["language/positive"] - h["baseline"],
+            SolverOptions(tau=0.0),
+        )
+        assert by_hand is not None
+        scale = float(np.abs(by_hand.positive).max())
+        np.testing.assert_allclose(ornate[block], by_hand.positive, atol=1e-3 * scale)

@@ -82,6 +82,8 @@ def test_tau_and_device_are_checked_up_front() -> None:
         GenerateSettings(model="m.gguf", axes=("language",), tau=-1.0)
     with pytest.raises(SettingsError, match="--tau: nan"):
         GenerateSettings(model="m.gguf", axes=("language",), tau=float("nan"))
+    assert GenerateSettings(model="m.gguf", axes=("language",)).eigen_candidates == 0
+    assert GenerateSettings(model="m.gguf", axes=("language",), eigen_candidates=8).eigen_candidates
     if not torch.cuda.is_available():
         with pytest.raises(
             ModelError, match="--device: 'cuda' asked for, but this torch sees no CUDA device"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
+from conftest import require_real_model
 
 from cvgen import solve
 from cvgen.solve import (
@@ -13,6 +16,8 @@ from cvgen.solve import (
     BlockDirection,
     SolverError,
     SolverOptions,
+    block_features,
+    candidate_eigenvectors,
     extreme_eigenvectors,
     fisher_ratio,
     get_method,
@@ -25,6 +30,16 @@ from cvgen.solve import (
 PLANTED_CASES = [(200, 64, 0.25), (20, 256, 0.05)]
 # (n, d): both regimes (2n < d and 2n > d) at d = 64 and d = 300.
 ORACLE_CASES = [(20, 64), (100, 64), (60, 300), (200, 300)]
+# (n, d, eigen_candidates), one per route of `candidate_eigenvectors`:
+ROUTES = {
+    "exact, 2n < d (row space)": (20, 64, 0),
+    "exact, 2n = d (row space)": (32, 64, 0),
+    "exact, 2n > d, d small (dense eigh)": (100, 24, 0),
+    "exact, 2n > d (dense eigh)": (200, 300, 0),
+    "approximate, 2n < d (row space, all 2n)": (60, 300, 16),
+    "approximate, 2n > d, d < 4k + 1 (subset eigh)": (100, 64, 16),
+    "approximate, 2n > d, d > 4k + 1 (ARPACK)": (200, 300, 16),
+}
 
 
 def planted(
@@ -73,6 +88,46 @@ def reference_cross_covariance(a: np.ndarray, b: np.ndarray, tau: float) -> np.n
         if r > best + tau:
             total, best = trial, r
     return None if best == 0.0 else total / np.linalg.norm(total)
+
+
+def class_figures(a: np.ndarray, b: np.ndarray, unit: np.ndarray) -> tuple[float, float, float]:
+    """(m_A, m_B, r) along a unit vector, written out directly from ALGORITHM.md §3."""
+    pa, pb = a.astype(np.float64) @ unit, b.astype(np.float64) @ unit
+    mu = np.concatenate([pa, pb]).mean()
+    num = len(pa) * (pa.mean() - mu) ** 2 + len(pb) * (pb.mean() - mu) ** 2
+    den = ((pa - pa.mean()) ** 2).sum() + ((pb - pb.mean()) ** 2).sum()
+    return float(pa.mean()), float(pb.mean()), float(num / den)
+
+
+def assert_matches_reference(found: BlockDirection | None, a: np.ndarray, b: np.ndarray) -> None:
+    """found is the oracle's direction (cos > 0.9999) with the oracle's m_A, m_B and r."""
+    expected = reference_cross_covariance(a, b, tau=0.5)
+    assert expected is not None and found is not None
+    assert cosine(found.direction, expected) > 0.9999
+    mean_a, mean_b, ratio = class_figures(a, b, expected)
+    assert found.mean_negative == pytest.approx(mean_a, rel=1e-4, abs=1e-6)
+    assert found.mean_positive == pytest.approx(mean_b, rel=1e-4, abs=1e-6)
+    assert found.fisher_ratio == pytest.approx(ratio, rel=1e-4)
+
+
+def adversarial(
+    n: int = 200, d: int = 96, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A case whose trait eigenvalue sits mid-spectrum; returns (A, B, trait), float64.
+
+    20 orthonormal "together" directions (A and B move the same way, std 10: eigenvalues
+    about +100 n), 20 "opposite" ones that are NOT the trait (B = -A, std 10: about -100 n,
+    and r near 0 since both means are near 0), and a trait along which B moves by 1 and A
+    stays at the baseline, so its eigenvalue is near 0; isotropic noise 0.3 everywhere.
+    """
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((d, 41)))[0]
+    together, opposite, trait = basis[:, :20], basis[:, 20:40], basis[:, 40]
+    shared = 10.0 * rng.standard_normal((n, 20)) @ together.T
+    opposed = 10.0 * rng.standard_normal((n, 20)) @ opposite.T
+    a = shared + opposed + 0.3 * rng.standard_normal((n, d))
+    b = shared - opposed + trait + 0.3 * rng.standard_normal((n, d))
+    return a, b, trait
 
 
 # --- planted directions ------------------------------------------------------------------
@@ -146,35 +201,95 @@ def test_extreme_eigenvectors_match_full_eigh(n: int, d: int, k: int) -> None:
     assert cosines.min() > 0.9999
 
 
-@pytest.mark.parametrize(("n", "d"), ORACLE_CASES)
-def test_cross_covariance_matches_reference_over_all_eigenvectors(n: int, d: int) -> None:
+@pytest.mark.parametrize(("n", "d", "eigen_candidates"), ROUTES.values(), ids=list(ROUTES))
+def test_cross_covariance_matches_reference_on_every_route(
+    n: int, d: int, eigen_candidates: int
+) -> None:
     a, b, trait = planted(n, d, noise=1.0, alpha=2.0, seed=7 * n + d)
-    expected = reference_cross_covariance(a, b, tau=0.5)
-    found = solve_cross_covariance(a, b, SolverOptions(tau=0.5))
-    assert expected is not None and found is not None
-    assert cosine(found.direction, expected) > 0.9999
+    found = solve_cross_covariance(a, b, SolverOptions(eigen_candidates=eigen_candidates))
+    assert_matches_reference(found, a, b)
+    assert found is not None
     # noise 1.0 overfits at small n; this only checks that the trait was there to be found
     assert cosine(found.direction, trait) > 0.6
 
 
-def test_default_route_never_runs_a_full_d_by_d_eigh(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("n", "d", "eigen_candidates", "expected"),
+    [(20, 64, 0, 40), (32, 64, 0, 64), (20, 64, 4, 40), (100, 24, 0, 24), (200, 300, 0, 300)]
+    + [(100, 24, 4, 8), (200, 300, 16, 32)],
+)
+def test_candidate_counts_per_route(n: int, d: int, eigen_candidates: int, expected: int) -> None:
+    a, b, _ = planted(n, d, noise=1.0, seed=n + d)
+    values, vectors = candidate_eigenvectors(a, b, eigen_candidates)
+    assert values.shape == (expected,) and vectors.shape == (d, expected)
+    m = (a.T.astype(np.float64) @ b + b.T.astype(np.float64) @ a) / 2
+    np.testing.assert_allclose(m @ vectors, vectors * values, atol=1e-8 * np.abs(values).max())
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(expected), atol=1e-8)
+
+
+def test_row_space_route_leaves_out_only_zero_eigenvalues_that_cannot_score() -> None:
+    n, d = 20, 64
+    a, b, _ = planted(n, d, noise=1.0, seed=3)
+    values, vectors = candidate_eigenvectors(a, b)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    all_values, all_vectors = np.linalg.eigh((a64.T @ b64 + b64.T @ a64) / 2)
+    scale = np.abs(all_values).max()
+    # the 2n computed eigenvalues are the nonzero ones; the d - 2n others are zero
+    by_size = np.argsort(np.abs(all_values))
+    left_out, kept = by_size[: d - 2 * n], by_size[d - 2 * n :]
+    np.testing.assert_allclose(np.sort(all_values[kept]), values, atol=1e-9 * scale)
+    assert np.abs(all_values[left_out]).max() < 1e-9 * scale
+    # ... and their eigenvectors project every sample to zero, so r = 0 and s = 0
+    nullspace = all_vectors[:, left_out]
+    assert np.abs(a64 @ nullspace).max() < 1e-6 and np.abs(b64 @ nullspace).max() < 1e-6
+    assert np.abs(vectors.T @ nullspace).max() < 1e-6
+
+
+def test_adversarial_trait_in_mid_spectrum_is_missed_by_the_ends_and_found_by_all() -> None:
+    n, d = 200, 96
+    a, b, trait = adversarial(n, d)
+    k = 16
+    # the old solver: only the k lowest and k highest eigenvectors are scored; none passes
+    _, ends = extreme_eigenvectors(a, b, k)
+    assert fisher_ratio(a @ ends, b @ ends).max() < 0.1
+    assert solve_cross_covariance(a, b, SolverOptions(eigen_candidates=k)) is None
+    # scoring every eigenvector finds the trait, at an eigenvalue well inside the spectrum
+    values, vectors = np.linalg.eigh((a.T @ b + b.T @ a) / 2)
+    ratios = fisher_ratio(a @ vectors, b @ vectors)
+    assert k <= int(np.argmax(ratios)) < d - k
+    assert ratios.max() > 0.5
+    found = solve_cross_covariance(a, b, SolverOptions())
+    assert_matches_reference(found, a, b)
+    assert found is not None
+    assert cosine(found.direction, trait) > 0.7  # measured 0.727
+    # B moved by 1 along the trait, A stayed: measured m_B = 0.66, m_A = -0.10
+    assert found.mean_positive > 0.5 and abs(found.mean_negative) < 0.2
+
+
+def test_exact_route_for_2n_below_d_never_runs_a_d_by_d_eigh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     d = 300
+    sizes: list[tuple[int, object]] = []
     original = scipy.linalg.eigh
 
-    def guarded_eigh(matrix: np.ndarray, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
-        if matrix.shape[0] >= d and kwargs.get("subset_by_index") is None:
-            raise AssertionError(f"full eigh of a {matrix.shape} matrix")
+    def recording_eigh(matrix: np.ndarray, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+        sizes.append((matrix.shape[0], kwargs.get("subset_by_index")))
         return original(matrix, **kwargs)
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("numpy.linalg.eigh called")
-
-    monkeypatch.setattr(solve.scipy.linalg, "eigh", guarded_eigh)
-    monkeypatch.setattr(np.linalg, "eigh", refuse)
-    for n in (60, 200):  # the exact 2n route and the Krylov route
-        a, b, trait = planted(n, d, noise=0.5)
-        found = solve_cross_covariance(a, b, SolverOptions())
-        assert found is not None and cosine(found.direction, trait) > 0.9
+    monkeypatch.setattr(solve.scipy.linalg, "eigh", recording_eigh)
+    a, b, trait = planted(60, d, noise=0.5)
+    found = solve_cross_covariance(a, b, SolverOptions())
+    assert found is not None and cosine(found.direction, trait) > 0.9
+    assert sizes == [(120, None)]  # one full eigh of the 2n x 2n problem
+    sizes.clear()
+    a, b, trait = planted(200, d, noise=0.5)
+    approximate = solve_cross_covariance(a, b, SolverOptions(eigen_candidates=16))
+    assert approximate is not None and cosine(approximate.direction, trait) > 0.9
+    assert sizes == []  # the approximation runs ARPACK only
+    exact = solve_cross_covariance(a, b, SolverOptions())
+    assert exact is not None and cosine(exact.direction, approximate.direction) > 0.9999
+    assert sizes == [(d, None)]  # the exact 2n > d route: one dense eigh of M
 
 
 def test_compounding_combines_two_candidates() -> None:
@@ -290,8 +405,14 @@ def test_non_finite_input_is_rejected() -> None:
 def test_options_are_validated() -> None:
     with pytest.raises(SolverError, match="tau: -1"):
         SolverOptions(tau=-1.0)
-    with pytest.raises(SolverError, match="eigen_candidates: 0 must be at least 1"):
-        SolverOptions(eigen_candidates=0)
+    with pytest.raises(SolverError) as caught:
+        SolverOptions(eigen_candidates=-1)
+    assert str(caught.value) == (
+        "eigen_candidates: -1 must be 0 (all eigenvectors, exact) or a positive count per "
+        "end of the spectrum (an approximation)"
+    )
+    assert SolverOptions().eigen_candidates == 0  # exact by default
+    assert SolverOptions(eigen_candidates=4).eigen_candidates == 4
 
 
 # --- all blocks --------------------------------------------------------------------------
@@ -307,19 +428,122 @@ def test_paired_differences() -> None:
         paired_differences(base, base[:2], base)
 
 
-def test_solve_blocks_skips_blocks_without_signal() -> None:
-    rng = np.random.default_rng(5)
+def test_block_features_delta_and_residual() -> None:
+    h0, h1, h2 = (np.full((2, 3), v, dtype=np.float32) for v in (1.0, 3.0, 7.0))
+    delta = block_features([h0, h1, h2], features="delta")
+    residual = block_features([h0, h1, h2], features="residual")
+    assert [d[0, 0] for d in delta] == [2.0, 4.0]
+    assert [r[0, 0] for r in residual] == [3.0, 7.0]
+    with pytest.raises(SolverError, match="unknown value 'sum'; choose one of: delta, residual"):
+        block_features([h0, h1], features="sum")
+
+
+class StoredArray:
+    """A stand-in for a store array: `block(k)` reads one block of an (L, n, d) array."""
+
+    def __init__(self, outputs: np.ndarray) -> None:
+        self.outputs = outputs
+
+    def block(self, block: int) -> np.ndarray:
+        return self.outputs[block]
+
+
+def stored_outputs(seed: int = 5) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Outputs h_0, h_1, h_2 (3, n, d) of each array, and the trait planted in them.
+
+    Block 1's OWN contribution h_1 - h_0 carries the trait, but h_0 is large noise drawn
+    anew for each array, so the residual h_1 hides it. Block 2 adds noise only.
+    """
+    rng = np.random.default_rng(seed)
     n, d = 100, 32
-    base = rng.standard_normal((2, n, d)).astype(np.float32)
     a, b, trait = planted(n, d, noise=0.25)
-    noise = rng.standard_normal((2, n, d)).astype(np.float32)
-    negative = base + np.stack([a, noise[0]])
-    positive = base + np.stack([b, noise[1]])
-    found = solve_blocks(negative, positive, base, options=SolverOptions(tau=1.0))
-    assert list(found) == [0]
-    assert isinstance(found[0], BlockDirection)
-    assert cosine(found[0].direction, trait) > 0.99
-    by_mapping = solve_blocks({3: negative[0]}, {3: positive[0]}, {3: base[0]}, method="mean-diff")
-    assert list(by_mapping) == [3]
-    with pytest.raises(SolverError, match="block 7: missing"):
-        solve_blocks({7: negative[0]}, {}, {7: base[0]})
+    outputs = {}
+    for name, moved in (("baseline", 0.0), ("negative", a), ("positive", b)):
+        h0 = 5.0 * rng.standard_normal((n, d))
+        h1 = h0 + moved + 0.1 * rng.standard_normal((n, d))
+        h2 = h1 + rng.standard_normal((n, d))
+        outputs[name] = np.stack([h0, h1, h2]).astype(np.float32)
+    return outputs, trait
+
+
+def test_solve_blocks_uses_delta_features_from_stored_outputs() -> None:
+    outputs, trait = stored_outputs()
+    readers = [StoredArray(outputs[name]) for name in ("negative", "positive", "baseline")]
+    options = SolverOptions(tau=1.0)
+    found = solve_blocks(*readers, [1, 2], features="delta", options=options)
+    assert list(found) == [1]  # block 2 adds only noise
+    assert isinstance(found[1], BlockDirection)
+    assert cosine(found[1].direction, trait) > 0.99
+    # the same features written out by hand give the same direction
+    x = {name: outputs[name][1] - outputs[name][0] for name in outputs}
+    by_hand = solve_cross_covariance(
+        x["negative"].astype(np.float64) - x["baseline"],
+        x["positive"].astype(np.float64) - x["baseline"],
+        options,
+    )
+    assert by_hand is not None
+    np.testing.assert_array_equal(found[1].direction, by_hand.direction)
+    # residual features see h_1 itself, where the per-array noise of h_0 hides the trait
+    assert solve_blocks(*readers, [1, 2], features="residual", options=options) == {}
+
+
+def test_solve_blocks_residual_features_and_mappings() -> None:
+    outputs, trait = stored_outputs()
+    by_block = [dict(enumerate(outputs[name] - outputs[name][0])) for name in outputs]
+    baseline, negative, positive = by_block  # h_k - h_0: block 1's residual is the trait
+    found = solve_blocks(negative, positive, baseline, [1], features="residual")
+    assert list(found) == [1] and cosine(found[1].direction, trait) > 0.99
+    mean_diff = solve_blocks(negative, positive, baseline, [1], method="mean-diff")
+    assert list(mean_diff) == [1]
+
+
+def test_solve_blocks_errors_name_the_block() -> None:
+    outputs, _ = stored_outputs()
+    negative, positive, baseline = (
+        {1: outputs[name][1], 2: outputs[name][2]} for name in ("negative", "positive", "baseline")
+    )
+    with pytest.raises(SolverError) as caught:
+        solve_blocks(negative, positive, baseline, [1], features="delta")
+    assert str(caught.value) == (
+        "block 1: outputs of block 0 are missing from the given states (have [1, 2])"
+    )
+    with pytest.raises(SolverError, match="features: unknown value 'sum'"):
+        solve_blocks(negative, positive, baseline, [2], features="sum")
+    with pytest.raises(SolverError, match="unknown method 'foo'"):
+        solve_blocks(negative, positive, baseline, [2], method="foo")
+    with pytest.raises(SolverError, match=r"block 2: stored outputs must share one \(n, d\) sh"):
+        solve_blocks({1: negative[1], 2: negative[2][:5]}, positive, baseline, [2])
+
+
+# --- real states -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_solver_matches_reference_on_real_model_states(tmp_path: Path) -> None:
+    from cvgen.pipeline import collected_states
+    from cvgen.settings import GenerateSettings
+
+    model = require_real_model()
+    settings = GenerateSettings(model=str(model), axes=("language",), samples=24, seed=3)
+    states = collected_states(settings, store_root=tmp_path / "store", show_progress=False)
+    arrays = [states.arrays[f"language/{pole}"] for pole in ("negative", "positive")]
+    arrays.append(states.arrays["baseline"])
+    blocks = states.stored_blocks[1:]
+    # d = 576 > 2n = 48: the row-space route; the first 40 coordinates (2n > 40): dense eigh
+    for width in (576, 40):
+        expected: dict[int, np.ndarray] = {}
+        for block in blocks:
+            negative, positive, baseline = (
+                block_features([h.block(block - 1), h.block(block)], features="delta")[0]
+                for h in arrays
+            )
+            a, b = paired_differences(negative[:, :width], positive[:, :width], baseline[:, :width])
+            reference = reference_cross_covariance(a, b, tau=0.5)
+            if reference is not None:
+                expected[block] = reference
+                assert_matches_reference(solve_cross_covariance(a, b, SolverOptions()), a, b)
+        if width == 576:
+            found = solve_blocks(*arrays, blocks)
+            assert sorted(found) == sorted(expected) and len(found) >= 10
+            for block, direction in found.items():
+                assert cosine(direction.direction, expected[block]) > 0.9999

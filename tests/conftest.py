@@ -174,6 +174,14 @@ def require_real_model() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One state store for every slow test on the real model: a pack drawn with the same seed
+    and fewer samples (or fewer axes) reuses the stored rows of the same text, so the real
+    model's prompts are collected once per session."""
+    return tmp_path_factory.mktemp("real-store")
+
+
 def require_llama_cpp() -> Path:
     """The folder of the llama.cpp binaries that scripts/build_llama_cpp.sh built: from
     $CVGEN_LLAMA_CPP (scripts/test.sh sets it), else the default cache; a failure when

@@ -47,7 +47,9 @@ def _artifact(name: str, data: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def measured(
+    tmp_path_factory: pytest.TempPathFactory, real_store: Path
+) -> dict[str, dict[str, Any]]:
     """Per axis: the axis's and the random control's slope, and their paired difference."""
     model = require_real_model()
     out = tmp_path_factory.mktemp("steer") / "pack"
@@ -55,7 +57,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     generate_pack(
         GenerateSettings(model=str(model), axes=axes, samples=32, seed=0),
         out,
-        store_root=out.parent / "store",
+        store_root=real_store,
         show_progress=False,
     )
     manifest = json.loads((out / "pack.json").read_text())

@@ -67,13 +67,13 @@ def bins() -> Path:
 
 
 @pytest.fixture(scope="module")
-def pack(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pack(model: Path, tmp_path_factory: pytest.TempPathFactory, real_store: Path) -> Path:
     """`language` and `character_focus` from the real model, 32 samples per class (as the demo)."""
     out = tmp_path_factory.mktemp("llamacpp") / "pack"
     settings = GenerateSettings(
         model=str(model), axes=("language", "character_focus"), samples=32, seed=0
     )
-    generate_pack(settings, out, store_root=out.parent / "store", show_progress=False)
+    generate_pack(settings, out, store_root=real_store, show_progress=False)
     return out
 
 

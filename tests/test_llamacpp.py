@@ -91,7 +91,7 @@ def run(bins: Path, model: Path, prompt: str, vectors: Sequence[str] = (), **kw:
 
 def test_every_pack_file_loads_in_llama_completion(bins: Path, model: Path, pack: Path) -> None:
     """Both syntaxes where the binary takes them, with and without a layer range; greedy output
-    is deterministic and a pole file changes it."""
+    is deterministic and a pole file (at scale 10) changes it."""
     manifest = json.loads((pack / "pack.json").read_text())
     binary = bins / "llama-completion"
     plain = run(bins, model, PROMPT, n_predict=16)
@@ -114,7 +114,14 @@ def test_every_pack_file_loads_in_llama_completion(bins: Path, model: Path, pack
         )
         assert ranged.applied == (10, 20), path.name
         if "__debias" not in path.name:
-            assert scaled.text != plain.text, f"{path.name} does not change the output"
+            # proof that the vector reaches the computation, whatever the axis's strength:
+            # at scale 10 a pole file must change the greedy text (at 1, a weak axis such as
+            # character_focus on this model may leave 16 greedy tokens as they were)
+            strong = run(
+                bins, model, PROMPT, ["--control-vector-scaled", f"{path}:10"], n_predict=16
+            )
+            assert strong.applied == (1, N_LAYER), path.name
+            assert strong.text != plain.text, f"{path.name} does not change the output at scale 10"
             again = run(bins, model, PROMPT, ["--control-vector-scaled", f"{path}:1"], n_predict=16)
             assert again.text == scaled.text, f"{path.name}: temperature 0 is not deterministic"
     # the lines `cvgen commands` prints for two axes at once

@@ -33,27 +33,11 @@ from cvgen.llamacpp import (
 )
 from cvgen.pipeline import generate_pack
 from cvgen.settings import GenerateSettings
-from cvgen.textstats import mean_word_length, mean_zipf_frequency
 
 pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 
 N_LAYER = 30
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
-# Writing prompts for the sign tests (not among the extraction prompts).
-SIGN_PROMPTS = (
-    "Write a scene where two old friends meet again at a train station.",
-    "Write a story about a girl who asks her grandmother about an old photograph.",
-    "Tell a story about a shopkeeper and a customer who cannot decide what to buy.",
-    "Write a scene where a captain gives orders during a storm.",
-    "Write a story about two children planning a surprise for their teacher.",
-    "Tell a story about a farmer who meets a talking crow.",
-    "Write a scene where a detective questions a nervous witness.",
-    "Write a story about a family arguing over a lost map.",
-    "Write a story about a baker who receives a strange order.",
-    "Tell a story about two neighbours sharing an umbrella in the rain.",
-    "Write a scene where a young knight asks an old knight for advice.",
-    "Write a story about a boy who finds a lost dog in the park.",
-)
 
 
 @pytest.fixture(scope="module")
@@ -278,40 +262,6 @@ def test_direction_k_in_llama_cpp_is_the_output_of_hf_block_k(
 
 
 # ---------------------------------------------------------------------- sign, end to end
-
-
-@pytest.fixture(scope="module")
-def sign_outputs(bins: Path, model: Path, pack: Path) -> dict[tuple[str, float], list[str]]:
-    """Greedy 128-token replies to the sign prompts, per (axis, scale) with scale ±1."""
-    manifest = json.loads((pack / "pack.json").read_text())
-    info = read_model_file_info(model)
-    outputs: dict[tuple[str, float], list[str]] = {}
-    for axis in ("language",):
-        for scale in (-1.0, 1.0):
-            vectors = vector_arguments(manifest, [(axis, scale)], vector_dir=str(pack))
-            outputs[axis, scale] = [
-                run(bins, model, render_chat_prompt(info, p), vectors, n_predict=128).text
-                for p in SIGN_PROMPTS
-            ]
-    return outputs
-
-
-def test_language_plus_one_uses_longer_and_rarer_words(
-    sign_outputs: dict[tuple[str, float], list[str]],
-) -> None:
-    simple, ornate = sign_outputs["language", -1.0], sign_outputs["language", 1.0]
-    length = [
-        (mean_word_length(s), mean_word_length(o)) for s, o in zip(simple, ornate, strict=True)
-    ]
-    zipf = [
-        (mean_zipf_frequency(s), mean_zipf_frequency(o))
-        for s, o in zip(simple, ornate, strict=True)
-    ]
-    figures = {"word_length": length, "zipf": zipf}
-    artifact("sign_language.json", figures)
-    assert fmean(o for _, o in length) > fmean(s for s, _ in length), figures
-    assert fmean(o for _, o in zipf) < fmean(s for s, _ in zipf), figures  # lower = rarer
-    assert sum(o > s for s, o in length) >= len(length) / 2, figures  # not one outlier
 
 
 # --- cvgen eval on the real consumer ----------------------------------------------------------

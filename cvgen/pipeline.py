@@ -145,15 +145,19 @@ def _warn_repeated_triples(samples: int, stems: Stems, n_prompts: int, axes: lis
     if samples > distinct:
         log.warning(
             "--samples %d exceeds the %d distinct (stem, pair, prompt) triples of axis '%s' "
-            "(%d stems x %d prompts x %d pairs): triples will repeat; add writing prompts "
-            "(--prompts) or pairs for more distinct samples",
+            "(%s x %s x %s): triples will repeat; add writing prompts (--prompts) or pairs "
+            "for more distinct samples",
             samples,
             distinct,
             axis.name,
-            len(stems),
-            n_prompts,
-            len(axis.pairs),
+            _count(len(stems), "stem"),
+            _count(n_prompts, "prompt"),
+            _count(len(axis.pairs), "pair"),
         )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _system_texts(inputs: _Inputs) -> dict[str, list[str]]:

@@ -243,6 +243,10 @@ def test_an_axis_whose_file_names_are_too_long_is_refused(
     assert line.startswith(f"Error: {axis}: field '{field}' (")
     assert "bytes long; file names may have at most 239 here" in line
     assert snapshot(tmp_path) == before and not (tmp_path / "p").exists()
+    store = tmp_path / "store"
+    collect = run("collect", "-m", str(pico_llama), "-a", str(axis), "--store", str(store))
+    assert one_line_error(collect) == line
+    assert snapshot(tmp_path) == before
 
 
 def test_out_under_a_regular_file_is_refused(
@@ -352,8 +356,8 @@ def test_more_samples_than_distinct_triples_warns_and_a_full_disk_refuses(
         result = run(*arguments, "-q")
     warning = (
         "--samples 2900 exceeds the 2808 distinct (stem, pair, prompt) triples of axis 'tiny' "
-        "(2808 stems x 1 prompts x 1 pairs): triples will repeat; add writing prompts "
-        "(--prompts) or pairs for more distinct samples"
+        "(2808 stems x 1 prompt x 1 pair): triples will repeat; add writing prompts (--prompts) "
+        "or pairs for more distinct samples"
     )
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [warning]
     assert result.exit_code == 1

@@ -81,6 +81,12 @@ def test_a_folder_with_a_foreign_pack_json_is_refused_and_kept(
         "important.txt": b"important\n",
     }
     assert [p.name for p in tmp_path.iterdir()] == ["proj"]  # no staging, no store
+    forced = run("generate", "-m", str(pico_llama), "-a", "language", "-o", "proj", "--force")
+    assert one_line_error(forced) == line  # --force never replaces a folder that is not a pack
+    assert snapshot(tmp_path / "proj") == {
+        "pack.json": b'{"name":"my-node-project"}\n',
+        "important.txt": b"important\n",
+    }
 
 
 def test_a_file_added_to_a_real_pack_refuses_the_run_and_force_replaces_it(

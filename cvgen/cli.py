@@ -112,7 +112,14 @@ pack_out_option = click.option(
     "-o",
     required=True,
     type=click.Path(path_type=Path),
-    help="Pack folder to write (replaced if it is a cvgen pack).",
+    help="Pack folder to write. An existing one is replaced only when it is a cvgen pack "
+    "holding only the files cvgen writes (see --force); any other folder is refused.",
+)
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the cvgen pack at --out even when it holds files cvgen did not write: "
+    "they are DELETED with the old pack. A folder that is not a cvgen pack is still refused.",
 )
 
 
@@ -120,6 +127,7 @@ pack_out_option = click.option(
 @settings_options
 @click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
 @pack_out_option
+@force_option
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
@@ -143,6 +151,7 @@ pack_out_option = click.option(
 @one_line_errors
 def generate(
     out: Path,
+    force: bool,
     all_axes: bool,
     cache_dir: Path | None,
     run_eval: bool,
@@ -160,7 +169,9 @@ def generate(
         from cvgen.pipeline import example_command, generate_pack  # after TQDM_DISABLE is set
 
         started = time.perf_counter()
-        result = generate_pack(settings, out, store_root=cache_dir, show_progress=not quiet)
+        result = generate_pack(
+            settings, out, store_root=cache_dir, show_progress=not quiet, force=force
+        )
         elapsed = time.perf_counter() - started
     manifest = result.manifest
     collect_seconds = result.timings.get("collect", 0.0)
@@ -269,10 +280,13 @@ def collect(
 @settings_options
 @click.option("--all-axes", is_flag=True, help="Extract every shipped axis.")
 @pack_out_option
+@force_option
 @click.option("--store", type=click.Path(path_type=Path), default=None, help=STORE_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @one_line_errors
-def solve(out: Path, all_axes: bool, store: Path | None, quiet: bool, **values: Any) -> None:
+def solve(
+    out: Path, force: bool, all_axes: bool, store: Path | None, quiet: bool, **values: Any
+) -> None:
     """Merge the shards collected by `cvgen collect` and write the pack, like generate.
 
     Takes the same options as the collect runs. Refuses a set of shards that misses or repeats
@@ -284,7 +298,7 @@ def solve(out: Path, all_axes: bool, store: Path | None, quiet: bool, **values: 
         from cvgen.pipeline import example_command, solve_pack  # after TQDM_DISABLE is set
 
         started = time.perf_counter()
-        result = solve_pack(settings, out, store_root=store)
+        result = solve_pack(settings, out, store_root=store, force=force)
         elapsed = time.perf_counter() - started
     manifest = result.manifest
     click.echo(

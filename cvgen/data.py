@@ -266,3 +266,16 @@ def load_writing_prompts(
     if suffix == ".txt":
         return _clean_prompts(source, path.read_text(encoding="utf-8").splitlines(), "lines")
     return _load_with_datasets(source, split, column)
+
+
+def prompt_location(source: str | None, prompt: str, index: int) -> str:
+    """Where writing prompt number `index` (after de-duplication) comes from, for messages:
+    "FILE line L" for a .txt file or the shipped list (the first line that cleans to
+    `prompt`), else "SOURCE prompt I"."""
+    path = data_root() / "writing_prompts.txt" if source is None else Path(source).expanduser()
+    if path.suffix.lower() == ".txt" and path.is_file():
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if " ".join(line.split()) == prompt:
+                    return f"{source or path} line {number}"
+    return f"{source or path} prompt {index + 1}"

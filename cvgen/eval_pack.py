@@ -27,12 +27,17 @@ from cvgen.evaluate import (
 )
 from cvgen.gguf_io import read_control_vector, write_control_vector
 from cvgen.llamacpp import LlamaCppError, find_binary
-from cvgen.pack import ROLES, load_manifest, render_pack_readme, write_text_atomically
+from cvgen.pack import (
+    EVAL_REPORT_NAMES,
+    ROLES,
+    load_manifest,
+    render_pack_readme,
+    write_text_atomically,
+)
 
 log = logging.getLogger(__name__)
 
-REPORT_JSON = "eval.json"
-REPORT_MARKDOWN = "eval.md"
+REPORT_JSON, REPORT_MARKDOWN = EVAL_REPORT_NAMES  # defined with the other pack files
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,8 @@ def evaluate_pack(
     Nothing is written unless the whole evaluation succeeded.
     """
     settings = settings or EvalSettings()
+    if threads is not None and threads < 1:
+        raise EvalError(f"--threads: {threads} must be at least 1 (leave it out for the default)")
     pack = Path(pack)
     manifest = load_manifest(pack)
     chosen_axes = select_axes(manifest, axes, pack)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-PLOT_NAME = "eval-{axis}.png"
+from cvgen.pack import EVAL_PLOT_NAME as PLOT_NAME  # defined with the other pack files
 
 
 def _number(value: float | None, digits: int = 3) -> str:

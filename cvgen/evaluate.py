@@ -39,6 +39,7 @@ from cvgen.backends import Backend, Scored, Session, Steering
 from cvgen.errors import CvgenError
 from cvgen.evaldata import Probes, find_probes, load_eval_prompts, load_neutral_texts, load_probes
 from cvgen.gguf_io import read_control_vector, write_control_vector
+from cvgen.settings import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class EvalSettings:
         for name in ("prompts", "max_tokens", "neutral_texts", "kl_tokens", "bootstrap", "top_k"):
             if getattr(self, name) < 1:
                 raise EvalError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 1")
+        check_seed(self.seed, option="--seed")
         for name in ("probe_pairs", "probe_tokens"):
             if getattr(self, name) < 0:
                 raise EvalError(f"--{name.replace('_', '-')}: {getattr(self, name)} must be >= 0")

@@ -29,6 +29,7 @@ from cvgen import __version__
 from cvgen.commands import CommandError, default_model_path, preset_selection
 from cvgen.pack import (
     MANIFEST_NAME,
+    PAGE_NAME,
     ROLES,
     PackError,
     load_manifest,
@@ -46,7 +47,6 @@ __all__ = [
     "write_page",
 ]
 
-PAGE_NAME = "index.html"
 _MARKER = re.compile(r"\{\{([A-Z_]+)\}\}")
 _DATA_BLOCK = re.compile(
     r'<script type="application/json" id="cvgen-data">(.*?)</script>', re.DOTALL

@@ -375,6 +375,17 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def context_length(config: Any) -> int | None:
+    """The model's context in tokens: `max_position_embeddings` of its (text) config, which
+    transformers also fills from a GGUF file's `context_length`; None when it has none."""
+    text_config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def describe_config(config: Any) -> dict[str, Any]:
     """A few config facts for the manifest."""
     text_config = getattr(config, "text_config", None) or config

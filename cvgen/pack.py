@@ -29,9 +29,16 @@ SAMPLES_NAME = "samples.jsonl"
 README_NAME = "README.md"
 PACK_FORMAT = "cvgen-pack"
 PACK_FORMAT_VERSION = 1
+PAGE_NAME = "index.html"
+EVAL_REPORT_NAMES = ("eval.json", "eval.md")
+EVAL_PLOT_NAME = "eval-{axis}.png"
 ROLES = ("debias", "negative", "positive")
+# a file name has at most 255 bytes (NAME_MAX); each pack file is written through a temporary
+# sibling named up to 16 bytes longer (".NAME.XXXXXXXX.part", ".NAME.part-PID")
+MAX_FILE_NAME_BYTES = 255 - 16
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(part-\d+|[A-Za-z0-9_]{8}\.part|part)")
 
 
 class PackError(CvgenError, ValueError):
@@ -43,8 +50,14 @@ def safe_name(text: str) -> str:
     return UNSAFE.sub("-", text).strip("-.") or "x"
 
 
-def vector_file_names(model_slug: str, axis: str, classes: tuple[str, str]) -> dict[str, str]:
-    """`<model-slug>-<axis>__debias.gguf`, `__<negative>.gguf`, `__<positive>.gguf`."""
+def vector_file_names(
+    model_slug: str, axis: str, classes: tuple[str, str], *, source: str = ""
+) -> dict[str, str]:
+    """`<model-slug>-<axis>__debias.gguf`, `__<negative>.gguf`, `__<positive>.gguf`.
+
+    Refuses names that clash, or that are longer than a file name may be (with the temporary
+    name each file is written through); `source` (the axis file) is named in the message."""
+    where = f"{source}: " if source else ""
     stem = f"{safe_name(model_slug)}-{safe_name(axis)}"
     names = {
         "debias": f"{stem}__debias.gguf",
@@ -52,8 +65,25 @@ def vector_file_names(model_slug: str, axis: str, classes: tuple[str, str]) -> d
         "positive": f"{stem}__{safe_name(classes[1])}.gguf",
     }
     if len(set(names.values())) != 3:
-        raise PackError(f"axis '{axis}': class names {classes} give clashing file names {names}")
+        raise PackError(
+            f"{where}axis '{axis}': class names {classes} give clashing file names {names}"
+        )
+    for role, name in names.items():
+        size = len(name.encode("utf-8"))
+        if size > MAX_FILE_NAME_BYTES:
+            field = "name" if role == "debias" else "classes"
+            value = axis if role == "debias" else classes[ROLES.index(role) - 1]
+            raise PackError(
+                f"{where}field '{field}' ('{_shorten(value)}', {len(value.encode('utf-8'))} "
+                f"bytes) makes the file name {_shorten(name)} {size} bytes long; file names "
+                f"may have at most {MAX_FILE_NAME_BYTES} here (255 less the temporary suffix); "
+                f"shorten the {field}"
+            )
     return names
+
+
+def _shorten(text: str, keep: int = 40) -> str:
+    return text if len(text) <= keep else f"{text[: keep - 3]}..."
 
 
 def load_manifest(pack: Path) -> dict[str, Any]:
@@ -228,17 +258,97 @@ def carried_presets(out: Path, axes: Iterable[str]) -> dict[str, Any]:
     return kept
 
 
-def check_pack_target(out: Path) -> Path:
-    """The absolute pack folder for `--out`, after checking it is absent, empty or a pack.
+def pack_file_names(manifest: Mapping[str, Any]) -> set[str]:
+    """Every file name cvgen writes into a pack with this manifest: pack.json, the samples
+    file, README.md, index.html, each axis's three vector files, and `cvgen eval`'s outputs
+    (eval.json, eval.md, one eval-<axis>.png per axis). A malformed entry adds nothing."""
+    names = {MANIFEST_NAME, SAMPLES_NAME, README_NAME, PAGE_NAME, *EVAL_REPORT_NAMES}
+    samples = manifest.get("samples")
+    if isinstance(samples, Mapping) and isinstance(samples.get("file"), str):
+        names.add(samples["file"])
+    axes = manifest.get("axes")
+    for axis, entry in axes.items() if isinstance(axes, Mapping) else ():
+        names.add(EVAL_PLOT_NAME.format(axis=axis))
+        files = entry.get("files") if isinstance(entry, Mapping) else None
+        if isinstance(files, Mapping):
+            names.update(name for name in files.values() if isinstance(name, str))
+    return names
+
+
+def _is_own_temporary(name: str, own: set[str]) -> bool:
+    """True for a temporary file cvgen writes a pack file through (`.NAME.part-PID`, the
+    `.NAME.XXXXXXXX.part` of a GGUF file, `.NAME.part` of a plot), for a NAME of `own`."""
+    match = _TEMPORARY.fullmatch(name)
+    return match is not None and match["name"] in own
+
+
+def foreign_entries(out: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """The names in the pack folder `out` that cvgen did not write there (sorted): anything
+    not in `pack_file_names(manifest)` and not one of cvgen's own temporaries, folders too."""
+    own = pack_file_names(manifest)
+    return sorted(
+        entry.name
+        for entry in Path(out).iterdir()
+        if not (
+            entry.is_file()
+            and not entry.is_symlink()
+            and (entry.name in own or _is_own_temporary(entry.name, own))
+        )
+    )
+
+
+def _cvgen_manifest(out: Path) -> dict[str, Any] | None:
+    """`out/pack.json` when it is a JSON object with cvgen's format field, else None."""
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(manifest, dict) and manifest.get("format") == PACK_FORMAT:
+        return manifest
+    return None
+
+
+def check_pack_target(out: Path, *, force: bool = False) -> Path:
+    """The absolute pack folder for `--out`, after checking that it is absent, empty or
+    provably a cvgen pack: its pack.json has `"format": "cvgen-pack"` and every file in it is
+    one cvgen writes there (`foreign_entries`). A pack holding other files is refused unless
+    `force` (which replaces them with the pack); a folder that is not a cvgen pack is always
+    refused. Raises `PackError` naming the folder and the first foreign file.
 
     Also removes staging folders that killed runs left beside it (`.<name>.part-<pid>`,
     `.<name>.old-<pid>`) when their process is gone.
     """
     out = Path(out).expanduser().resolve()
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).exists())
-    ):
-        raise PackError(f"--out {out}: exists and is not a cvgen pack; choose another folder")
+    if len(out.name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        raise PackError(
+            f"--out {_shorten(str(out), 60)}: the folder name has {len(out.name.encode('utf-8'))} "
+            f"bytes; the pack is staged beside it under a longer name, so use at most "
+            f"{MAX_FILE_NAME_BYTES}"
+        )
+    if out.exists() and not out.is_dir():
+        raise PackError(f"--out {out}: exists and is not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()):
+        manifest = _cvgen_manifest(out)
+        if manifest is None:
+            others = sorted(entry.name for entry in out.iterdir() if entry.name != MANIFEST_NAME)
+            first = others[0] if others else MANIFEST_NAME
+            reason = (
+                f"its {MANIFEST_NAME} has no field 'format' of '{PACK_FORMAT}'"
+                if (out / MANIFEST_NAME).exists()
+                else f"it has no {MANIFEST_NAME}"
+            )
+            raise PackError(
+                f"--out {out}: exists and is not a cvgen pack ({reason}; it holds {first}); "
+                "choose another folder"
+            )
+        foreign = foreign_entries(out, manifest)
+        if foreign and not force:
+            raise PackError(
+                f"--out {out}: the cvgen pack there holds {foreign[0]}"
+                + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+                + ", which cvgen did not write; move it out, or pass --force to delete it "
+                "with the old pack"
+            )
     if out.parent.is_dir():
         for leftover in out.parent.glob(f".{out.name}.*-*"):
             kind, _, pid = leftover.name.rpartition("-")
@@ -265,14 +375,18 @@ def write_pack(
     samples: Iterable[Mapping[str, Any]],
     readme: str,
     extra_texts: Mapping[str, str] | None = None,
+    *,
+    force: bool = False,
 ) -> None:
     """Write a whole pack at `out`, replacing an earlier pack there.
 
     `vectors[axis][role]` maps block -> vector; `file_metadata[axis][role]` holds the
     `cvgen.*` keys of that file; `extra_texts` maps further file names (e.g. `index.html`) to
-    their text. Everything is staged beside `out` and renamed into place.
+    their text. Everything is staged beside `out` and renamed into place. The folder at `out`
+    is checked again first (`check_pack_target`, with `force`), so that files added to it
+    during the run are not deleted with it either.
     """
-    out = check_pack_target(out)
+    out = check_pack_target(out, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.part-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array as int_array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,22 @@ from tqdm.auto import tqdm
 from cvgen import __version__
 from cvgen.collect import WorkItem, run_collection
 from cvgen.commands import CommandError, build_command, default_model_path
-from cvgen.data import Axis, Stems, load_axis, load_stems, load_writing_prompts
+from cvgen.data import (
+    Axis,
+    DataError,
+    Stems,
+    load_axis,
+    load_stems,
+    load_writing_prompts,
+    prompt_location,
+)
 from cvgen.errors import CvgenError
 from cvgen.html import PAGE_NAME, render_page
 from cvgen.llamacpp import llama_cpp_record
 from cvgen.model import (
     ModelSource,
     config_dimensions,
+    context_length,
     describe_config,
     device_for_local_rank,
     find_decoder_blocks,
@@ -50,8 +60,15 @@ from cvgen.pack import (
     vector_file_names,
     write_pack,
 )
+from cvgen.preflight import check_free_space, check_run_folders
 from cvgen.prompts import check_system_turn, render_text, tokenize_texts
-from cvgen.sampler import SamplePlan, axis_texts, baseline_text, draw_samples
+from cvgen.sampler import (
+    SamplePlan,
+    axis_texts,
+    baseline_text,
+    draw_samples,
+    max_distinct_triples,
+)
 from cvgen.settings import GenerateSettings, select_blocks
 from cvgen.shards import (
     ExpectedRun,
@@ -71,6 +88,7 @@ from cvgen.store import (
     content_key,
     default_store_root,
     reuse_stored_rows,
+    store_bytes_needed,
 )
 
 log = logging.getLogger("cvgen")
@@ -112,10 +130,34 @@ def _load_inputs(settings: GenerateSettings) -> _Inputs:
     prompts = load_writing_prompts(
         settings.prompts, split=settings.prompts_split, column=settings.prompts_column
     )
+    _warn_repeated_triples(settings.samples, stems, len(prompts), axes)
     plan = draw_samples(
         settings.samples, stems=stems, n_prompts=len(prompts), axes=axes, seed=settings.seed
     )
     return _Inputs(stems, axes, prompts, plan)
+
+
+def _warn_repeated_triples(samples: int, stems: Stems, n_prompts: int, axes: list[Axis]) -> None:
+    """One warning when `samples` exceeds the distinct (stem, pair, prompt) triples of the
+    axis that has the fewest: beyond them the sampler repeats triples."""
+    axis = min(axes, key=lambda each: max_distinct_triples(stems, n_prompts, each))
+    distinct = max_distinct_triples(stems, n_prompts, axis)
+    if samples > distinct:
+        log.warning(
+            "--samples %d exceeds the %d distinct (stem, pair, prompt) triples of axis '%s' "
+            "(%s x %s x %s): triples will repeat; add writing prompts (--prompts) or pairs "
+            "for more distinct samples",
+            samples,
+            distinct,
+            axis.name,
+            _count(len(stems), "stem"),
+            _count(n_prompts, "prompt"),
+            _count(len(axis.pairs), "pair"),
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _system_texts(inputs: _Inputs) -> dict[str, list[str]]:
@@ -152,7 +194,7 @@ def _collect(
     settings: GenerateSettings,
     source: ModelSource,
     arrays: dict[str, StateArray],
-    tokens: dict[str, list[list[int]]],
+    tokens: Mapping[str, Sequence[Sequence[int]]],
     stored_blocks: Sequence[int],
     pad_id: int,
     show_progress: bool,
@@ -332,6 +374,17 @@ def _open_arrays(
         blocks=tuple(stored_blocks),
         width=width,
     )
+    needed = sum(
+        store_bytes_needed(root, keys[name], n=len(texts), blocks=stored_blocks, width=width)
+        for name, texts in rendered.items()
+    )
+    rows = max(len(texts) for texts in rendered.values())
+    check_free_space(
+        root,
+        needed,
+        what=f"{len(rendered)} arrays of {len(stored_blocks)} blocks x {rows} rows x {width} "
+        "floats x 4 bytes",
+    )
     arrays = {
         name: StateArray.open(
             root,
@@ -418,6 +471,7 @@ def _prepare(settings: GenerateSettings) -> _Run:
     tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
     if settings.system_message:
         check_system_turn(tokenizer, source.spec)
+    _check_context(settings, inputs, tokenizer, context_length(config), source.spec)
     rendered = _render_all(inputs, tokenizer, system_turn=settings.system_message)
     return _Run(
         settings=settings,
@@ -432,18 +486,71 @@ def _prepare(settings: GenerateSettings) -> _Run:
     )
 
 
+def _longest_system_text(inputs: _Inputs) -> str:
+    """The longest system text any row can have: the longest stem with the longest
+    continuation of any axis (a persona is `"{stem} {continuation}."`)."""
+    stem = f"{max(inputs.stems.pre, key=len)} {max(inputs.stems.post, key=len)}"
+    sides = [side for axis in inputs.axes for pair in axis.pairs for side in pair]
+    return f"{stem} {max(sides, key=len)}."
+
+
+def _check_context(
+    settings: GenerateSettings,
+    inputs: _Inputs,
+    tokenizer: Any,
+    context: int | None,
+    model: str,
+) -> None:
+    """Refuse, naming the prompts file and line, a drawn writing prompt whose longest text
+    (the longest persona, the chat template) has more tokens than the model's context.
+
+    Only a text of more UTF-8 bytes than the context can have more tokens than it (a token
+    covers at least one byte, a special token many; the plain fallback adds one BOS), so only
+    the drawn prompts that long are rendered once and tokenized."""
+    if context is None:
+        return
+    persona = _longest_system_text(inputs)
+    frame = render_text(tokenizer, persona, "", system_turn=settings.system_message)
+    overhead = len(frame.encode("utf-8")) + 1
+    for index in np.unique(inputs.plan.prompt_index).tolist():
+        prompt = inputs.prompts[index]
+        if len(prompt.encode("utf-8")) + overhead <= context:
+            continue  # too few bytes to make more tokens than the context
+        text = render_text(tokenizer, persona, prompt, system_turn=settings.system_message)
+        count = len(tokenize_texts(tokenizer, [text])[0])
+        if count > context:
+            where = prompt_location(settings.prompts, prompt, index)
+            raise DataError(
+                f"{where}: this writing prompt makes a text of {count} tokens (with the persona "
+                f"and the chat template), more than the {context} tokens of {model}'s context; "
+                "shorten it or remove it"
+            )
+
+
+TOKENIZE_CHUNK = 1024  # texts tokenized at once: bounds the tokenizer's transient memory
+
+
 def _tokenize_pending(
     run: _Run, rendered: Mapping[str, list[str]], arrays: Mapping[str, StateArray]
-) -> dict[str, list[list[int]]]:
-    return {
-        name: tokenize_texts(run.tokenizer, rendered[name]) if array.pending_rows().size else []
-        for name, array in arrays.items()
-    }
+) -> dict[str, list[Sequence[int]]]:
+    """The token ids of every text of every array with pending rows, in chunks, each kept as a
+    compact int32 `array` (4 bytes a token, not a Python int's 28+)."""
+    tokens: dict[str, list[Sequence[int]]] = {}
+    for name, state_array in arrays.items():
+        texts = rendered[name] if state_array.pending_rows().size else []
+        tokens[name] = [
+            int_array("i", ids)
+            for start in range(0, len(texts), TOKENIZE_CHUNK)
+            for ids in tokenize_texts(run.tokenizer, texts[start : start + TOKENIZE_CHUNK])
+        ]
+    return tokens
 
 
-def _write_solved_pack(run: _Run, arrays: Mapping[str, BlockStates], out: Path) -> None:
+def _write_solved_pack(
+    run: _Run, arrays: Mapping[str, BlockStates], out: Path, *, force: bool
+) -> None:
     """Solve every axis from `arrays` and write the pack at `out` (keeping the presets of a
-    pack already there whose axes are all in this one)."""
+    pack already there whose axes are all in this one; `force` as in `check_pack_target`)."""
     run.manifest["presets"] = carried_presets(out, run.manifest["axes"])
     vectors, metadata = _solve_into_manifest(
         run.settings, run.inputs, arrays, run.stored_blocks, run.manifest, run.source.name
@@ -457,12 +564,19 @@ def _write_solved_pack(run: _Run, arrays: Mapping[str, BlockStates], out: Path) 
         pack_label=str(out),
     )
     write_pack(
-        out, run.manifest, vectors, metadata, _samples_rows(run.inputs), readme, {PAGE_NAME: page}
+        out,
+        run.manifest,
+        vectors,
+        metadata,
+        _samples_rows(run.inputs),
+        readme,
+        {PAGE_NAME: page},
+        force=force,
     )
 
 
 def _collect_run(
-    settings: GenerateSettings, store_root: Path | None, show_progress: bool
+    settings: GenerateSettings, store_root: Path, show_progress: bool
 ) -> tuple[_Run, dict[str, StateArray], int, dict[str, float]]:
     """Prepare the run, open its store arrays and collect what they miss: (run, arrays,
     prompts collected, timings)."""
@@ -471,7 +585,7 @@ def _collect_run(
     run = _prepare(settings)
     arrays = _open_arrays(
         run.rendered,
-        root=store_root or default_store_root(),
+        root=store_root,
         identity=run.identity,
         dtype_name=run.dtype_name(),
         stored_blocks=run.stored_blocks,
@@ -499,14 +613,21 @@ def generate_pack(
     *,
     store_root: Path | None = None,
     show_progress: bool = True,
+    force: bool = False,
 ) -> PackResult:
     """Make a pack at `out` for `settings` on this machine: sample, collect (reusing stored
     states), solve, write the GGUF files, `pack.json`, `samples.jsonl`, the pack's README.md and `index.html`
-    (the command-line page). The same as `collect_shard` for shard 0/1 followed by `solve_pack`."""
-    out = check_pack_target(out)
-    run, arrays, collected, timings = _collect_run(settings, store_root, show_progress)
+    (the command-line page). The same as `collect_shard` for shard 0/1 followed by `solve_pack`.
+
+    Before any model work, `out` must be absent, empty or a cvgen pack holding only cvgen's
+    files (with `force`, any cvgen pack: its other files are deleted with it), and the folders
+    must pass `check_run_folders`."""
+    out = check_pack_target(out, force=force)
+    root = store_root or default_store_root()
+    check_run_folders(out=out, store=root, store_option="--cache-dir")
+    run, arrays, collected, timings = _collect_run(settings, root, show_progress)
     clock = time.perf_counter()
-    _write_solved_pack(run, arrays, out)
+    _write_solved_pack(run, arrays, out, force=force)
     timings["solve_and_write"] = time.perf_counter() - clock
     total = sum(len(texts) for texts in run.rendered.values())
     return PackResult(
@@ -538,7 +659,9 @@ def collected_states(
     only then), and return its arrays opened, with the stored blocks (the block before the
     first kept one, then every kept block) and the axes. Solves and writes nothing: for
     callers that solve the states their own way (e.g. a comparison of methods)."""
-    run, arrays, collected, timings = _collect_run(settings, store_root, show_progress)
+    root = store_root or default_store_root()
+    check_run_folders(out=None, store=root, store_option="--cache-dir")
+    run, arrays, collected, timings = _collect_run(settings, root, show_progress)
     return CollectedStates(
         arrays=arrays,
         stored_blocks=list(run.stored_blocks),
@@ -575,8 +698,9 @@ def collect_shard(
     (LOCAL_RANK, LOCAL_WORLD_SIZE), which picks this process's GPU(s)."""
     clock = time.perf_counter()
     resolve_device(settings.device)
-    run = _prepare(settings)
     root = store_root or default_store_root()
+    check_run_folders(out=None, store=root, store_option="--store")
+    run = _prepare(settings)
     rows = shard.rows(len(run.inputs.plan))
     subset = {name: [texts[row] for row in rows] for name, texts in run.rendered.items()}
     dtype_name = run.dtype_name()
@@ -626,7 +750,11 @@ def collect_shard(
 
 
 def solve_pack(
-    settings: GenerateSettings, out: Path, *, store_root: Path | None = None
+    settings: GenerateSettings,
+    out: Path,
+    *,
+    store_root: Path | None = None,
+    force: bool = False,
 ) -> PackResult:
     """Write the pack of `settings` at `out` from shards collected by `collect_shard`
     (any processes or machines, any split) into the store `store_root`. Needs no weights.
@@ -635,9 +763,10 @@ def solve_pack(
     holds an incomplete shard, or was collected with another model, dtype, quantisation,
     blocks or prompt texts. With --dtype auto any one dtype of the shards is accepted."""
     clock = time.perf_counter()
-    out = check_pack_target(out)
-    run = _prepare(settings)
+    out = check_pack_target(out, force=force)
     root = store_root or default_store_root()
+    check_run_folders(out=out, store=root, store_option="--store", store_written=False)
+    run = _prepare(settings)
     expected = ExpectedRun(
         model_identity=run.identity,
         model_name=run.source.name,
@@ -674,7 +803,7 @@ def solve_pack(
     run.manifest["shards"] = [str(shard.spec) for shard in shards]
     timings = {"prepare": time.perf_counter() - clock}
     clock = time.perf_counter()
-    _write_solved_pack(run, merged, out)
+    _write_solved_pack(run, merged, out, force=force)
     timings["solve_and_write"] = time.perf_counter() - clock
     total = sum(len(texts) for texts in run.rendered.values())
     return PackResult(
@@ -746,7 +875,9 @@ def _manifest(
                 "description": axis.description,
                 "pairs": len(axis.pairs),
                 "source": axis.source,
-                "files": vector_file_names(source.slug, axis.name, axis.classes),
+                "files": vector_file_names(
+                    source.slug, axis.name, axis.classes, source=axis.source
+                ),
                 "suggested_scale": {"negative": 1.0, "positive": 1.0, "calibrated": False},
             }
             for axis in inputs.axes

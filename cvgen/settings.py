@@ -22,6 +22,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("none", "auto")
 LOAD_IN = ("none", "8bit", "4bit")
 _DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_0-9]\w*)*")
+MIN_SAMPLES = 2  # per class: the within-class spread of one sample is zero
+SEED_MAX = 2**63 - 1  # numpy takes any seed >= 0; the files' metadata stores it as int64
 
 
 class SettingsError(CvgenError, ValueError):
@@ -70,6 +72,13 @@ class LayerSkip:
                 )
             raw = str(int(value))
         return cls(raw)
+
+
+def check_seed(seed: int, *, option: str) -> None:
+    """Refuse a seed that numpy's generators refuse (a negative one) or that the files'
+    int64 metadata cannot hold; `option` names it in the message."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise SettingsError(f"{option}: {seed} must be a whole number from 0 to {SEED_MAX}")
 
 
 def select_blocks(n_layer: int, skip_first: LayerSkip, skip_last: LayerSkip) -> list[int]:
@@ -197,8 +206,12 @@ class GenerateSettings:
     )
 
     def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise SettingsError(f"--samples: {self.samples} must be at least 1 (it is per class)")
+        if self.samples < MIN_SAMPLES:
+            raise SettingsError(
+                f"--samples: {self.samples} must be at least {MIN_SAMPLES} (it is per class): "
+                "with one sample a class has no spread, and the Fisher ratio is infinite"
+            )
+        check_seed(self.seed, option="--seed")
         if self.features not in FEATURES:
             raise SettingsError(
                 f"--features: unknown value '{self.features}'; choose one of: {', '.join(FEATURES)}"

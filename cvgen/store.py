@@ -305,6 +305,17 @@ class StateArray:
         return np.asarray(mapped[self.blocks.index(block)])
 
 
+def store_bytes_needed(root: Path, key: str, *, n: int, blocks: Sequence[int], width: int) -> int:
+    """The disk bytes the array `key` of n rows still needs: a new one its whole data (blocks x
+    n x width x 4 bytes, sparse until the rows arrive) and its done, digests and JSON files;
+    an existing one the data of its pending rows."""
+    row_bytes = len(blocks) * width * 4
+    array = StateArray(root=root, key=key, n=n, blocks=tuple(blocks), width=width)
+    if array.data_path.is_file() and array.done_path.is_file():
+        return int(array.pending_rows().size) * row_bytes
+    return n * row_bytes + n * (1 + DIGEST_BYTES) + 4096
+
+
 REUSE_CHUNK_ROWS = 256  # rows copied per read-and-write when reusing stored rows
 
 

@@ -183,7 +183,10 @@ def test_generate_bad_axis_file_is_one_line_and_writes_nothing(
             ["--axis", "language", "--skip-first", "two"],
             "--skip-first: 'two' is neither a block count",
         ),
-        (["--axis", "language", "--samples", "0"], "--samples: 0 must be at least 1"),
+        (
+            ["--axis", "language", "--samples", "0"],
+            "--samples: 0 must be at least 2 (it is per class)",
+        ),
         (
             ["--axis", "language", "--eigen-candidates", "-1"],
             "--eigen-candidates: -1 must be 0 (all eigenvectors, exact) or a positive count "

@@ -10,6 +10,7 @@ without hashing a whole multi-gigabyte file.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,12 +38,16 @@ class ModelSource:
     kind: str
     directory: str  # folder holding the files (gguf, folder) or the hub id
     gguf_file: str | None = None
+    label: str | None = None  # the display name, where the folder's own name is not it
 
     @property
     def name(self) -> str:
-        """A display name: the file stem, folder name or the hub id's last part."""
+        """A display name: the file stem, folder name (the repository's name for a hub-cache
+        snapshot, the link's for a linked folder) or the hub id's last part."""
         if self.kind == "gguf" and self.gguf_file:
             return Path(self.gguf_file).stem
+        if self.label:
+            return self.label
         return Path(self.directory).name or self.directory
 
     @property
@@ -94,18 +99,21 @@ def _sampled_file_hash(path: Path) -> str:
 
 
 def resolve_model_source(spec: str) -> ModelSource:
-    """Classify `spec`: a path to a .gguf file, a local model folder, or a hub id."""
+    """Classify `spec`: a path to a .gguf file, a local model folder, or a hub id.
+
+    Symbolic links are followed: a link to a .gguf file keeps its own name in its own folder
+    (the hub cache's files are links into `blobs/` with hash names), a link to a folder is
+    named as the link. A Hugging Face hub-cache folder is accepted as a folder: a snapshot
+    (`models--owner--name/snapshots/<rev>`, named `name`), or the repository folder
+    `models--owner--name` itself (the snapshot `refs/main` points at). A folder without a
+    config.json that holds exactly one .gguf file is that file."""
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf"):
         if not path.is_file():
             raise ModelError(f"--model: GGUF file not found: {spec}")
-        return ModelSource(spec, "gguf", str(path.resolve().parent), path.name)
+        return _gguf_source(spec, path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(
-                f"--model: folder {spec} has no config.json (not a Hugging Face model)"
-            )
-        return ModelSource(spec, "folder", str(path.resolve()))
+        return _folder_source(spec, path)
     if path.exists():
         raise ModelError(f"--model: {spec} is a file but not a .gguf file")
     if HUB_ID_PATTERN.match(spec):
@@ -113,6 +121,58 @@ def resolve_model_source(spec: str) -> ModelSource:
     raise ModelError(
         f"--model: '{spec}' is not a .gguf file, a model folder or a hub id like 'owner/name'"
     )
+
+
+def _gguf_source(spec: str, path: Path) -> ModelSource:
+    """A .gguf file: its folder resolved, its own name kept (a link stays the link)."""
+    return ModelSource(spec, "gguf", str(path.parent.resolve()), path.name)
+
+
+def _folder_source(spec: str, path: Path) -> ModelSource:
+    """A model folder, a hub-cache snapshot or repository folder, or a folder of one .gguf."""
+    folder = _hub_repository_snapshot(spec, path) or path
+    resolved = folder.resolve()
+    if not (resolved / "config.json").is_file():
+        ggufs = sorted(p.name for p in resolved.glob("*.gguf") if p.is_file())
+        if len(ggufs) == 1:
+            return _gguf_source(spec, resolved / ggufs[0])
+        if ggufs:
+            raise ModelError(
+                f"--model: folder {spec} has no config.json but {len(ggufs)} .gguf files "
+                f"({', '.join(ggufs[:5])}{', ...' if len(ggufs) > 5 else ''}); pass one of them"
+            )
+        raise ModelError(f"--model: folder {spec} has no config.json (not a Hugging Face model)")
+    return ModelSource(spec, "folder", str(resolved), label=_folder_label(path, resolved))
+
+
+def _hub_repository_snapshot(spec: str, path: Path) -> Path | None:
+    """For a hub-cache repository folder (`models--owner--name`, holding `snapshots/`), the
+    snapshot `refs/main` names (or its only snapshot); None for any other folder."""
+    snapshots = path / "snapshots"
+    if (path / "config.json").exists() or not snapshots.is_dir():
+        return None
+    main = path / "refs" / "main"
+    if main.is_file():
+        revision = main.read_text(encoding="utf-8", errors="replace").strip()
+        if (snapshots / revision).is_dir():
+            return snapshots / revision
+    revisions = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
+    if len(revisions) == 1:
+        return snapshots / revisions[0]
+    raise ModelError(
+        f"--model: hub-cache folder {spec} has {len(revisions)} snapshots and no usable "
+        f"refs/main; pass one of {snapshots}/<revision>"
+    )
+
+
+def _folder_label(given: Path, resolved: Path) -> str | None:
+    """The display name of a folder when its resolved name is not it: `name` for a hub-cache
+    snapshot `models--owner--name/snapshots/<rev>`, else the name of a link that was given."""
+    if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
+        return resolved.parent.parent.name.split("--", 2)[-1] or None
+    if given.is_symlink():
+        return Path(os.path.abspath(given)).name or None
+    return None
 
 
 def resolve_device(device: str) -> torch.device:

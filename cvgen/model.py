@@ -223,13 +223,84 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+HUB_PROBE_SECONDS = 5.0  # how long one connection attempt to the hub (or its proxy) may take
+_hub_offline: dict[str, bool] = {}  # endpoint -> unreachable, probed once per process
+
+
+def hub_endpoint() -> str:
+    """The hub's address: $HF_ENDPOINT, else huggingface_hub's (https://huggingface.co)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_is_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set, or one TCP connection to the hub's endpoint (or to
+    the proxy that reaches it) fails within HUB_PROBE_SECONDS. Probed once per endpoint and
+    process, with no retries: huggingface_hub itself retries a refused connection for ~27 s."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    if "HF_HUB_OFFLINE" not in os.environ and constants.HF_HUB_OFFLINE:
+        return True
+    endpoint = hub_endpoint()
+    if endpoint not in _hub_offline:
+        _hub_offline[endpoint] = not _can_connect(endpoint)
+    return _hub_offline[endpoint]
+
+
+def _can_connect(url: str) -> bool:
+    """Whether a TCP connection opens to `url`'s host, or to the proxy the environment sets
+    for it (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, honouring NO_PROXY)."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parsed = urllib.parse.urlsplit(url)
+    target = parsed
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and parsed.hostname and not urllib.request.proxy_bypass(parsed.hostname):
+        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if not target.hostname:
+        return False
+    try:
+        port = target.port or (443 if target.scheme == "https" else 80)
+        with socket.create_connection((target.hostname, port), timeout=HUB_PROBE_SECONDS):
+            return True
+    except (OSError, ValueError):  # refused, unreachable, no DNS, timed out, bad port
+        return False
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether the hub cache holds `repo_id`'s config.json (so it loads offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _offline_kwargs(source: ModelSource) -> dict[str, Any]:
+    """For a hub id while the hub cannot be reached: `local_files_only` when the cache holds
+    it, else a one-line `ModelError`; nothing for a local source or a reachable hub."""
+    if source.kind != "hub" or not hub_is_offline():
+        return {}
+    if _hub_cached(source.directory):
+        return {"local_files_only": True}
+    raise ModelError(f"offline: cannot fetch {source.directory}; pass a local folder or .gguf")
+
+
 def _from_pretrained(
     loader: Any, source: ModelSource, what: str, *, trust_remote_code: bool, **extra: Any
 ) -> Any:
-    """Call a transformers `from_pretrained` for `source`; failures become a `ModelError`."""
+    """Call a transformers `from_pretrained` for `source`; failures become a `ModelError`.
+    A hub id fails at once, in one line, when the hub cannot be reached and the cache lacks it."""
+    offline = _offline_kwargs(source)
     try:
         return loader.from_pretrained(
-            source.directory, **source.load_kwargs(trust_remote_code=trust_remote_code), **extra
+            source.directory,
+            **source.load_kwargs(trust_remote_code=trust_remote_code),
+            **offline,
+            **extra,
         )
     except (OSError, ValueError) as exc:
         raise ModelError(

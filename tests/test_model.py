@@ -242,3 +242,64 @@ def test_generate_from_a_hub_cache_snapshot(tmp_path: Path, pico_llama: Path) ->
     assert (
         refused.output.count("\n") == 1 and f"folder {several} has no config.json" in refused.output
     )
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub at a closed local port (nothing listens on 127.0.0.1:9), offline mode off."""
+    import cvgen.model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(cvgen.model, "_hub_offline", {})
+
+
+@pytest.mark.usefixtures("unreachable_hub")
+def test_a_hub_id_without_network_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    import time
+
+    from click.testing import CliRunner
+
+    from cvgen.cli import main
+
+    out = tmp_path / "out"
+    (tmp_path / "keep.txt").write_text("mine")
+    started = time.perf_counter()
+    result = CliRunner().invoke(
+        main, ["generate", "-m", "owner/name", "-a", "language", "-n", "2", "-o", str(out)]
+    )
+    seconds = time.perf_counter() - started
+    assert result.exit_code == 1
+    assert (
+        result.output == "Error: offline: cannot fetch owner/name; pass a local folder or .gguf\n"
+    )
+    assert seconds < 5, seconds
+    assert not out.exists() and (tmp_path / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.usefixtures("unreachable_hub")
+def test_a_cached_hub_id_loads_offline_without_asking_the_hub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cvgen.model
+
+    seen: list[dict[str, object]] = []
+
+    class Loader:
+        @staticmethod
+        def from_pretrained(directory: str, **kwargs: object) -> str:
+            seen.append(kwargs)
+            return directory
+
+    monkeypatch.setattr(cvgen.model, "_hub_cached", lambda repo_id: repo_id == "owner/name")
+    source = resolve_model_source("owner/name")
+    assert cvgen.model._from_pretrained(Loader, source, "config", trust_remote_code=False)
+    assert seen == [{"trust_remote_code": False, "local_files_only": True}]
+    monkeypatch.setenv("HF_ENDPOINT", "http://localhost:9")  # probed once per endpoint
+    with pytest.raises(ModelError, match="^offline: cannot fetch other/model; pass a local"):
+        cvgen.model._from_pretrained(
+            Loader, resolve_model_source("other/model"), "config", trust_remote_code=False
+        )
+    assert set(cvgen.model._hub_offline) == {"http://127.0.0.1:9", "http://localhost:9"}

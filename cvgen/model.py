@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cvgen.errors import CvgenError
+from cvgen.gguf_io import read_gguf_header
 
 HUB_ID_PATTERN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -293,7 +294,9 @@ def _from_pretrained(
     loader: Any, source: ModelSource, what: str, *, trust_remote_code: bool, **extra: Any
 ) -> Any:
     """Call a transformers `from_pretrained` for `source`; failures become a `ModelError`.
-    A hub id fails at once, in one line, when the hub cannot be reached and the cache lacks it."""
+    A .gguf file is first checked to be whole (`read_gguf_header`). A hub id fails at once, in one line, when the hub cannot be reached and the cache lacks it."""
+    if source.kind == "gguf":
+        read_gguf_header(Path(source.location))  # a truncated file fails here, named
     offline = _offline_kwargs(source)
     try:
         return loader.from_pretrained(

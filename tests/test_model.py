@@ -303,3 +303,50 @@ def test_a_cached_hub_id_loads_offline_without_asking_the_hub(
             Loader, resolve_model_source("other/model"), "config", trust_remote_code=False
         )
     assert set(cvgen.model._hub_offline) == {"http://127.0.0.1:9", "http://localhost:9"}
+
+
+def test_a_truncated_model_gguf_is_named_by_every_command(tmp_path: Path, pico_llama: Path) -> None:
+    """The first bytes of a model GGUF (cut in its tensor data, or in its header): every
+    command that reads a model file says, in one line, which file is not whole."""
+    from click.testing import CliRunner
+    from conftest import generate_pico_pack
+
+    from cvgen.cli import main
+
+    pack = tmp_path / "pack"
+    generate_pico_pack(pico_llama, pack, axes=("language",))
+    vector = next(pack.glob("*__debias.gguf"))
+    whole = header_gguf(tmp_path / "whole.gguf").read_bytes()
+    cuts = {"tensor data": len(whole) - 100, "header": 200}
+    before = {p: p.read_bytes() for p in pack.iterdir()}
+    for where, size in cuts.items():
+        model = tmp_path / f"cut-in-{where.replace(' ', '-')}.gguf"
+        model.write_bytes(whole[:size])
+        wanted = (
+            f"{model}: truncated: {size} bytes, but its tensor data ends at byte {len(whole)}"
+            if where == "tensor data"
+            else f"{model}: truncated or damaged: its GGUF header does not fit in its {size} bytes"
+        )
+        runs = {
+            "generate": ["generate", "-m", str(model), "-a", "language", "-o", str(tmp_path / "o")],
+            "inspect": ["inspect", str(vector), "--model", str(model)],
+            "commands": [
+                "commands",
+                str(pack),
+                "--set",
+                "language=0.5",
+                "--model-path",
+                str(model),
+            ],
+            "compare": ["compare", str(pack), "--model", str(model)],
+            "eval": ["eval", str(pack), "--model", str(model), "--backend", "hf", "--no-store"],
+        }
+        for command, arguments in runs.items():
+            result = CliRunner().invoke(main, arguments)
+            assert result.exit_code == 1, (command, result.output)
+            assert result.output.startswith(f"Error: {wanted}"), (command, result.output)
+            assert result.output.count("\n") == 1 and "not a whole GGUF file" in result.output
+            assert "unexpected" not in result.output
+        assert model.read_bytes() == whole[:size]
+    assert {p: p.read_bytes() for p in pack.iterdir()} == before
+    assert not (tmp_path / "o").exists()

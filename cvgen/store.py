@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,8 +34,14 @@ import numpy as np
 
 from cvgen.errors import CvgenError
 
+log = logging.getLogger(__name__)
+
 STORE_FORMAT = 1
 DIGEST_BYTES = 32  # one SHA-256 per row in `<key>.digests`
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 class StoreError(CvgenError, RuntimeError):
@@ -190,7 +197,10 @@ class StateArray:
         if texts is not None and len(texts) != n:
             raise StoreError(f"{array.data_path}: {len(texts)} texts for {n} rows")
         root.mkdir(parents=True, exist_ok=True)
-        if array.data_path.exists() and array.done_path.exists():
+        damage = array.damage() if array.data_path.exists() else None
+        if damage is not None:
+            log.warning("%s: damaged (%s); re-collecting this array", array.data_path, damage)
+        if array.data_path.exists() and array.done_path.exists() and damage is None:
             array._check_existing()
         else:
             sidecar = row_digests(texts) if texts is not None and family is not None else None
@@ -205,8 +215,39 @@ class StateArray:
         array = cls(root=root, key=key, n=n, blocks=tuple(blocks), width=width)
         if not (array.data_path.is_file() and array.done_path.is_file()):
             return None
+        damage = array.damage()
+        if damage is not None:
+            raise StoreError(
+                f"{array.data_path}: damaged ({damage}); run the collection that made it again "
+                "(it re-collects this array), or delete it"
+            )
         array._check_existing()
         return array
+
+    def damage(self) -> str | None:
+        """Why the array's files are not whole, or None when they are: the data file's .npy
+        header cannot be read, or the file is shorter than its header and shape say (a copy
+        or a disk cut short), or the done markers are not one byte per row."""
+        try:
+            with self.data_path.open("rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                if version not in _HEADER_READERS:
+                    return f"its .npy format version {version} is not one cvgen writes"
+                shape, _, dtype = _HEADER_READERS[version](handle)
+                header = handle.tell()
+            size = self.data_path.stat().st_size
+        except (OSError, ValueError, SyntaxError, TypeError) as error:
+            return f"its .npy header cannot be read: {_first_line(error)}"
+        needed = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if size < needed:
+            return f"{size} bytes, but its header and shape {list(shape)} need {needed}"
+        try:
+            done = self.done_path.stat().st_size
+        except FileNotFoundError:
+            return f"{self.done_path.name} is missing"
+        if done != self.n:
+            return f"{self.done_path.name} has {done} bytes for {self.n} rows"
+        return None
 
     def _create(
         self, description: dict[str, Any], *, family: ArrayFamily | None, digests: bytes | None
@@ -396,3 +437,8 @@ def reuse_stored_rows(targets: Sequence[StateArray]) -> int:
         _reuse_in_family(root, families[(root, name)], members)
         for (root, name), members in groups.items()
     )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -247,9 +247,12 @@ def test_generate_from_a_hub_cache_snapshot(tmp_path: Path, pico_llama: Path) ->
 @pytest.fixture
 def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     """The hub at a closed local port (nothing listens on 127.0.0.1:9), offline mode off."""
+    from huggingface_hub import constants
+
     import cvgen.model
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as read when first imported
     monkeypatch.delenv("HTTP_PROXY", raising=False)
     monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

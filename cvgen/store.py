@@ -21,10 +21,12 @@ the sidecar existed are never used as a source.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,17 +258,37 @@ class StateArray:
         an atomic rename) only once the others are whole, so its presence means a whole array."""
         shape = (len(self.blocks), self.n, self.width)
         tmp = self.data_path.with_suffix(".npy.part")
-        mapped = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        del mapped  # header written; the body stays sparse until rows arrive
-        _fsync_path(tmp)
-        meta = {**description, "shape": list(shape)}
-        if family is not None and digests is not None:
-            meta["family"] = family.to_json()
-            _write_synced(self.digests_path, digests)
-        _write_synced(self.meta_path, json.dumps(meta, indent=1).encode())
-        _write_synced(self.done_path, bytes(self.n))
-        os.replace(tmp, self.data_path)
+        try:
+            mapped = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+            del mapped  # header written; the body stays sparse until rows arrive
+            _fsync_path(tmp)
+            meta = {**description, "shape": list(shape)}
+            if family is not None and digests is not None:
+                meta["family"] = family.to_json()
+                _write_synced(self.digests_path, digests)
+            _write_synced(self.meta_path, json.dumps(meta, indent=1).encode())
+            _write_synced(self.done_path, bytes(self.n))
+            os.replace(tmp, self.data_path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            if error.errno == errno.ENOSPC:
+                raise self._disk_full(self.n) from None
+            raise
         _fsync_path(self.root)
+
+    def _disk_full(self, rows: int) -> StoreError:
+        """The one-line error for a full disk under the store: the array's data file, the
+        bytes its `rows` pending rows need and the bytes free there."""
+        needed = len(self.blocks) * rows * self.width * 4
+        try:
+            free = f"{shutil.disk_usage(self.root).free} bytes free there"
+        except OSError:
+            free = "free space unknown"
+        return StoreError(
+            f"{self.data_path}: disk full: the store needs {needed} more bytes for this "
+            f"array's {rows} pending rows, {free}; free some space or put the store on "
+            "another disk (--cache-dir, or --store for collect and solve)"
+        )
 
     def _check_existing(self) -> None:
         mapped = np.load(self.data_path, mmap_mode="r")
@@ -326,6 +348,10 @@ class StateArray:
                     offset = header + (block_pos * self.n + int(row)) * row_bytes
                     os.pwrite(data_fd, states[block_pos, col].tobytes(), offset)
             os.fsync(data_fd)  # the data is on disk before any of its rows is marked done
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise self._disk_full(int(self.pending_rows().size)) from None
+            raise
         finally:
             os.close(data_fd)
         done_fd = os.open(self.done_path, os.O_WRONLY)

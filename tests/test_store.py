@@ -211,3 +211,28 @@ def test_generate_recollects_only_a_truncated_store_array(tmp_path: Path, pico_l
     for name, directions in first.items():
         for block, vector in directions.items():
             np.testing.assert_allclose(again[name][block], vector, rtol=1e-4, atol=1e-5)
+
+
+def test_a_full_disk_under_the_store_names_the_file_and_the_bytes(
+    tmp_path: Path, pico_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.setattr(os, "pwrite", full)
+    code, output = _pico_generate(pico_llama, tmp_path / "pack", tmp_path / "store")
+    assert code == 1
+    lines = output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {tmp_path / 'store'}/"), output
+    data_file = Path(lines[0].removeprefix("Error: ").split(": disk full")[0])
+    blocks, rows, width = json.loads(data_file.with_suffix(".json").read_text())["shape"]
+    assert lines[0].startswith(
+        f"Error: {data_file}: disk full: the store needs {blocks * rows * width * 4} more bytes "
+        f"for this array's {rows} pending rows, "
+    )
+    assert " bytes free there; free some space or put the store on another disk" in output
+    assert "unexpected" not in output
+    assert not (tmp_path / "pack").exists() and (tmp_path / "notes.txt").read_text() == "mine"

@@ -173,8 +173,8 @@ class LlamaCppBackend:
                 f"--model {model}: the llama.cpp backend needs a .gguf model file; "
                 "use --backend hf for a transformers model"
             )
+        self.info = read_model_file_info(self.model)  # the input is checked before the binary
         self.binary = find_binary("llama-server")
-        self.info = read_model_file_info(self.model)
         self.n_layer = self.info.n_layer
         self.n_embd = self.info.n_embd
         self.top_k = top_k

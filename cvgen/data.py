@@ -71,11 +71,29 @@ def data_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def _read_json(path: Path) -> Any:
+def read_text_file(path: Path, what: str) -> str:
+    """The whole of a UTF-8 text file (a leading byte-order mark dropped); a one-line
+    `DataError` naming the file when it is missing, a folder, unreadable or not UTF-8 (with
+    the line and the first bad byte). `what` says what the file should be ("an axis file")."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not {what}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
+
+
+def _read_json(path: Path, what: str = "a JSON file") -> Any:
+    try:
+        return json.loads(read_text_file(path, what))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
@@ -180,8 +198,11 @@ def load_axis(name_or_path: str) -> Axis:
     """Load a shipped axis by name, or a user's axis file by path (ending in .json)."""
     candidate = Path(name_or_path).expanduser()
     if name_or_path.endswith(".json") or candidate.is_file():
-        return parse_axis(candidate, _read_json(candidate), default_name=candidate.stem)
+        raw = _read_json(candidate, "an axis .json file")
+        return parse_axis(candidate, raw, default_name=candidate.stem)
     path = data_root() / "axes" / f"{name_or_path}.json"
+    if not path.is_file() and candidate.is_dir():
+        raise DataError(f"--axis {name_or_path}: is a folder, not an axis .json file")
     if not path.is_file():
         raise DataError(
             f"unknown axis '{name_or_path}'; shipped axes: {', '.join(shipped_axis_names())} "
@@ -221,23 +242,44 @@ def _pick_column(source: str, columns: Sequence[str], column: str | None) -> str
     )
 
 
+def _column_prompts(source: str, records: Sequence[Any], column: str | None) -> tuple[str, ...]:
+    """The prompts in one column of the `Record`s of local files (see `cvgen.prompt_files`);
+    a value that is not text is refused naming its file and line."""
+    columns: dict[str, None] = {}
+    for record in records:
+        columns.update(dict.fromkeys(record.values))
+    chosen = _pick_column(source, list(columns), column)
+    items = []
+    for record in records:
+        value = record.values.get(chosen)
+        if value is not None and not isinstance(value, str):
+            raise DataError(
+                f"{record.file}: {record.where}: column '{chosen}' is "
+                f"{type(value).__name__}, not text"
+            )
+        items.append(value)
+    return _clean_prompts(source, items, f"column '{chosen}'")
+
+
+def _load_local(source: str, path: Path, column: str | None) -> tuple[str, ...]:
+    """Prompts from a local .jsonl/.json/.csv/.parquet file or a folder of prompt files,
+    read by cvgen itself (never through `datasets`, so nothing lands in its cache)."""
+    from cvgen import prompt_files  # it builds on this module's DataError and reader
+
+    if path.is_dir():
+        return _column_prompts(source, prompt_files.read_prompt_folder(path), column)
+    if path.suffix.lower() == ".txt":
+        lines = read_text_file(path, "a prompts file").splitlines()
+        return _clean_prompts(source, lines, "lines")
+    return _column_prompts(source, prompt_files.read_prompt_file(path), column)
+
+
 def _load_with_datasets(source: str, split: str, column: str | None) -> tuple[str, ...]:
+    """Prompts from a Hugging Face dataset name, loaded with `datasets`."""
     import datasets  # imported lazily: it is slow to import
 
-    path = Path(source).expanduser()
-    builders = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-    if path.is_file() and path.suffix.lower() not in builders:
-        raise DataError(
-            f"{source}: unsupported prompt file type '{path.suffix}'; "
-            "use .txt, .jsonl, .json, .csv or .parquet"
-        )
     try:
-        if path.is_file():
-            table = datasets.load_dataset(
-                builders[path.suffix.lower()], data_files=str(path), split="train"
-            )
-        else:
-            table = datasets.load_dataset(source, split=split)
+        table = datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types (network, hub, parse errors)
         detail = " ".join(str(exc).split())[:300]
         raise DataError(f"{source}: cannot load prompts ({type(exc).__name__}: {detail})") from None
@@ -252,7 +294,9 @@ def load_writing_prompts(
 
     `source` None: the shipped list. A path ending in .txt: one prompt per line. .jsonl, .json,
     .csv, .parquet: a column of the file (`column`, or the first of prompt/text/instruction/...).
+    A local folder: the rows of every such file in it (one format per folder), in path order.
     Anything else: a Hugging Face dataset name, loaded with `datasets` (`split`, `column`).
+    Local files are parsed by cvgen, so an error names the file and the line.
     """
     if source is None:
         path = data_root() / "writing_prompts.txt"
@@ -261,10 +305,17 @@ def load_writing_prompts(
         return _clean_prompts(str(path), path.read_text(encoding="utf-8").splitlines(), "lines")
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
-    if suffix in PROMPT_FILE_SUFFIXES and not path.is_file():
-        raise DataError(f"{source}: file not found")
-    if suffix == ".txt":
-        return _clean_prompts(source, path.read_text(encoding="utf-8").splitlines(), "lines")
+    if path.is_dir():
+        return _load_local(source, path, column)
+    if path.is_file() and suffix not in PROMPT_FILE_SUFFIXES:
+        raise DataError(
+            f"{source}: unsupported prompt file type '{path.suffix}'; "
+            "use .txt, .jsonl, .json, .csv or .parquet"
+        )
+    if suffix in PROMPT_FILE_SUFFIXES:
+        if not path.exists():
+            raise DataError(f"{source}: file not found")
+        return _load_local(source, path, column)
     return _load_with_datasets(source, split, column)
 
 

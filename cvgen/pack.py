@@ -7,6 +7,7 @@ failed run leaves either the previous pack or nothing, never a half-written one.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -391,28 +392,60 @@ def write_pack(
     staging = out.parent / f".{out.name}.part-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    texts = {
+        SAMPLES_NAME: "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples),
+        MANIFEST_NAME: json.dumps(manifest, indent=2) + "\n",
+        README_NAME: readme,
+        **(extra_texts or {}),
+    }
+    current = staging
     try:
         for axis, roles in vectors.items():
             for role, directions in roles.items():
+                current = staging / manifest["axes"][axis]["files"][role]
                 write_control_vector(
-                    staging / manifest["axes"][axis]["files"][role],
+                    current,
                     directions,
                     model_hint=manifest["model"]["hint"],
                     metadata=file_metadata[axis][role],
                 )
-        with (staging / SAMPLES_NAME).open("w", encoding="utf-8") as handle:
-            for row in samples:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (staging / MANIFEST_NAME).write_text(
-            json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
-        )
-        (staging / README_NAME).write_text(readme, encoding="utf-8")
-        for name, text in (extra_texts or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
+        for name, text in texts.items():
+            current = staging / name
+            current.write_text(text, encoding="utf-8")
         _swap_into_place(staging, out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise disk_full_error(
+                f"--out {out}: disk full writing {current.name}",
+                needed=_pack_bytes(vectors, texts.values()),
+                where=out.parent,
+            ) from None
         raise
+
+
+GGUF_FILE_OVERHEAD = 4096  # bytes of header, metadata and alignment per vector file, at most
+
+
+def _pack_bytes(
+    vectors: Mapping[str, Mapping[str, Mapping[int, np.ndarray]]], texts: Iterable[str]
+) -> int:
+    """About how many bytes a pack takes: its vectors, a GGUF header each, and its texts."""
+    files = [directions for roles in vectors.values() for directions in roles.values()]
+    arrays = sum(int(np.asarray(v).size) * 4 for d in files for v in d.values())
+    return arrays + GGUF_FILE_OVERHEAD * len(files) + sum(len(t.encode()) for t in texts)
+
+
+def disk_full_error(context: str, *, needed: int, where: Path) -> PackError:
+    """The one-line error for a full disk: what was being written, the bytes it needs and
+    the bytes free on that disk."""
+    try:
+        free = f"{shutil.disk_usage(where).free} bytes free there"
+    except OSError:
+        free = "free space unknown"
+    return PackError(
+        f"{context}: needs about {needed} bytes, {free}; free some space or write elsewhere"
+    )
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

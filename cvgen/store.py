@@ -21,9 +21,12 @@ the sidecar existed are never used as a source.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +36,14 @@ import numpy as np
 
 from cvgen.errors import CvgenError
 
+log = logging.getLogger(__name__)
+
 STORE_FORMAT = 1
 DIGEST_BYTES = 32  # one SHA-256 per row in `<key>.digests`
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 class StoreError(CvgenError, RuntimeError):
@@ -190,7 +199,10 @@ class StateArray:
         if texts is not None and len(texts) != n:
             raise StoreError(f"{array.data_path}: {len(texts)} texts for {n} rows")
         root.mkdir(parents=True, exist_ok=True)
-        if array.data_path.exists() and array.done_path.exists():
+        damage = array.damage() if array.data_path.exists() else None
+        if damage is not None:
+            log.warning("%s: damaged (%s); re-collecting this array", array.data_path, damage)
+        if array.data_path.exists() and array.done_path.exists() and damage is None:
             array._check_existing()
         else:
             sidecar = row_digests(texts) if texts is not None and family is not None else None
@@ -205,8 +217,39 @@ class StateArray:
         array = cls(root=root, key=key, n=n, blocks=tuple(blocks), width=width)
         if not (array.data_path.is_file() and array.done_path.is_file()):
             return None
+        damage = array.damage()
+        if damage is not None:
+            raise StoreError(
+                f"{array.data_path}: damaged ({damage}); run the collection that made it again "
+                "(it re-collects this array), or delete it"
+            )
         array._check_existing()
         return array
+
+    def damage(self) -> str | None:
+        """Why the array's files are not whole, or None when they are: the data file's .npy
+        header cannot be read, or the file is shorter than its header and shape say (a copy
+        or a disk cut short), or the done markers are not one byte per row."""
+        try:
+            with self.data_path.open("rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                if version not in _HEADER_READERS:
+                    return f"its .npy format version {version} is not one cvgen writes"
+                shape, _, dtype = _HEADER_READERS[version](handle)
+                header = handle.tell()
+            size = self.data_path.stat().st_size
+        except (OSError, ValueError, SyntaxError, TypeError) as error:
+            return f"its .npy header cannot be read: {_first_line(error)}"
+        needed = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if size < needed:
+            return f"{size} bytes, but its header and shape {list(shape)} need {needed}"
+        try:
+            done = self.done_path.stat().st_size
+        except FileNotFoundError:
+            return f"{self.done_path.name} is missing"
+        if done != self.n:
+            return f"{self.done_path.name} has {done} bytes for {self.n} rows"
+        return None
 
     def _create(
         self, description: dict[str, Any], *, family: ArrayFamily | None, digests: bytes | None
@@ -215,17 +258,37 @@ class StateArray:
         an atomic rename) only once the others are whole, so its presence means a whole array."""
         shape = (len(self.blocks), self.n, self.width)
         tmp = self.data_path.with_suffix(".npy.part")
-        mapped = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        del mapped  # header written; the body stays sparse until rows arrive
-        _fsync_path(tmp)
-        meta = {**description, "shape": list(shape)}
-        if family is not None and digests is not None:
-            meta["family"] = family.to_json()
-            _write_synced(self.digests_path, digests)
-        _write_synced(self.meta_path, json.dumps(meta, indent=1).encode())
-        _write_synced(self.done_path, bytes(self.n))
-        os.replace(tmp, self.data_path)
+        try:
+            mapped = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+            del mapped  # header written; the body stays sparse until rows arrive
+            _fsync_path(tmp)
+            meta = {**description, "shape": list(shape)}
+            if family is not None and digests is not None:
+                meta["family"] = family.to_json()
+                _write_synced(self.digests_path, digests)
+            _write_synced(self.meta_path, json.dumps(meta, indent=1).encode())
+            _write_synced(self.done_path, bytes(self.n))
+            os.replace(tmp, self.data_path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            if error.errno == errno.ENOSPC:
+                raise self._disk_full(self.n) from None
+            raise
         _fsync_path(self.root)
+
+    def _disk_full(self, rows: int) -> StoreError:
+        """The one-line error for a full disk under the store: the array's data file, the
+        bytes its `rows` pending rows need and the bytes free there."""
+        needed = len(self.blocks) * rows * self.width * 4
+        try:
+            free = f"{shutil.disk_usage(self.root).free} bytes free there"
+        except OSError:
+            free = "free space unknown"
+        return StoreError(
+            f"{self.data_path}: disk full: the store needs {needed} more bytes for this "
+            f"array's {rows} pending rows, {free}; free some space or put the store on "
+            "another disk (--cache-dir, or --store for collect and solve)"
+        )
 
     def _check_existing(self) -> None:
         mapped = np.load(self.data_path, mmap_mode="r")
@@ -285,6 +348,10 @@ class StateArray:
                     offset = header + (block_pos * self.n + int(row)) * row_bytes
                     os.pwrite(data_fd, states[block_pos, col].tobytes(), offset)
             os.fsync(data_fd)  # the data is on disk before any of its rows is marked done
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise self._disk_full(int(self.pending_rows().size)) from None
+            raise
         finally:
             os.close(data_fd)
         done_fd = os.open(self.done_path, os.O_WRONLY)
@@ -407,3 +474,8 @@ def reuse_stored_rows(targets: Sequence[StateArray]) -> int:
         _reuse_in_family(root, families[(root, name)], members)
         for (root, name), members in groups.items()
     )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

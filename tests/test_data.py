@@ -160,3 +160,146 @@ def test_missing_shipped_prompts_are_a_one_line_error(
         f"{tmp_path / 'writing_prompts.txt'}: the shipped writing prompts are missing; "
         "reinstall cvgen"
     )
+
+
+# ------------------------------------------------------- bad files through the CLI (issue 12)
+
+
+def _generate_refuses(tmp_path: Path, *options: str) -> str:
+    """Run `cvgen generate` with `options` on a model that need not exist (the data is read
+    first): exit 1, one line, nothing written; returns the line."""
+    from click.testing import CliRunner
+
+    from cvgen.cli import main
+
+    out = tmp_path / "never-written"
+    arguments = ["generate", "-m", str(tmp_path / "absent.gguf"), "-o", str(out), *options]
+    inputs = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: "), result.output
+    assert "unexpected" not in result.output and "datasets" not in result.output
+    assert not out.exists()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == inputs
+    return result.output.removeprefix("Error: ").rstrip("\n")
+
+
+def test_non_utf8_and_folder_axis_files_name_the_file(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"classes": ["a", "b"],\n "data": [["caf\xe9", "tea"]]}')
+    assert _generate_refuses(tmp_path, "-a", str(latin)) == (
+        f"{latin}: line 2: not UTF-8 text (byte 0xe9 at offset 39); save the file as UTF-8"
+    )
+    folder = tmp_path / "my-axes"
+    folder.mkdir()
+    assert _generate_refuses(tmp_path, "-a", str(folder)) == (
+        f"--axis {folder}: is a folder, not an axis .json file"
+    )
+    named_json = tmp_path / "odd.json"
+    named_json.mkdir()
+    assert _generate_refuses(tmp_path, "-a", str(named_json)) == (
+        f"{named_json}: is a folder, not an axis .json file"
+    )
+    bom = tmp_path / "bom.json"  # a byte-order mark, as some editors write, is fine
+    bom.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"classes": ["a", "b"], "data": [["x", "y"]]}).encode()
+    )
+    assert load_axis(str(bom)).pairs == (("x", "y"),)
+
+
+def test_non_utf8_prompts_name_the_file_and_line(tmp_path: Path) -> None:
+    for suffix in (".txt", ".jsonl", ".csv"):
+        prompts = tmp_path / f"prompts{suffix}"
+        prompts.write_bytes(b"prompt\nWrite a poem.\nWrite about na\xefve art.\n")
+        assert _generate_refuses(tmp_path, "-a", "language", "--prompts", str(prompts)) == (
+            f"{prompts}: line 3: not UTF-8 text (byte 0xef at offset 35); save the file as UTF-8"
+        )
+
+
+@pytest.fixture
+def no_datasets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """`datasets.load_dataset` fails the test if called; returns the datasets cache folder
+    (under the isolated HF_HOME) that must stay absent."""
+    import datasets
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"datasets.load_dataset called with {args}")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    return tmp_path / "hf-home" / "datasets"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "p.jsonl",
+            '{"prompt": "Write a fable."}\n\n{"prompt": "Write a song.",}\n',
+            "p.jsonl: line 3: not valid JSON (Expecting property name enclosed in double quotes "
+            "at column 28)",
+        ),
+        ("p.jsonl", '{"prompt": "a"}\n["b"]\n', "p.jsonl: line 2: is an array, not a JSON object"),
+        (
+            "p.jsonl",
+            '{"prompt": "a"}\n{"prompt": 7}\n',
+            "p.jsonl: line 2: column 'prompt' is int, not text",
+        ),
+        (
+            "p.csv",
+            'prompt,id\n"Write a fable.",1\nWrite, a song,2\n',
+            "p.csv: line 3: 3 fields, but the header names 2",
+        ),
+        (
+            "p.csv",
+            'prompt\n"Write a fable.\n',
+            "p.csv: line 2: not valid CSV (a quoted field is never closed)",
+        ),
+        (
+            "p.json",
+            '[{"prompt": "a"}, "b"]',
+            "p.json: item 2 of the array is a string, not a JSON object",
+        ),
+        (
+            "p.json",
+            '{"prompt": "a",\n "id": }',
+            "p.json: line 2: not valid JSON (Expecting value at column 8)",
+        ),
+        ("p.parquet", "not parquet at all", "p.parquet: not a readable Parquet file"),
+    ],
+)
+def test_unreadable_prompt_files_name_the_file_and_line(
+    tmp_path: Path, no_datasets: Path, name: str, content: str, message: str
+) -> None:
+    path = tmp_path / "data" / name
+    path.parent.mkdir()
+    path.write_text(content)
+    line = _generate_refuses(tmp_path, "-a", "language", "--prompts", str(path))
+    assert line.startswith(f"{path.parent}/{message}"), line
+    assert not no_datasets.exists()
+
+
+def test_prompt_folders_are_read_file_by_file(tmp_path: Path, no_datasets: Path) -> None:
+    folder = tmp_path / "prompts"
+    (folder / "more").mkdir(parents=True)
+    (folder / "a.jsonl").write_text('{"text": "Write a fable."}\n{"text": "Write a song."}\n')
+    (folder / "more" / "b.jsonl").write_text('{"text": "Write a letter."}\n')
+    (folder / ".hidden.jsonl").write_text("not json")
+    assert load_writing_prompts(str(folder)) == (
+        "Write a fable.",
+        "Write a song.",
+        "Write a letter.",
+    )
+    (folder / "more" / "c.jsonl").write_text('{"text": "Write a poem."}\n{"text": "x"\n')
+    line = _generate_refuses(tmp_path, "-a", "language", "--prompts", str(folder))
+    assert (
+        line
+        == f"{folder / 'more' / 'c.jsonl'}: line 2: not valid JSON (Expecting ',' delimiter at column 13)"
+    )
+    (folder / "d.csv").write_text("text\nWrite a play.\n")
+    assert _generate_refuses(tmp_path, "-a", "language", "--prompts", str(folder)) == (
+        f"{folder}: the folder holds .csv and .jsonl files; keep one format per folder"
+    )
+    columns = tmp_path / "columns.json"
+    columns.write_text(json.dumps({"prompt": ["Write a fable.", None, "Write a song."]}))
+    assert load_writing_prompts(str(columns)) == ("Write a fable.", "Write a song.")
+    assert not no_datasets.exists()

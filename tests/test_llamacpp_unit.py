@@ -192,7 +192,10 @@ def test_model_header_errors_name_the_file(tmp_path: Path) -> None:
     good = model_gguf(tmp_path / "m.gguf", n_embd=48, n_layer=7).read_bytes()
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(good[:60])
-    with pytest.raises(ControlVectorError, match=r"cut\.gguf: not a valid GGUF file"):
+    with pytest.raises(
+        ControlVectorError,
+        match=r"cut\.gguf: truncated or damaged: its GGUF header does not fit in its 60 bytes",
+    ):
         read_model_file_info(truncated)
     text = tmp_path / "notes.gguf"
     text.write_text("hello")

@@ -144,3 +144,39 @@ def test_manifest_records_the_absolute_model_path(
     result = generate_pack(_settings(Path(pico_llama.name)), tmp_path / "pack", show_progress=False)
     assert result.manifest["model"]["source"] == str(pico_llama)
     assert result.manifest["model"]["spec"] == pico_llama.name
+
+
+def test_a_full_disk_while_writing_the_pack_names_it_and_keeps_the_old_pack(
+    pico_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from conftest import generate_pico_pack
+
+    import cvgen.pack
+
+    pack = tmp_path / "pack"
+    generate_pico_pack(pico_llama, pack, axes=("language",))
+    before = {p.name: p.read_bytes() for p in pack.iterdir()}
+    calls: list[Path] = []
+
+    def full(path: Path, *args: object, **kwargs: object) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_control_vector(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cvgen.pack, "write_control_vector", full)
+    arguments = ["generate", "--model", str(pico_llama), "--samples", "12", "--tau", "0"]
+    arguments += ["-a", "language", "-o", str(pack), "-q", "--cache-dir", str(tmp_path / "store")]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1, result.output
+    assert result.output.startswith(
+        f"Error: --out {pack}: disk full writing {calls[1].name}: needs about "
+    ), result.output
+    needed = int(result.output.split("needs about ")[1].split()[0])
+    assert needed > sum(len(data) for data in before.values()) // 2
+    assert " bytes free there; free some space or write elsewhere" in result.output
+    assert {p.name: p.read_bytes() for p in pack.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pack", "store"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvgen.store import ArrayFamily, StateArray, reuse_stored_rows, row_digests
+from cvgen.store import ArrayFamily, StateArray, StoreError, reuse_stored_rows, row_digests
 
 FAMILY = ArrayFamily(
     model_identity="model-a", dtype="float32", quantization="none", blocks=(0, 2), width=3
@@ -151,3 +151,88 @@ def test_a_target_without_a_sidecar_is_left_alone(tmp_path: Path) -> None:
     legacy = _open(tmp_path, "legacy", ["a"], family=None)
     assert reuse_stored_rows([legacy]) == 0
     assert legacy.pending_rows().tolist() == [0]
+
+
+def test_a_damaged_array_is_named_and_recreated_and_a_whole_one_kept(tmp_path: Path) -> None:
+    texts = ["a", "b", "c"]
+    array = _open(tmp_path, "k", texts)
+    array.write_rows([0, 1, 2], np.ones((2, 3, 3), dtype=np.float32))
+    assert array.damage() is None
+    whole = array.data_path.read_bytes()
+    array.data_path.write_bytes(whole[:-8])
+    assert (
+        array.damage()
+        == f"{len(whole) - 8} bytes, but its header and shape [2, 3, 3] need {len(whole)}"
+    )
+    with pytest.raises(
+        StoreError, match=rf"k\.npy: damaged \({len(whole) - 8} bytes.*or delete it"
+    ):
+        StateArray.open_existing(tmp_path, "k", n=3, blocks=FAMILY.blocks, width=FAMILY.width)
+    array.data_path.write_bytes(b"\x93NUMPY\x01\x00garbage")
+    assert (array.damage() or "").startswith("its .npy header cannot be read")
+    reopened = _open(tmp_path, "k", texts)
+    assert reopened.damage() is None and reopened.pending_rows().tolist() == [0, 1, 2]
+    assert reopened.row_digests() == row_digests(texts)
+    reopened.done_path.write_bytes(b"\x01")
+    assert reopened.damage() == "k.done has 1 bytes for 3 rows"
+
+
+def _pico_generate(model: Path, out: Path, store: Path) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from cvgen.cli import main
+
+    arguments = ["generate", "-m", str(model), "-a", "language", "-n", "6", "--tau", "0"]
+    result = CliRunner().invoke(main, [*arguments, "-o", str(out), "--cache-dir", str(store), "-q"])
+    return result.exit_code, result.output
+
+
+def test_generate_recollects_only_a_truncated_store_array(tmp_path: Path, pico_llama: Path) -> None:
+    """A .npy of the store cut short (a full disk, a broken copy): the next run says which
+    file, re-collects that array alone, and makes the same vectors."""
+    from cvgen.gguf_io import read_control_vector
+
+    store, out = tmp_path / "store", tmp_path / "pack"
+    code, output = _pico_generate(pico_llama, out, store)
+    assert code == 0, output
+    first = {p.name: read_control_vector(p).directions for p in out.glob("*.gguf")}
+    metas = {json.loads(p.read_text())["array"]: p for p in store.glob("*.json")}
+    damaged = metas["baseline"].with_suffix(".npy")
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    others = {p: p.read_bytes() for p in store.iterdir() if p.stem != damaged.stem}
+    code, output = _pico_generate(pico_llama, out, store)
+    assert code == 0, output
+    assert f"cvgen: {damaged}: damaged (1000 bytes, but its header and shape" in output
+    assert "re-collecting this array" in output
+    assert "prompts run: 6 in" in output and "reused from the store: 12" in output
+    assert {p: p.read_bytes() for p in others} == others  # the other arrays are untouched
+    again = {p.name: read_control_vector(p).directions for p in out.glob("*.gguf")}
+    assert again.keys() == first.keys()
+    for name, directions in first.items():
+        for block, vector in directions.items():
+            np.testing.assert_allclose(again[name][block], vector, rtol=1e-4, atol=1e-5)
+
+
+def test_a_full_disk_under_the_store_names_the_file_and_the_bytes(
+    tmp_path: Path, pico_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.setattr(os, "pwrite", full)
+    code, output = _pico_generate(pico_llama, tmp_path / "pack", tmp_path / "store")
+    assert code == 1
+    lines = output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {tmp_path / 'store'}/"), output
+    data_file = Path(lines[0].removeprefix("Error: ").split(": disk full")[0])
+    blocks, rows, width = json.loads(data_file.with_suffix(".json").read_text())["shape"]
+    assert lines[0].startswith(
+        f"Error: {data_file}: disk full: the store needs {blocks * rows * width * 4} more bytes "
+        f"for this array's {rows} pending rows, "
+    )
+    assert " bytes free there; free some space or put the store on another disk" in output
+    assert "unexpected" not in output
+    assert not (tmp_path / "pack").exists() and (tmp_path / "notes.txt").read_text() == "mine"

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from cvgen.errors import CvgenError
+from cvgen.files import not_regular_message
 
 HUB_ID_PATTERN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -97,6 +98,9 @@ def resolve_model_source(spec: str) -> ModelSource:
     """Classify `spec`: a path to a .gguf file, a local model folder, or a hub id."""
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf"):
+        irregular = not_regular_message(path)
+        if irregular is not None:
+            raise ModelError(f"--model: {irregular}")
         if not path.is_file():
             raise ModelError(f"--model: GGUF file not found: {spec}")
         return ModelSource(spec, "gguf", str(path.resolve().parent), path.name)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cvgen.errors import CvgenError
+from cvgen.messages import json_error_text, plural
 
 AXIS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
@@ -77,7 +78,7 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise DataError(f"{path}: not valid JSON ({json_error_text(exc)})") from None
 
 
 def _string_list(path: Path, field: str, value: Any) -> tuple[str, ...]:
@@ -111,17 +112,32 @@ def shipped_axis_names() -> list[str]:
 def _check_pair(path: Path, index: int, pair: Any) -> tuple[str, str]:
     field = f"data[{index}]"
     if not isinstance(pair, list) or len(pair) != 2:
-        got = f"{len(pair)} items" if isinstance(pair, list) else type(pair).__name__
+        got = plural(len(pair), "item") if isinstance(pair, list) else _json_type(pair)
         raise DataError(f"{path}: field '{field}' has {got}; expected [negative, positive]")
     sides: list[str] = []
-    for side, text in zip(("negative", "positive"), pair, strict=False):
-        cleaned = text.strip().rstrip(".").rstrip() if isinstance(text, str) else ""
+    for position, (side, text) in enumerate(zip(("negative", "positive"), pair, strict=True)):
+        if not isinstance(text, str):
+            raise DataError(
+                f"{path}: field '{field}[{position}]' is {_json_type(text)}, not a string; "
+                f"expected the {side} continuation"
+            )
+        cleaned = text.strip().rstrip(".").rstrip()
         if not cleaned:
-            raise DataError(f"{path}: field '{field}' has an empty {side} continuation")
+            raise DataError(f"{path}: field '{field}[{position}]' is an empty {side} continuation")
         sides.append(cleaned)  # the period is added when the sentence is built
     if sides[0] == sides[1]:
         raise DataError(f"{path}: field '{field}' has the same text on both sides: '{sides[0]}'")
     return sides[0], sides[1]
+
+
+def _json_type(value: Any) -> str:
+    """A parsed JSON value described for a message: "the number 1", "null", "a list", ..."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return f"the number {json.dumps(value)}"
+    names: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
@@ -255,6 +271,11 @@ def load_writing_prompts(
     Anything else: a Hugging Face dataset name, loaded with `datasets` (`split`, `column`).
     """
     if source is None:
+        if column is not None:
+            raise DataError(
+                f"--prompts-column {column}: applies only to a --prompts file or dataset, "
+                "and none is given"
+            )
         path = data_root() / "writing_prompts.txt"
         if not path.is_file():
             raise DataError(f"{path}: the shipped writing prompts are missing; reinstall cvgen")
@@ -263,6 +284,11 @@ def load_writing_prompts(
     suffix = path.suffix.lower()
     if suffix in PROMPT_FILE_SUFFIXES and not path.is_file():
         raise DataError(f"{source}: file not found")
+    if suffix == ".txt" and column is not None:
+        raise DataError(
+            f"--prompts-column {column}: does not apply to {source}, a .txt file holds one "
+            "prompt per line; drop the option"
+        )
     if suffix == ".txt":
         return _clean_prompts(source, path.read_text(encoding="utf-8").splitlines(), "lines")
     return _load_with_datasets(source, split, column)

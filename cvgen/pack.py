@@ -22,7 +22,7 @@ import numpy as np
 from cvgen.commands import CommandError, preset_selection, vector_arguments
 from cvgen.errors import CvgenError
 from cvgen.gguf_io import write_control_vector
-from cvgen.messages import longest_backtick_run, markdown_code, markdown_text
+from cvgen.messages import json_error_text, longest_backtick_run, markdown_code, markdown_text
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def load_manifest(pack: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise PackError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise PackError(f"{path}: not valid JSON ({json_error_text(exc)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != PACK_FORMAT:
         raise PackError(f"{path}: field 'format' is not '{PACK_FORMAT}'")
     check_manifest(manifest, str(path))

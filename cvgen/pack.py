@@ -23,6 +23,7 @@ from cvgen.commands import CommandError, preset_selection, vector_arguments
 from cvgen.errors import CvgenError
 from cvgen.gguf_io import write_control_vector
 from cvgen.messages import json_error_text, longest_backtick_run, markdown_code, markdown_text
+from cvgen.prompts import PLAIN_FORMAT, PROMPT_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ ROLES = ("debias", "negative", "positive")
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # what `vector_file_names` can produce: safe_name characters, never a leading '.' or '-'
 VECTOR_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\.gguf")
-PROMPT_FORMATS = ("chat-template", "plain")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -262,6 +262,7 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
         f"of {md(model['n_layer'])} (hidden size {md(model['n_embd'])}).",
         "",
         "Block k's vector is stored as `direction.k`: llama.cpp adds it to the output of block k.",
+        *_prompt_format_line(manifest),
         *_llama_cpp_line(manifest),
         "",
         "| axis | negative | positive | description | files |",
@@ -294,6 +295,16 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
         "",
     ]
     return "\n".join(lines)
+
+
+def _prompt_format_line(manifest: Mapping[str, Any]) -> list[str]:
+    """A note when the prompts were plain text because the model has no chat template."""
+    if manifest.get("prompt_format") != PLAIN_FORMAT:
+        return []
+    return [
+        "The model has no chat template, so the prompts were given to it as plain text, not as "
+        "chat turns (`prompt_format: plain` in `pack.json`)."
+    ]
 
 
 def _safe_scale_lines(manifest: Mapping[str, Any]) -> list[str]:

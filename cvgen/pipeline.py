@@ -50,7 +50,13 @@ from cvgen.pack import (
     vector_file_names,
     write_pack,
 )
-from cvgen.prompts import check_system_turn, render_text, tokenize_texts
+from cvgen.prompts import (
+    PLAIN_FORMAT,
+    check_system_turn,
+    prompt_format,
+    render_text,
+    tokenize_texts,
+)
 from cvgen.sampler import SamplePlan, axis_texts, baseline_text, draw_samples
 from cvgen.settings import GenerateSettings, select_blocks
 from cvgen.shards import (
@@ -416,6 +422,13 @@ def _prepare(settings: GenerateSettings) -> _Run:
     # built before any model work, so that bad class names fail fast
     manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
     tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
+    manifest["prompt_format"] = prompt_format(tokenizer)
+    if manifest["prompt_format"] == PLAIN_FORMAT:
+        log.warning(
+            "%s has no chat template: its prompts are given as plain text, not chat turns "
+            "(recorded as prompt_format: plain in pack.json)",
+            source.spec,
+        )
     if settings.system_message:
         check_system_turn(tokenizer, source.spec)
     rendered = _render_all(inputs, tokenizer, system_turn=settings.system_message)

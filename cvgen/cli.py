@@ -37,6 +37,7 @@ from cvgen.gguf_io import (
     read_control_vector,
     read_model_file_info,
 )
+from cvgen.messages import plural
 from cvgen.pack import PackError, load_manifest
 from cvgen.settings import GenerateSettings, LayerSkip, option_flag
 from cvgen.solve import METHODS
@@ -178,7 +179,7 @@ def generate(
     rate = result.collected_prompts / collect_seconds if collect_seconds > 0 else 0.0
     per_sample = 1 + 2 * len(manifest["axes"])
     click.echo(
-        f"wrote {result.out}: {len(manifest['axes'])} axes x 3 files, blocks "
+        f"wrote {result.out}: {plural(len(manifest['axes']), 'axis', 'axes')} x 3 files, blocks "
         f"{manifest['layers'][0]}..{manifest['layers'][-1]}, in {elapsed:.1f} s"
         + (
             f" (model load {result.timings['load_model']:.1f} s)"
@@ -302,7 +303,7 @@ def solve(
         elapsed = time.perf_counter() - started
     manifest = result.manifest
     click.echo(
-        f"wrote {result.out}: {len(manifest['axes'])} axes x 3 files, blocks "
+        f"wrote {result.out}: {plural(len(manifest['axes']), 'axis', 'axes')} x 3 files, blocks "
         f"{manifest['layers'][0]}..{manifest['layers'][-1]}, from shards "
         f"{', '.join(manifest['shards'])}, in {elapsed:.1f} s"
     )
@@ -482,7 +483,7 @@ def _echo_eval_summary(report: dict[str, Any], pack: Path, *, stored: bool) -> N
             + f", safe scale -{safe['negative']['scale']:.2f} / +{safe['positive']['scale']:.2f}"
         )
     click.echo(
-        f"wrote {pack}/eval.md, eval.json and {len(report['axes'])} plots in "
+        f"wrote {pack}/eval.md, eval.json and {plural(len(report['axes']), 'plot')} in "
         f"{report['seconds']:.0f} s" + ("; safe scales stored in pack.json" if stored else "")
     )
 
@@ -739,7 +740,8 @@ def html_page(pack: Path, model_path: str | None, vector_dir: str | None) -> Non
     manifest = load_manifest(pack)
     path = write_page(pack, manifest, model_path=model_path, vector_dir=vector_dir)
     click.echo(
-        f"wrote {path}: {len(manifest['axes'])} axes, {len(manifest.get('presets') or {})} presets"
+        f"wrote {path}: {plural(len(manifest['axes']), 'axis', 'axes')}, "
+        f"{plural(len(manifest.get('presets') or {}), 'preset')}"
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cvgen.errors import CvgenError
+from cvgen.messages import json_error_text, plural
 
 AXIS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
@@ -95,7 +96,7 @@ def _read_json(path: Path, what: str = "a JSON file") -> Any:
     try:
         return json.loads(read_text_file(path, what))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise DataError(f"{path}: not valid JSON ({json_error_text(exc)})") from None
 
 
 def _string_list(path: Path, field: str, value: Any) -> tuple[str, ...]:
@@ -129,17 +130,32 @@ def shipped_axis_names() -> list[str]:
 def _check_pair(path: Path, index: int, pair: Any) -> tuple[str, str]:
     field = f"data[{index}]"
     if not isinstance(pair, list) or len(pair) != 2:
-        got = f"{len(pair)} items" if isinstance(pair, list) else type(pair).__name__
+        got = plural(len(pair), "item") if isinstance(pair, list) else _json_type(pair)
         raise DataError(f"{path}: field '{field}' has {got}; expected [negative, positive]")
     sides: list[str] = []
-    for side, text in zip(("negative", "positive"), pair, strict=False):
-        cleaned = text.strip().rstrip(".").rstrip() if isinstance(text, str) else ""
+    for position, (side, text) in enumerate(zip(("negative", "positive"), pair, strict=True)):
+        if not isinstance(text, str):
+            raise DataError(
+                f"{path}: field '{field}[{position}]' is {_json_type(text)}, not a string; "
+                f"expected the {side} continuation"
+            )
+        cleaned = text.strip().rstrip(".").rstrip()
         if not cleaned:
-            raise DataError(f"{path}: field '{field}' has an empty {side} continuation")
+            raise DataError(f"{path}: field '{field}[{position}]' is an empty {side} continuation")
         sides.append(cleaned)  # the period is added when the sentence is built
     if sides[0] == sides[1]:
         raise DataError(f"{path}: field '{field}' has the same text on both sides: '{sides[0]}'")
     return sides[0], sides[1]
+
+
+def _json_type(value: Any) -> str:
+    """A parsed JSON value described for a message: "the number 1", "null", "a list", ..."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return f"the number {json.dumps(value)}"
+    names: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
@@ -299,12 +315,22 @@ def load_writing_prompts(
     Local files are parsed by cvgen, so an error names the file and the line.
     """
     if source is None:
+        if column is not None:
+            raise DataError(
+                f"--prompts-column {column}: applies only to a --prompts file or dataset, "
+                "and none is given"
+            )
         path = data_root() / "writing_prompts.txt"
         if not path.is_file():
             raise DataError(f"{path}: the shipped writing prompts are missing; reinstall cvgen")
         return _clean_prompts(str(path), path.read_text(encoding="utf-8").splitlines(), "lines")
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
+    if suffix == ".txt" and column is not None:
+        raise DataError(
+            f"--prompts-column {column}: does not apply to {source}, a .txt file holds one "
+            "prompt per line; drop the option"
+        )
     if path.is_dir():
         return _load_local(source, path, column)
     if path.is_file() and suffix not in PROMPT_FILE_SUFFIXES:

@@ -7,7 +7,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cvgen.messages import markdown_code, markdown_text
 from cvgen.pack import EVAL_PLOT_NAME as PLOT_NAME  # defined with the other pack files
+from cvgen.pack import safe_name
+
+md = markdown_text
+
+
+def plot_name(axis: str) -> str:
+    """The file name of an axis's plot: `eval-<axis>.png`, the axis name reduced to
+    [A-Za-z0-9._-] so that no name (`../x`) can place it outside the pack."""
+    return PLOT_NAME.format(axis=safe_name(axis))
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -54,7 +64,7 @@ def summary_table(report: Mapping[str, Any]) -> list[str]:
         slope = propensity.get("slope")
         controls = axis["controls"]
         lines.append(
-            f"| {name} ({axis['classes'][0]} / {axis['classes'][1]}) | {_slope_text(slope)} | "
+            f"| {md(name)} ({md(axis['classes'][0])} / {md(axis['classes'][1])}) | {_slope_text(slope)} | "
             f"{_number(slope['wrong_sign_fraction'], 2) if slope else 'n/a'} | "
             f"{_statistics_text(axis['statistics'])} | "
             f"{_number(axis['kl'][0])} / {_number(axis['kl'][-1])} | "
@@ -71,9 +81,9 @@ def _axis_section(name: str, axis: Mapping[str, Any], report: Mapping[str, Any])
     statistics = axis["statistics"]
     header = ["scale", "propensity [95% band]", *statistics, "KL", "repetition"]
     lines = [
-        f"## {name}: {axis['classes'][0]} (−) vs {axis['classes'][1]} (+)",
+        f"## {md(name)}: {md(axis['classes'][0])} (−) vs {md(axis['classes'][1])} (+)",
         "",
-        f"![{name}]({PLOT_NAME.format(axis=name)})",
+        f"![{md(name)}]({plot_name(name)})",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -159,10 +169,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """eval.md: how the run was made, the summary table, then one section per axis."""
     settings = report["settings"]
     lines = [
-        f"# Evaluation of {report['pack_name']}",
+        f"# Evaluation of {md(report['pack_name'])}",
         "",
         f"cvgen {report['cvgen_version']}, backend **{report['backend']}**, model "
-        f"`{report['model']}`; {len(report['prompts'])} held-out prompts, "
+        f"{markdown_code(report['model'])}; {len(report['prompts'])} held-out prompts, "
         f"{settings['max_tokens']} generated tokens each, {report['neutral_positions']} neutral "
         f"KL positions, scales {', '.join(f'{s:+g}' for s in settings['scales'])}. "
         f"Wall time {report['seconds']:.0f} s (estimated {report['estimate_seconds']:.0f} s "
@@ -196,7 +206,7 @@ def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
         _plot_kl(right, axis, report["settings"]["kl_budget"])
         figure.suptitle(f"{name}: {axis['classes'][0]} (−) vs {axis['classes'][1]} (+)")
         figure.tight_layout()
-        path = folder / PLOT_NAME.format(axis=name)
+        path = folder / plot_name(name)
         temporary = path.with_name(f".{path.name}.part")
         figure.savefig(temporary, format="png", dpi=100)
         plt.close(figure)

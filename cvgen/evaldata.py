@@ -25,6 +25,7 @@ from typing import Any
 
 from cvgen.data import AXIS_NAME_PATTERN, data_root
 from cvgen.errors import CvgenError
+from cvgen.messages import json_error_text
 
 OVERLAP_RUN_WORDS = 6
 
@@ -98,7 +99,7 @@ def _read_json_object(path: Path, fields: Iterable[str]) -> dict[str, Any]:
     try:
         raw = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
-        raise EvalDataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise EvalDataError(f"{path}: not valid JSON ({json_error_text(exc)})") from None
     required = list(fields)
     if not isinstance(raw, dict):
         raise EvalDataError(

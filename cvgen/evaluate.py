@@ -39,6 +39,7 @@ from cvgen.backends import Backend, Scored, Session, Steering
 from cvgen.errors import CvgenError
 from cvgen.evaldata import Probes, find_probes, load_eval_prompts, load_neutral_texts, load_probes
 from cvgen.gguf_io import read_control_vector, write_control_vector
+from cvgen.messages import plural
 from cvgen.settings import check_seed
 
 log = logging.getLogger(__name__)
@@ -467,14 +468,15 @@ def run_evaluation(
         }
         jobs = plan_jobs(axes, inputs, settings)
         say(
-            f"eval: {len(axes)} axes, {len(settings.scales)} scales, {len(inputs.prompt_ids)} "
-            f"prompts, {len(inputs.neutral)} neutral texts; {len(jobs) + 1} configurations "
-            f"on {backend.name}"
+            f"eval: {plural(len(axes), 'axis', 'axes')}, {plural(len(settings.scales), 'scale')}, "
+            f"{plural(len(inputs.prompt_ids), 'prompt')}, "
+            f"{plural(len(inputs.neutral), 'neutral text')}; "
+            f"{plural(len(jobs) + 1, 'configuration')} on {backend.name}"
         )
         raw, unit = _measure_unsteered(backend, inputs, settings)
         raw.estimate_seconds = sum(job.cost(unit, inputs) for job in jobs)
         say(
-            f"eval: unsteered model measured; the {len(jobs)} steered configurations will "
+            f"eval: unsteered model measured; {plural(len(jobs), 'steered configuration')} will "
             f"take {_duration(raw.estimate_seconds)}"
         )
         bar = tqdm(total=len(jobs), desc="eval", unit="config", disable=not progress)

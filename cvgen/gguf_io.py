@@ -28,6 +28,8 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, ReaderTensor
 
 from cvgen.errors import CvgenError
+from cvgen.files import not_regular_message
+from cvgen.messages import plural
 
 ARCHITECTURE = "controlvector"
 KEY_ARCHITECTURE = "general.architecture"
@@ -44,6 +46,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # What std::stoi accepts at the start of a string: C whitespace, an optional sign, digits.
 _STOI_PREFIX = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 _BAR_WIDTH = 40
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 MetadataValue = str | int | float | bool | list[int]
 FloatVector = npt.NDArray[np.float32]
@@ -173,10 +176,23 @@ def _validated_vector(path: Path, block: int, vector: object) -> FloatVector:
     if bad.size:
         index = int(bad[0])
         raise ControlVectorError(
-            f"{path}: direction for block {block} has {bad.size} non-finite float32 value(s), "
+            f"{path}: direction for block {block} has "
+            f"{plural(int(bad.size), 'non-finite float32 value')}, "
             f"first at index {index}: {array[index].item()!r}"
         )
+    norm = l2_norm(result)
+    if norm > _FLOAT32_MAX:
+        raise ControlVectorError(
+            f"{path}: direction for block {block} has an L2 norm of {norm:.3g}, which "
+            "overflows float32 (the steered states would become inf)"
+        )
     return result
+
+
+def l2_norm(vector: np.ndarray) -> float:
+    """The L2 norm of a 1-D vector, computed in float64 so that float32 values near the top
+    of their range (3e38) give a finite norm instead of overflowing to inf."""
+    return float(np.linalg.norm(np.asarray(vector, dtype=np.float64)))
 
 
 def _check_model_hint(path: Path, model_hint: object) -> None:
@@ -308,15 +324,46 @@ def read_control_vector(path: Path) -> ControlVectorFile:
     return ControlVectorFile(path, ordered, _decode_metadata(reader), int(first.shape[0]))
 
 
+def check_regular_file(path: Path) -> None:
+    """Refuse ``path`` when it exists but is not a regular file (a FIFO would block the open;
+    a folder, device or socket is no GGUF file), before anything opens it."""
+    message = not_regular_message(path)
+    if message is not None:
+        raise ControlVectorError(message)
+
+
 def _open_reader(path: Path) -> GGUFReader:
-    """Open ``path`` with GGUFReader, turning every parse failure into ControlVectorError."""
+    """Open the control-vector file ``path`` with GGUFReader, turning every parse failure
+    into ControlVectorError; a model GGUF is refused as one, in one short line."""
+    check_regular_file(path)
     try:
-        return GGUFReader(path)
+        reader = GGUFReader(path)
     except OSError as error:
         raise ControlVectorError(f"{path}: cannot open file: {error.strerror}") from error
     except (ValueError, KeyError, IndexError, TypeError) as error:
         reason = str(error).strip("'\"") or type(error).__name__
         raise ControlVectorError(f"{path}: not a valid GGUF file: {reason}") from error
+    architecture = _model_architecture(reader)
+    if architecture is not None:
+        raise ControlVectorError(
+            f"{path}: this is a model (architecture {architecture}), not a control vector"
+        )
+    return reader
+
+
+def _model_architecture(reader: GGUFReader) -> str | None:
+    """The architecture of a model GGUF, else None. A model names an architecture other than
+    ``controlvector`` and holds no ``direction.N`` tensor, but other tensors or keys of its
+    architecture (``llama.block_count``). A control vector with a wrong architecture field
+    still holds its direction tensors, and is reported problem by problem instead."""
+    field = reader.fields.get(KEY_ARCHITECTURE)
+    architecture = field.contents() if field is not None else None
+    if not isinstance(architecture, str) or architecture == ARCHITECTURE:
+        return None
+    if any(parse_direction_index(tensor.name) is not None for tensor in reader.tensors):
+        return None
+    own_keys = any(name.startswith(f"{architecture}.") for name in reader.fields)
+    return architecture if reader.tensors or own_keys else None
 
 
 def _decode_metadata(reader: GGUFReader) -> dict[str, object]:
@@ -448,10 +495,22 @@ def _single_tensor_problems(tensor: ReaderTensor) -> list[str]:
             "(llama.cpp skips the whole file)"
         )
     else:
-        bad = int(np.count_nonzero(~np.isfinite(tensor.data)))
-        if bad:
-            problems.append(f"tensor {tensor.name!r} has {bad} non-finite value(s) (NaN/inf)")
+        problems += _value_problems(tensor)
     return problems
+
+
+def _value_problems(tensor: ReaderTensor) -> list[str]:
+    """NaN or inf values, or finite values whose L2 norm overflows float32 (3e38 each)."""
+    bad = int(np.count_nonzero(~np.isfinite(tensor.data)))
+    if bad:
+        return [f"tensor {tensor.name!r} has {plural(bad, 'non-finite value')} (NaN/inf)"]
+    norm = l2_norm(tensor.data.reshape(-1))
+    if norm > _FLOAT32_MAX:
+        return [
+            f"tensor {tensor.name!r} has an L2 norm of {norm:.3g}, which overflows float32 "
+            "(the steered states would become inf)"
+        ]
+    return []
 
 
 def _block_range_problems(tensors: list[ReaderTensor], n_layer: int) -> list[str]:
@@ -527,7 +586,7 @@ def _value_text(value: object) -> str:
 
 def _norm_table(directions: Mapping[int, FloatVector]) -> list[str]:
     """Rows of block index, L2 norm and a bar proportional to the norm (largest = full width)."""
-    norms = {block: float(np.linalg.norm(vector)) for block, vector in directions.items()}
+    norms = {block: l2_norm(vector) for block, vector in directions.items()}
     largest = max((norm for norm in norms.values() if math.isfinite(norm)), default=0.0)
     rows = ["block  L2 norm", "-----  ----------"]
     for block in sorted(norms):
@@ -569,6 +628,7 @@ def read_gguf_header(path: Path, wanted_arrays: frozenset[str] = frozenset()) ->
     import mmap
 
     path = Path(path)
+    check_regular_file(path)
     try:
         size = path.stat().st_size
         if size == 0:

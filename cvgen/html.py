@@ -9,8 +9,9 @@ same selection; `tests/test_html_browser.py` checks that in a real browser.
 
 Display text taken from the manifest (names, classes, descriptions, the model hint) may hold
 anything: the page sets it with `textContent` only. Fields the command logic relies on (axis
-classes and files, `model.n_layer`, `safe_scale`, presets) are checked here first, and a bad one
-is refused with a one-line `PackError` naming the file, field and value.
+classes and files, `model.n_layer`, `safe_scale`, presets) are checked first by
+`cvgen.pack.check_manifest`, the one validation every command shares, and a bad one is refused
+with a one-line `PackError` naming the file, field and value.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from importlib import resources
@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from cvgen import __version__
-from cvgen.commands import CommandError, default_model_path, preset_selection
+from cvgen.commands import default_model_path
 from cvgen.pack import (
     MANIFEST_NAME,
     PAGE_NAME,
-    ROLES,
-    PackError,
+    check_manifest,
     load_manifest,
     save_manifest,
     write_text_atomically,
@@ -39,7 +38,6 @@ from cvgen.pack import (
 
 __all__ = [
     "PAGE_NAME",
-    "check_page_manifest",
     "embed_json",
     "page_defaults",
     "render_page",
@@ -84,76 +82,6 @@ def _csp_hash(content: str) -> str:
     return "sha256-" + base64.b64encode(digest).decode("ascii")
 
 
-def _is_positive_number(value: Any) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    return math.isfinite(value) and value > 0
-
-
-def check_page_manifest(manifest: Mapping[str, Any], source: str) -> None:
-    """Refuse a manifest the page cannot build commands from, naming `source` (the manifest's
-    path), the field and its value: `model.n_layer`, each axis's `classes` and `files`, an
-    optional `safe_scale`, the presets and an optional `llama_cpp.commit`."""
-    model = manifest.get("model")
-    n_layer = model.get("n_layer") if isinstance(model, Mapping) else None
-    if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer < 2:
-        raise PackError(f"{source}: field 'model.n_layer' is {n_layer!r}, expected an integer >= 2")
-    axes = manifest.get("axes")
-    if not isinstance(axes, Mapping) or not axes:
-        raise PackError(f"{source}: field 'axes' is missing, empty or not an object")
-    for name, axis in axes.items():
-        _check_axis(name, axis, source)
-    presets = manifest.get("presets") or {}
-    if not isinstance(presets, Mapping):
-        raise PackError(f"{source}: field 'presets' is not an object")
-    for preset in presets:
-        try:
-            preset_selection(manifest, preset)
-        except CommandError as exc:
-            raise PackError(f"{source}: {str(exc).removeprefix('pack manifest: ')}") from None
-    llama = manifest.get("llama_cpp")
-    if llama is not None:
-        commit = llama.get("commit") if isinstance(llama, Mapping) else llama
-        if commit is not None and not isinstance(commit, str):
-            raise PackError(f"{source}: field 'llama_cpp.commit' is {commit!r}, expected a string")
-
-
-def _check_axis(name: str, axis: Any, source: str) -> None:
-    field = f"axes.{name}"
-    if not isinstance(axis, Mapping):
-        raise PackError(f"{source}: field '{field}' is not an object")
-    classes = axis.get("classes")
-    if (
-        not isinstance(classes, list)
-        or len(classes) != 2
-        or not all(isinstance(c, str) and c for c in classes)
-    ):
-        raise PackError(
-            f"{source}: field '{field}.classes' is {classes!r}, expected two non-empty names"
-        )
-    files = axis.get("files")
-    if not isinstance(files, Mapping):
-        raise PackError(f"{source}: field '{field}.files' is missing or not an object")
-    for role in ROLES:
-        if not isinstance(files.get(role), str) or not files.get(role):
-            raise PackError(
-                f"{source}: field '{field}.files.{role}' is {files.get(role)!r}, "
-                "expected a file name"
-            )
-    safe = axis.get("safe_scale")
-    if safe is None:
-        return
-    if not isinstance(safe, Mapping):
-        raise PackError(f"{source}: field '{field}.safe_scale' is {safe!r}, expected an object")
-    for role in ("negative", "positive"):
-        value = safe.get(role)
-        if not _is_positive_number(value):
-            raise PackError(
-                f"{source}: field '{field}.safe_scale.{role}' is {value!r}, "
-                "expected a positive number"
-            )
-
-
 def render_page(
     manifest: Mapping[str, Any],
     *,
@@ -168,7 +96,7 @@ def render_page(
     path the page shows in its `cvgen commands PACK ...` equivalent. Raises `PackError` (naming
     `source`) for a manifest the page cannot use.
     """
-    check_page_manifest(manifest, source)
+    check_manifest(manifest, source)
     style = _page_file("style.css")
     script = _page_file("builder.js")
     data = {

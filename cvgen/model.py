@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cvgen.errors import CvgenError
+from cvgen.files import not_regular_message
 from cvgen.gguf_io import read_gguf_header
 
 HUB_ID_PATTERN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -110,6 +111,9 @@ def resolve_model_source(spec: str) -> ModelSource:
     config.json that holds exactly one .gguf file is that file."""
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf"):
+        irregular = not_regular_message(path)
+        if irregular is not None:
+            raise ModelError(f"--model: {irregular}")
         if not path.is_file():
             raise ModelError(f"--model: GGUF file not found: {spec}")
         return _gguf_source(spec, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -19,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from cvgen.commands import vector_arguments
+from cvgen.commands import CommandError, preset_selection, vector_arguments
 from cvgen.errors import CvgenError
 from cvgen.gguf_io import write_control_vector
+from cvgen.messages import json_error_text, longest_backtick_run, markdown_code, markdown_text
+from cvgen.prompts import PLAIN_FORMAT, PROMPT_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ ROLES = ("debias", "negative", "positive")
 # sibling named up to 16 bytes longer (".NAME.XXXXXXXX.part", ".NAME.part-PID")
 MAX_FILE_NAME_BYTES = 255 - 16
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# what `vector_file_names` can produce: safe_name characters, never a leading '.' or '-'
+VECTOR_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\.gguf")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(part-\d+|[A-Za-z0-9_]{8}\.part|part)")
 
@@ -88,20 +93,130 @@ def _shorten(text: str, keep: int = 40) -> str:
 
 
 def load_manifest(pack: Path) -> dict[str, Any]:
-    """Read and minimally validate `PACK/pack.json`."""
+    """Read `PACK/pack.json` and validate it with `check_manifest`: every command that opens a
+    pack (commands, html, eval, compare, preset) goes through here, so all of them accept and
+    refuse the same manifests."""
     path = Path(pack) / MANIFEST_NAME
     if not path.is_file():
         raise PackError(f"{pack}: not a cvgen pack (no {MANIFEST_NAME})")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise PackError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise PackError(f"{path}: not valid JSON ({json_error_text(exc)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != PACK_FORMAT:
         raise PackError(f"{path}: field 'format' is not '{PACK_FORMAT}'")
-    for field in ("model", "axes"):
-        if not isinstance(manifest.get(field), dict):
-            raise PackError(f"{path}: field '{field}' is missing or not an object")
+    check_manifest(manifest, str(path))
     return manifest
+
+
+def check_manifest(manifest: Mapping[str, Any], source: str) -> None:
+    """Refuse a manifest cvgen cannot use, naming `source` (the manifest's path), the field and
+    its value: `model` (an object with an integer `n_layer` >= 2), each axis (a name, two
+    distinct `classes`, three `files` that are plain file names inside the pack, an optional
+    `description` and `safe_scale`), the presets, an optional `llama_cpp.commit` and an
+    optional `prompt_format`. Fields added by later versions are ignored, and packs written
+    before a field existed are accepted without it."""
+    model = manifest.get("model")
+    if not isinstance(model, Mapping):
+        raise PackError(f"{source}: field 'model' is missing or not an object")
+    n_layer = model.get("n_layer")
+    if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer < 2:
+        raise PackError(f"{source}: field 'model.n_layer' is {n_layer!r}, expected an integer >= 2")
+    for key in ("name", "source", "hint"):
+        if model.get(key) is not None and not isinstance(model[key], str):
+            raise PackError(f"{source}: field 'model.{key}' is {model[key]!r}, expected a string")
+    axes = manifest.get("axes")
+    if not isinstance(axes, Mapping) or not axes:
+        raise PackError(f"{source}: field 'axes' is missing, empty or not an object")
+    for name, axis in axes.items():
+        _check_axis(name, axis, source)
+    _check_presets(manifest, source)
+    llama = manifest.get("llama_cpp")
+    if llama is not None:
+        commit = llama.get("commit") if isinstance(llama, Mapping) else llama
+        if commit is not None and not isinstance(commit, str):
+            raise PackError(f"{source}: field 'llama_cpp.commit' is {commit!r}, expected a string")
+    prompt_format = manifest.get("prompt_format")
+    if prompt_format is not None and prompt_format not in PROMPT_FORMATS:
+        raise PackError(
+            f"{source}: field 'prompt_format' is {prompt_format!r}, expected one of: "
+            + ", ".join(PROMPT_FORMATS)
+        )
+
+
+def _check_axis(name: str, axis: Any, source: str) -> None:
+    field = f"axes.{name}"
+    if not name or _CONTROL.search(name):
+        raise PackError(f"{source}: axis name {name!r} is empty or holds control characters")
+    if not isinstance(axis, Mapping):
+        raise PackError(f"{source}: field '{field}' is not an object")
+    classes = axis.get("classes")
+    if (
+        not isinstance(classes, list)
+        or len(classes) != 2
+        or not all(isinstance(c, str) and c for c in classes)
+    ):
+        raise PackError(
+            f"{source}: field '{field}.classes' is {classes!r}, expected two non-empty names"
+        )
+    if classes[0] == classes[1]:
+        raise PackError(f"{source}: field '{field}.classes' names the class {classes[0]!r} twice")
+    description = axis.get("description")
+    if description is not None and not isinstance(description, str):
+        raise PackError(
+            f"{source}: field '{field}.description' is {description!r}, expected a string"
+        )
+    _check_files(field, axis.get("files"), source)
+    _check_safe_scale(field, axis.get("safe_scale"), source)
+
+
+def _check_files(field: str, files: Any, source: str) -> None:
+    """Three distinct plain `.gguf` names (no folder, no '..'), as `vector_file_names` makes."""
+    if not isinstance(files, Mapping):
+        raise PackError(f"{source}: field '{field}.files' is missing or not an object")
+    for role in ROLES:
+        value = files.get(role)
+        if not isinstance(value, str) or not value:
+            raise PackError(
+                f"{source}: field '{field}.files.{role}' is {value!r}, expected a file name"
+            )
+        if VECTOR_FILE_NAME.fullmatch(value) is None:
+            raise PackError(
+                f"{source}: field '{field}.files.{role}' is {value!r}, expected a plain .gguf "
+                "file name in the pack folder (letters, digits, '_', '-', '.'; no '/')"
+            )
+    if len({files[role] for role in ROLES}) != len(ROLES):
+        raise PackError(f"{source}: field '{field}.files' names the same file twice")
+
+
+def _check_safe_scale(field: str, safe: Any, source: str) -> None:
+    if safe is None:
+        return
+    if not isinstance(safe, Mapping):
+        raise PackError(f"{source}: field '{field}.safe_scale' is {safe!r}, expected an object")
+    for role in ("negative", "positive"):
+        value = safe.get(role)
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise PackError(
+                f"{source}: field '{field}.safe_scale.{role}' is {value!r}, "
+                "expected a positive number"
+            )
+
+
+def _check_presets(manifest: Mapping[str, Any], source: str) -> None:
+    presets = manifest.get("presets") or {}
+    if not isinstance(presets, Mapping):
+        raise PackError(f"{source}: field 'presets' is not an object")
+    for preset in presets:
+        try:
+            preset_selection(manifest, preset)
+        except CommandError as exc:
+            raise PackError(f"{source}: {str(exc).removeprefix('pack manifest: ')}") from None
 
 
 def save_manifest(pack: Path, manifest: Mapping[str, Any]) -> None:
@@ -159,27 +274,38 @@ def without_preset(manifest: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str:
-    """The pack's README.md: what it is, its files, and how to load them in llama.cpp."""
+    """The pack's README.md: what it is, its files, and how to load them in llama.cpp.
+
+    Every value taken from the manifest (model name, axis names, classes, descriptions,
+    settings) goes through `markdown_text`, so a name like `<script>` or a `|` in a
+    description shows as written and cannot add markup or table cells.
+    """
+    md = markdown_text
     model = manifest["model"]
     settings = manifest["settings"]
+    layers = manifest["layers"]
     lines = [
-        f"# Control vectors for {model['name']}",
+        f"# Control vectors for {md(model['name'])}",
         "",
-        f"Made by cvgen {manifest['cvgen_version']} with the `{settings['method']}` method from "
-        f"{settings['samples']} samples per class (seed {settings['seed']}), "
-        f"features: `{settings['features']}`, blocks {manifest['layers'][0]}..{manifest['layers'][-1]} "
-        f"of {model['n_layer']} (hidden size {model['n_embd']}).",
+        f"Made by cvgen {md(manifest['cvgen_version'])} with the "
+        f"{markdown_code(settings['method'])} method from {md(settings['samples'])} samples per "
+        f"class (seed {md(settings['seed'])}), features: {markdown_code(settings['features'])}, blocks {md(layers[0])}..{md(layers[-1])} "
+        f"of {md(model['n_layer'])} (hidden size {md(model['n_embd'])}).",
         "",
         "Block k's vector is stored as `direction.k`: llama.cpp adds it to the output of block k.",
+        *_prompt_format_line(manifest),
         *_llama_cpp_line(manifest),
         "",
-        "| axis | negative | positive | files |",
-        "|---|---|---|---|",
+        "| axis | negative | positive | description | files |",
+        "|---|---|---|---|---|",
     ]
     for name, axis in manifest["axes"].items():
-        files = ", ".join(f"`{axis['files'][role]}`" for role in ROLES)
-        lines.append(f"| {name} | {axis['classes'][0]} | {axis['classes'][1]} | {files} |")
+        files = ", ".join(f"`{axis['files'][role]}`" for role in ROLES)  # plain names
+        negative, positive = (md(class_name) for class_name in axis["classes"])
+        description = md(axis.get("description") or "")
+        lines.append(f"| {md(name)} | {negative} | {positive} | {description} | {files} |")
     lines += _safe_scale_lines(manifest)
+    fence = "`" * max(3, longest_backtick_run(example_command) + 1)
     lines += [
         "",
         "Always load an axis's `__debias` file at scale 1, plus ONE of its pole files at the",
@@ -188,9 +314,9 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
         "",
         "Example (`cvgen commands PACK --set AXIS=SCALE` prints others):",
         "",
-        "```sh",
+        f"{fence}sh",
         example_command,
-        "```",
+        fence,
         "",
         "Open `index.html` in a browser to build command lines with sliders, presets and the",
         "options above; it works offline, from disk or from any static host.",
@@ -202,10 +328,21 @@ def render_pack_readme(manifest: Mapping[str, Any], example_command: str) -> str
     return "\n".join(lines)
 
 
+def _prompt_format_line(manifest: Mapping[str, Any]) -> list[str]:
+    """A note when the prompts were plain text because the model has no chat template."""
+    if manifest.get("prompt_format") != PLAIN_FORMAT:
+        return []
+    return [
+        "The model has no chat template, so the prompts were given to it as plain text, not as "
+        "chat turns (`prompt_format: plain` in `pack.json`)."
+    ]
+
+
 def _safe_scale_lines(manifest: Mapping[str, Any]) -> list[str]:
     """The calibrated safe scales that `cvgen eval` stored, if any."""
     rows = [
-        f"| {name} | {axis['safe_scale']['negative']:.2f} | {axis['safe_scale']['positive']:.2f} |"
+        f"| {markdown_text(name)} | {axis['safe_scale']['negative']:.2f} | "
+        f"{axis['safe_scale']['positive']:.2f} |"
         for name, axis in manifest["axes"].items()
         if isinstance(axis.get("safe_scale"), Mapping)
     ]
@@ -214,9 +351,9 @@ def _safe_scale_lines(manifest: Mapping[str, Any]) -> list[str]:
         return []
     return [
         "",
-        f"Calibrated safe scales (`cvgen eval`, {evaluation.get('backend')} backend, KL budget "
-        f"{evaluation.get('kl_budget')} nats/token; details in `eval.md`): stay within these "
-        "|scale| values per pole.",
+        f"Calibrated safe scales (`cvgen eval`, {markdown_text(evaluation.get('backend'))} "
+        f"backend, KL budget {markdown_text(evaluation.get('kl_budget'))} nats/token; details "
+        "in `eval.md`): stay within these |scale| values per pole.",
         "",
         "| axis | negative pole | positive pole |",
         "|---|---|---|",
@@ -228,10 +365,12 @@ def _llama_cpp_line(manifest: Mapping[str, Any]) -> list[str]:
     record = manifest.get("llama_cpp")
     if not isinstance(record, Mapping) or not record.get("commit"):
         return []
+    commit = markdown_text(str(record["commit"])[:7])
+    source = markdown_text(record.get("source", "unknown source"))
     return [
-        f"The file format is checked against llama.cpp {str(record['commit'])[:7]} "
-        f"({record.get('source', 'unknown source')}); load them with `--control-vector-scaled "
-        "FILE:SCALE` there (llama.cpp before December 2025 took `FILE SCALE`)."
+        f"The file format is checked against llama.cpp {commit} ({source}); load them with "
+        "`--control-vector-scaled FILE:SCALE` there (llama.cpp before December 2025 took "
+        "`FILE SCALE`)."
     ]
 
 
@@ -269,7 +408,7 @@ def pack_file_names(manifest: Mapping[str, Any]) -> set[str]:
         names.add(samples["file"])
     axes = manifest.get("axes")
     for axis, entry in axes.items() if isinstance(axes, Mapping) else ():
-        names.add(EVAL_PLOT_NAME.format(axis=axis))
+        names.add(EVAL_PLOT_NAME.format(axis=safe_name(axis)))
         files = entry.get("files") if isinstance(entry, Mapping) else None
         if isinstance(files, Mapping):
             names.update(name for name in files.values() if isinstance(name, str))

@@ -61,7 +61,13 @@ from cvgen.pack import (
     write_pack,
 )
 from cvgen.preflight import check_free_space, check_run_folders
-from cvgen.prompts import check_system_turn, render_text, tokenize_texts
+from cvgen.prompts import (
+    PLAIN_FORMAT,
+    check_system_turn,
+    prompt_format,
+    render_text,
+    tokenize_texts,
+)
 from cvgen.sampler import (
     SamplePlan,
     axis_texts,
@@ -469,6 +475,13 @@ def _prepare(settings: GenerateSettings) -> _Run:
     # built before any model work, so that bad class names fail fast
     manifest = _manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
     tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
+    manifest["prompt_format"] = prompt_format(tokenizer)
+    if manifest["prompt_format"] == PLAIN_FORMAT:
+        log.warning(
+            "%s has no chat template: its prompts are given as plain text, not chat turns "
+            "(recorded as prompt_format: plain in pack.json)",
+            source.spec,
+        )
     if settings.system_message:
         check_system_turn(tokenizer, source.spec)
     _check_context(settings, inputs, tokenizer, context_length(config), source.spec)

@@ -8,7 +8,8 @@ whose hidden state is read.
 
 Fallback for a model without a chat template (documented in the README): plain text
 `"{system text} {prompt}\n"` (or `"{system text}\n\n{prompt}\n"` with a system turn),
-tokenised with the tokenizer's own special tokens (e.g. BOS) added.
+tokenised with the tokenizer's own special tokens (e.g. BOS) added. `prompt_format` names which
+of the two a tokenizer gets; a pack records it in `pack.json` as `prompt_format`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from cvgen.errors import CvgenError
+
+CHAT_TEMPLATE_FORMAT = "chat-template"
+PLAIN_FORMAT = "plain"
+PROMPT_FORMATS = (CHAT_TEMPLATE_FORMAT, PLAIN_FORMAT)
 
 
 class PromptError(CvgenError, ValueError):
@@ -46,6 +51,12 @@ def build_conversation(system_text: str, prompt: str, *, system_turn: bool) -> l
 def has_chat_template(tokenizer: ChatTokenizer) -> bool:
     """True when the tokenizer carries a chat template."""
     return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_format(tokenizer: ChatTokenizer) -> str:
+    """How `render_text` gives prompts to this tokenizer's model: `"chat-template"`, or
+    `"plain"` text when the tokenizer has no chat template (the fallback above)."""
+    return CHAT_TEMPLATE_FORMAT if has_chat_template(tokenizer) else PLAIN_FORMAT
 
 
 def check_system_turn(tokenizer: ChatTokenizer, model_name: str) -> None:

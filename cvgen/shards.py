@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cvgen.errors import CvgenError
+from cvgen.messages import json_error_text
 from cvgen.store import StateArray, texts_digest
 
 SHARD_FORMAT = "cvgen-shard"
@@ -280,7 +281,7 @@ def read_shard_descriptions(root: Path) -> list[ShardDescription]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ShardError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            raise ShardError(f"{path}: not valid JSON ({json_error_text(exc)})") from None
         descriptions.append(ShardDescription.from_json(data, path))
     return descriptions
 

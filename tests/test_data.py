@@ -68,10 +68,18 @@ GOOD = {"classes": ["calm", "angry"], "data": [["who stays calm", "who rages"], 
         ({"classes": GOOD["classes"], "data": [["x", "y", "z"]]}, "field 'data[0]' has 3 items"),
         (
             {"classes": GOOD["classes"], "data": [["x", "y"], ["only"]]},
-            "field 'data[1]' has 1 items",
+            "field 'data[1]' has 1 item;",
         ),
-        ({"classes": GOOD["classes"], "data": [["x", "  "]]}, "'data[0]' has an empty positive"),
-        ({"classes": GOOD["classes"], "data": [["", "y"]]}, "'data[0]' has an empty negative"),
+        ({"classes": GOOD["classes"], "data": [["x", "  "]]}, "'data[0][1]' is an empty positive"),
+        ({"classes": GOOD["classes"], "data": [["", "y"]]}, "'data[0][0]' is an empty negative"),
+        (
+            {"classes": GOOD["classes"], "data": [[1, 2]]},
+            "field 'data[0][0]' is the number 1, not a string; expected the negative continuation",
+        ),
+        (
+            {"classes": GOOD["classes"], "data": [["x", None]]},
+            "field 'data[0][1]' is null, not a string; expected the positive continuation",
+        ),
         (
             {"classes": GOOD["classes"], "data": [["x", "y"], ["p", "q"], ["x", "y"]]},
             "field 'data[2]' duplicates data[0]",

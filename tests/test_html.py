@@ -247,7 +247,7 @@ def test_cvgen_html_writes_the_page_with_its_defaults(tmp_path: Path) -> None:
     pack = write_manifest(tmp_path / "my pack", sample_manifest())
     result = run("html", str(pack))
     assert result.exit_code == 0, result.output
-    assert result.output == f"wrote {pack / PAGE_NAME}: 4 axes, 1 presets\n"
+    assert result.output == f"wrote {pack / PAGE_NAME}: 4 axes, 1 preset\n"
     data = embedded_data((pack / PAGE_NAME).read_text(encoding="utf-8"))
     assert data["defaults"] == {
         "model_path": "/models/pico llama.Q4_1.gguf",

@@ -11,7 +11,7 @@
 # consistent. Venv: $CVGEN_VENV or ./.venv.
 #
 # Latest (CVGEN_LATEST=1, or `scripts/test.sh --latest`): the newest release of everything
-# pyproject.toml allows (torch still as $CVGEN_TORCH_SPEC), in a venv of its own,
+# pyproject.toml allows (torch held at the build $CVGEN_TORCH_SPEC installed), in a venv of its own,
 # $CVGEN_LATEST_VENV or <venv>-latest, to find drift on purpose before it reaches the lock.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,9 +51,14 @@ fi
 if [ "${CVGEN_LATEST:-0}" = "1" ]; then
   # torch first: installing cvgen's other requirements first would pull a CUDA build
   install_torch
-  step "installing the NEWEST releases of cvgen's requirements (no lock)"
+  step "installing the NEWEST releases of cvgen's requirements (no lock; torch held)"
   pip_quietly install -q -U pip
-  pip_quietly install -q -U --upgrade-strategy eager -e "$REPO[dev]"
+  # torch stays the build installed above: an eager upgrade would swap it for the newest
+  # default (CUDA) build, several GB
+  held="$(mktemp)"
+  "$VENV/bin/python" -c "from importlib.metadata import version; print('torch==' + version('torch'))" >"$held"
+  pip_quietly install -q -U --upgrade-strategy eager -c "$held" -e "$REPO[dev]"
+  rm -f "$held"
   "$VENV/bin/python" -m pip freeze --exclude-editable >"$VENV/cvgen-latest-freeze.txt"
   step "resolved versions: $VENV/cvgen-latest-freeze.txt"
   echo "$VENV"

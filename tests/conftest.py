@@ -174,6 +174,18 @@ def require_real_model() -> Path:
     return path
 
 
+def folder_snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every regular file below `folder`: take one before and one
+    after a command to prove that it changed or removed nothing there."""
+    import hashlib
+
+    return {
+        str(entry.relative_to(folder)): hashlib.sha256(entry.read_bytes()).hexdigest()
+        for entry in sorted(folder.rglob("*"))
+        if entry.is_file()
+    }
+
+
 @pytest.fixture(scope="session")
 def real_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One state store for every slow test on the real model: a pack drawn with the same seed

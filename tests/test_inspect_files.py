@@ -4,7 +4,6 @@ that are not regular files (a FIFO must be refused before it is opened, never wa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import warnings
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from conftest import craft_gguf
+from conftest import folder_snapshot as snapshot
 from gguf import GGUFWriter
 
 from cvgen.cli import main
@@ -28,15 +28,6 @@ def run(*args: str) -> Result:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Name -> sha256 of every regular file in `folder` (to prove nothing changed)."""
-    return {
-        entry.name: hashlib.sha256(entry.read_bytes()).hexdigest()
-        for entry in sorted(folder.iterdir())
-        if entry.is_file()
-    }
 
 
 def craft_model_gguf(path: Path, blocks: int = 30) -> Path:

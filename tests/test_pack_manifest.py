@@ -3,13 +3,13 @@ user-given text (names, classes, descriptions) is escaped for Markdown."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import folder_snapshot as snapshot
 from conftest import generate_pico_pack
 from test_html import sample_manifest, write_manifest
 
@@ -23,14 +23,6 @@ HOSTILE_CLASS = "<script>alert(1)</script>"
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(entry.relative_to(folder)): hashlib.sha256(entry.read_bytes()).hexdigest()
-        for entry in sorted(folder.rglob("*"))
-        if entry.is_file()
-    }
 
 
 # ---------------------------------------------------------------- one validation for all

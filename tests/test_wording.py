@@ -3,12 +3,12 @@ number, a non-string continuation named as such, and --prompts-column refused fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import folder_snapshot as snapshot
 from test_html import sample_manifest, write_manifest
 
 from cvgen.cli import main
@@ -17,14 +17,6 @@ from cvgen.messages import plural
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(entry.relative_to(folder)): hashlib.sha256(entry.read_bytes()).hexdigest()
-        for entry in sorted(folder.rglob("*"))
-        if entry.is_file()
-    }
 
 
 def generate(model: Path, tmp_path: Path, *options: str) -> Result:

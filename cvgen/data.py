@@ -17,16 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvgen.errors import CvgenError
+from cvgen import prompt_files
+from cvgen.files import DataError, read_text_file
 from cvgen.messages import json_error_text, plural
 
 AXIS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 PROMPT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input")
-
-
-class DataError(CvgenError, ValueError):
-    """Bad data file or field; the message names the file, the field and the value."""
 
 
 @dataclass(frozen=True)
@@ -70,26 +67,6 @@ def data_root() -> Path:
     if (packaged / "prompt_stems.json").is_file():
         return packaged
     return Path(__file__).resolve().parent.parent
-
-
-def read_text_file(path: Path, what: str) -> str:
-    """The whole of a UTF-8 text file (a leading byte-order mark dropped); a one-line
-    `DataError` naming the file when it is missing, a folder, unreadable or not UTF-8 (with
-    the line and the first bad byte). `what` says what the file should be ("an axis file")."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not {what}") from None
-    except UnicodeDecodeError as exc:
-        line = exc.object.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-            f"offset {exc.start}); save the file as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
 
 
 def _read_json(path: Path, what: str = "a JSON file") -> Any:
@@ -280,8 +257,6 @@ def _column_prompts(source: str, records: Sequence[Any], column: str | None) -> 
 def _load_local(source: str, path: Path, column: str | None) -> tuple[str, ...]:
     """Prompts from a local .jsonl/.json/.csv/.parquet file or a folder of prompt files,
     read by cvgen itself (never through `datasets`, so nothing lands in its cache)."""
-    from cvgen import prompt_files  # it builds on this module's DataError and reader
-
     if path.is_dir():
         return _column_prompts(source, prompt_files.read_prompt_folder(path), column)
     if path.suffix.lower() == ".txt":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvgen.data import DataError, read_text_file
+from cvgen.files import DataError, read_text_file
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 FOLDER_SUFFIXES = (".txt", *TABLE_SUFFIXES)

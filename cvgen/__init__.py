@@ -2,18 +2,18 @@
 
 The public API, one stage per module, composed by `generate_pack`:
 
-    load_axis, load_stems, load_writing_prompts   (cvgen.data)
-    draw_samples                                  (cvgen.sampler)
-    render_text, tokenize_texts                   (cvgen.prompts)
-    resolve_model_source, load_causal_lm          (cvgen.model)
-    forward_last_token_states                     (cvgen.collect)
-    StateArray                                    (cvgen.store)
-    get_method, solve_blocks, block_features, ... (cvgen.solve)
-    write_control_vector, read_control_vector     (cvgen.gguf_io)
-    build_command                                 (cvgen.commands)
-    GenerateSettings, generate_pack               (cvgen.settings, cvgen.pipeline)
-    collect_shard, solve_pack, ShardSpec          (cvgen.pipeline, cvgen.shards)
-    collected_states                              (cvgen.pipeline: states only, no pack)
+    load_axis, load_stems, load_writing_prompts   (cvgen.data.shipped)
+    draw_samples                                  (cvgen.extract.sampler)
+    render_text, tokenize_texts                   (cvgen.extract.chat)
+    resolve_model_source, load_causal_lm          (cvgen.extract.model)
+    forward_last_token_states                     (cvgen.extract.collect)
+    StateArray                                    (cvgen.extract.store)
+    get_method, solve_blocks, block_features, ... (cvgen.solve.methods)
+    write_control_vector, read_control_vector     (cvgen.vectors.gguf_io)
+    build_command                                 (cvgen.llamacpp.commands)
+    GenerateSettings, generate_pack               (cvgen.generate.settings, cvgen.generate.pipeline)
+    collect_shard, solve_pack, ShardSpec          (cvgen.generate.pipeline, cvgen.extract.shards)
+    collected_states                              (cvgen.generate.pipeline: states only, no pack)
 
 Names are imported on first use, so `import cvgen` stays cheap (no torch import).
 """
@@ -26,32 +26,32 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_axis": "cvgen.data",
-    "load_stems": "cvgen.data",
-    "load_writing_prompts": "cvgen.data",
-    "draw_samples": "cvgen.sampler",
-    "render_text": "cvgen.prompts",
-    "tokenize_texts": "cvgen.prompts",
-    "resolve_model_source": "cvgen.model",
-    "load_causal_lm": "cvgen.model",
-    "forward_last_token_states": "cvgen.collect",
-    "block_features": "cvgen.solve",
-    "StateArray": "cvgen.store",
-    "get_method": "cvgen.solve",
-    "solve_blocks": "cvgen.solve",
-    "solve_cross_covariance": "cvgen.solve",
-    "solve_mean_diff": "cvgen.solve",
-    "solve_pca_diff": "cvgen.solve",
-    "write_control_vector": "cvgen.gguf_io",
-    "read_control_vector": "cvgen.gguf_io",
-    "build_command": "cvgen.commands",
-    "GenerateSettings": "cvgen.settings",
-    "generate_pack": "cvgen.pipeline",
-    "collect_shard": "cvgen.pipeline",
-    "solve_pack": "cvgen.pipeline",
-    "collected_states": "cvgen.pipeline",
-    "ShardSpec": "cvgen.shards",
-    "CvgenError": "cvgen.errors",
+    "load_axis": "cvgen.data.shipped",
+    "load_stems": "cvgen.data.shipped",
+    "load_writing_prompts": "cvgen.data.shipped",
+    "draw_samples": "cvgen.extract.sampler",
+    "render_text": "cvgen.extract.chat",
+    "tokenize_texts": "cvgen.extract.chat",
+    "resolve_model_source": "cvgen.extract.model",
+    "load_causal_lm": "cvgen.extract.model",
+    "forward_last_token_states": "cvgen.extract.collect",
+    "block_features": "cvgen.solve.methods",
+    "StateArray": "cvgen.extract.store",
+    "get_method": "cvgen.solve.methods",
+    "solve_blocks": "cvgen.solve.methods",
+    "solve_cross_covariance": "cvgen.solve.methods",
+    "solve_mean_diff": "cvgen.solve.methods",
+    "solve_pca_diff": "cvgen.solve.methods",
+    "write_control_vector": "cvgen.vectors.gguf_io",
+    "read_control_vector": "cvgen.vectors.gguf_io",
+    "build_command": "cvgen.llamacpp.commands",
+    "GenerateSettings": "cvgen.generate.settings",
+    "generate_pack": "cvgen.generate.pipeline",
+    "collect_shard": "cvgen.generate.pipeline",
+    "solve_pack": "cvgen.generate.pipeline",
+    "collected_states": "cvgen.generate.pipeline",
+    "ShardSpec": "cvgen.extract.shards",
+    "CvgenError": "cvgen.common.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -8,7 +8,7 @@ Collection runs the same prompts three ways and prints tokens/s (prompt tokens p
 
   (a) the reference approach: batch size 1, the full model with output_hidden_states=True, logits
       computed, every state kept as a Python list of tensors;
-  (b) cvgen's collector (`cvgen.collect.run_collection`, writing to the memory-mapped store);
+  (b) cvgen's collector (`cvgen.extract.collect.run_collection`, writing to the memory-mapped store);
   (c) the practical limit: a bare batched forward of the base model truncated after the last needed
       block, nothing captured.
 
@@ -42,14 +42,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvgen.collect import (
+from cvgen.data.shipped import load_axis, load_stems, load_writing_prompts, shipped_axis_names
+from cvgen.extract.chat import render_text, tokenize_texts
+from cvgen.extract.collect import (
     WorkItem,
     plan_batches,
     prepare_prefix,
     run_collection,
 )
-from cvgen.data import load_axis, load_stems, load_writing_prompts, shipped_axis_names
-from cvgen.model import (
+from cvgen.extract.model import (
     config_dimensions,
     find_decoder_blocks,
     load_causal_lm,
@@ -59,12 +60,11 @@ from cvgen.model import (
     resolve_dtype,
     resolve_model_source,
 )
-from cvgen.pipeline import generate_pack
-from cvgen.prompts import render_text, tokenize_texts
-from cvgen.sampler import axis_texts, baseline_text, draw_samples
-from cvgen.settings import GenerateSettings, LayerSkip, select_blocks
-from cvgen.solve import SolverOptions, solve_cross_covariance
-from cvgen.store import StateArray
+from cvgen.extract.sampler import axis_texts, baseline_text, draw_samples
+from cvgen.extract.store import StateArray
+from cvgen.generate.pipeline import generate_pack
+from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
+from cvgen.solve.methods import SolverOptions, solve_cross_covariance
 
 DEFAULT_MODEL = Path.home() / ".cache" / "cvgen" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MEMORY_FACTOR = 8

@@ -4,7 +4,7 @@
     python scripts/compare_methods.py                 # the real SmolLM2-135M GGUF on llama.cpp
     python scripts/compare_methods.py --json out.json # also save every raw number
 
-States are collected once with cvgen's own pipeline (`cvgen.pipeline.collected_states`) with
+States are collected once with cvgen's own pipeline (`cvgen.generate.pipeline.collected_states`) with
 `--skip-last 0`, so the last block is stored too; a second run reuses the store and loads no
 weights for collection. Every variant is solved from those states:
 
@@ -17,7 +17,7 @@ weights for collection. Every variant is solved from those states:
   cc skip 10% ends   the cross-covariance method without the first and last 10% of blocks
 
 Each variant's debias, negative and positive files are written per axis, then applied with
-`cvgen.evaluate`'s machinery at every scale on both poles (debias at 1 plus the pole file at
+`cvgen.eval.evaluate`'s machinery at every scale on both poles (debias at 1 plus the pole file at
 |scale|; scale 0 is the debias file alone). Per configuration it measures the mean propensity
 (log p(positive probe) - log p(negative probe), per token, over held-out prompts) and the mean
 KL(unsteered || steered) per token on neutral text. Per pole, the scale at which the KL reaches
@@ -42,14 +42,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cvgen.backends import BACKENDS, Backend, HfBackend, LlamaCppBackend, Scored
-from cvgen.errors import CvgenError
-from cvgen.evaluate import AxisFiles, EvalInputs, EvalSettings, measure, neutral_scores
-from cvgen.evaluate import prepare_inputs as prepare_eval_inputs
-from cvgen.gguf_io import write_control_vector
-from cvgen.settings import GenerateSettings, LayerSkip, select_blocks
-from cvgen.solve import DEFAULT_METHOD, BlockDirection, SolverOptions, solve_blocks
-from cvgen.store import BlockStates, default_store_root
+from cvgen.common.errors import CvgenError
+from cvgen.eval.backends import BACKENDS, Backend, HfBackend, LlamaCppBackend, Scored
+from cvgen.eval.evaluate import AxisFiles, EvalInputs, EvalSettings, measure, neutral_scores
+from cvgen.eval.evaluate import prepare_inputs as prepare_eval_inputs
+from cvgen.extract.store import BlockStates, default_store_root
+from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
+from cvgen.solve.methods import DEFAULT_METHOD, BlockDirection, SolverOptions, solve_blocks
+from cvgen.vectors.gguf_io import write_control_vector
 
 DEFAULT_MODEL = "~/.cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_AXES = ("language", "character_focus", "optimism")
@@ -117,7 +117,7 @@ def solve_variant_blocks(
     options: SolverOptions | None = None,
 ) -> dict[int, BlockDirection]:
     """Solve `blocks` of one axis with `method`, from the pipeline's stored states, by the
-    same `cvgen.solve.solve_blocks` the pipeline uses. Blocks whose solver finds nothing are
+    same `cvgen.solve.methods.solve_blocks` the pipeline uses. Blocks whose solver finds nothing are
     left out."""
     for block in blocks:
         if block not in stored_blocks or block - 1 not in stored_blocks:
@@ -493,7 +493,7 @@ def parse_positive_scales(text: str) -> list[float]:
 
 def collect(args: argparse.Namespace, axes: Sequence[str]) -> Any:
     """The run's states (collected now only when missing from the store)."""
-    from cvgen.pipeline import collected_states
+    from cvgen.generate.pipeline import collected_states
 
     if args.threads:
         import torch
@@ -650,8 +650,8 @@ def measure_variants(
     model_hint: str,
 ) -> tuple[dict[str, dict[str, AxisRun]], dict[str, float]]:
     """The unsteered reference once, then every variant x axis x signed scale."""
-    from cvgen.backends import Steering
-    from cvgen.evaluate import propensities
+    from cvgen.eval.backends import Steering
+    from cvgen.eval.evaluate import propensities
 
     total = len(variants) * len(axes) * len(signed_scales(scales))
     clock = time.perf_counter()

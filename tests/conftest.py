@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvgen.data import data_root
+from cvgen.data.shipped import data_root
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -200,7 +200,7 @@ def require_llama_cpp() -> Path:
     CVGEN_REQUIRE_LLAMA_CPP=1 (CI), else a skip."""
     import os
 
-    from cvgen.llamacpp import LLAMA_CPP_COMMIT
+    from cvgen.llamacpp.binaries import LLAMA_CPP_COMMIT
 
     default = Path.home() / ".cache" / "cvgen" / "llama.cpp" / LLAMA_CPP_COMMIT[:7] / "bin"
     folder = Path(os.environ.get("CVGEN_LLAMA_CPP") or default)
@@ -219,7 +219,7 @@ def generate_pico_pack(
     its output after checking it succeeded."""
     from click.testing import CliRunner
 
-    from cvgen.cli import main
+    from cvgen.cli.main import main
 
     arguments = ["generate", "--model", str(model), "--samples", "12", "--tau", "0"]
     for axis in axes:

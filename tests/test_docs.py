@@ -25,4 +25,4 @@ def test_public_api_names_resolve() -> None:
 
     for name in cvgen.__all__:
         assert getattr(cvgen, name) is not None, name
-    assert cvgen.generate_pack.__module__ == "cvgen.pipeline"
+    assert cvgen.generate_pack.__module__ == "cvgen.generate.pipeline"

@@ -56,14 +56,14 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
         text=True,
     )
     probe = (
-        "import json, importlib.resources as r, cvgen, cvgen.data as d, cvgen.evaldata as e;"
+        "import json, importlib.resources as r, cvgen, cvgen.data.shipped as d, cvgen.data.eval_data as e;"
         "print(json.dumps({'file': cvgen.__file__, 'root': str(d.data_root()),"
         " 'axes': d.shipped_axis_names(), 'prompts': len(d.load_writing_prompts()),"
         " 'stems': len(d.load_stems()),"
         " 'eval_root': str(e.eval_root()), 'eval_prompts': len(e.load_eval_prompts()),"
         " 'neutral': len(e.load_neutral_texts()), 'probe_axes': e.shipped_probe_axes(),"
         " 'probe_classes': [list(e.load_probes(a).classes) for a in e.shipped_probe_axes()],"
-        " 'page': [f.name for f in r.files('cvgen').joinpath('page').iterdir()]}))"
+        " 'page': [f.name for f in r.files('cvgen.pack').joinpath('static').iterdir()]}))"
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -87,7 +87,7 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
     assert facts["probe_classes"][facts["axes"].index("optimism")] == ["optimism", "nihilism"]
     assert sorted(facts["page"]) == ["builder.js", "index.html.template", "style.css"]
     axes = subprocess.run(
-        [sys.executable, "-c", "from cvgen.cli import main; main()", "axes"],
+        [sys.executable, "-c", "from cvgen.cli.main import main; main()", "axes"],
         cwd=elsewhere,
         env=env,
         check=True,
@@ -110,7 +110,7 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
     }
     (pack / "pack.json").write_text(json.dumps(manifest))
     subprocess.run(
-        [sys.executable, "-c", "from cvgen.cli import main; main()", "html", str(pack)],
+        [sys.executable, "-c", "from cvgen.cli.main import main; main()", "html", str(pack)],
         cwd=elsewhere,
         env=env,
         check=True,

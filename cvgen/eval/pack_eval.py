@@ -1,0 +1,299 @@
+"""`cvgen eval` composed: choose and open a backend, measure (`cvgen.eval.evaluate`), write
+`eval.json`, `eval.md` and the plots into the pack, and store the calibrated safe scales in
+`pack.json`, in each file's `cvgen.*` metadata, in the pack's README and its page."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cvgen import __version__
+from cvgen.eval.backends import BACKENDS, Backend, HfBackend, LlamaCppBackend
+from cvgen.eval.evaluate import (
+    EvalError,
+    EvalInputs,
+    EvalSettings,
+    RawResults,
+    axis_probes,
+    run_evaluation,
+)
+from cvgen.eval.report import render_markdown, write_plots
+from cvgen.eval.summary import summarise_axis
+from cvgen.llamacpp.binaries import LlamaCppError, find_binary
+from cvgen.llamacpp.commands import default_model_path
+from cvgen.pack.writer import (
+    EVAL_REPORT_NAMES,
+    ROLES,
+    load_manifest,
+    render_pack_readme,
+    write_text_atomically,
+)
+from cvgen.vectors.gguf_io import read_control_vector, write_control_vector
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON, REPORT_MARKDOWN = EVAL_REPORT_NAMES  # defined with the other pack files
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What `evaluate_pack` wrote: the report (eval.json's content) and the file paths."""
+
+    report: dict[str, Any]
+    written: list[Path]
+
+
+def choose_backend(choice: str, model: str) -> str:
+    """`auto` -> llama.cpp for a .gguf model when llama-server is found, else hf."""
+    if choice not in (*BACKENDS, "auto"):
+        raise EvalError(f"--backend: '{choice}' is not one of auto, {', '.join(BACKENDS)}")
+    if choice != "auto":
+        return choice
+    if model.lower().endswith(".gguf"):
+        try:
+            find_binary("llama-server")
+            return "llama.cpp"
+        except LlamaCppError:
+            log.info("llama-server not found; evaluating with transformers (--backend hf)")
+    return "hf"
+
+
+def default_model(manifest: Mapping[str, Any], backend: str) -> str:
+    """The model a pack was made from: its .gguf file for llama.cpp, its source for hf."""
+    if backend == "llama.cpp":
+        return default_model_path(manifest)
+    return str(manifest["model"].get("source") or manifest["model"].get("spec"))
+
+
+def open_backend(
+    backend: str,
+    model: str,
+    *,
+    settings: EvalSettings,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    threads: int | None = None,
+    log_dir: Path | None = None,
+    decoder_blocks: str | None = None,
+) -> Backend:
+    if backend == "llama.cpp":
+        if not Path(model).is_file():
+            raise EvalError(f"--model: {model} is not a file (llama.cpp needs a .gguf model)")
+        return LlamaCppBackend(Path(model), top_k=settings.top_k, threads=threads, log_dir=log_dir)
+    return HfBackend.load(
+        model,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        threads=threads,
+        decoder_blocks=decoder_blocks,
+    )
+
+
+def check_backend_fits(backend: Backend, manifest: Mapping[str, Any], pack: Path) -> None:
+    """Refuse a model whose depth or width differs from the pack's."""
+    expected = manifest["model"]
+    for what, got in (("n_layer", backend.n_layer), ("n_embd", backend.n_embd)):
+        want = expected.get(what)
+        if isinstance(want, int) and want != got:
+            raise EvalError(f"{pack}: the pack was made for {what} {want}, but the model has {got}")
+
+
+def select_axes(manifest: Mapping[str, Any], axes: Sequence[str], pack: Path) -> list[str]:
+    chosen = list(axes) or list(manifest["axes"])
+    for name in chosen:
+        if name not in manifest["axes"]:
+            known = ", ".join(manifest["axes"])
+            raise EvalError(f"--axis: '{name}' is not in pack {pack} (it has: {known})")
+    return chosen
+
+
+def build_report(
+    pack: Path,
+    manifest: Mapping[str, Any],
+    axes: Sequence[str],
+    backend: Backend,
+    model: str,
+    inputs: EvalInputs,
+    raw: RawResults,
+    settings: EvalSettings,
+) -> dict[str, Any]:
+    """eval.json's content."""
+    from cvgen.eval.metrics import text_repetition
+
+    texts = raw.unsteered.texts or []
+    return {
+        "format": "cvgen-eval",
+        "cvgen_version": __version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pack_name": Path(pack).resolve().name,
+        "model": model,
+        "backend": backend.name,
+        "settings": settings.to_dict(),
+        "seconds": raw.seconds,
+        "estimate_seconds": raw.estimate_seconds,
+        "prompts": list(inputs.prompts),
+        "neutral_positions": sum(len(reply) for _, reply in inputs.neutral),
+        "unsteered": {
+            "repetition": sum(text_repetition(t) for t in texts) / max(1, len(texts)),
+            "examples": texts[:1],
+        },
+        "axes": {
+            axis: summarise_axis(axis, manifest["axes"][axis]["classes"], inputs, raw, settings)
+            for axis in axes
+        },
+    }
+
+
+def evaluate_pack(
+    pack: Path,
+    *,
+    model: str | None = None,
+    backend: str = "auto",
+    axes: Sequence[str] = (),
+    settings: EvalSettings | None = None,
+    store: bool = True,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+    probe_files: Mapping[str, Path] | None = None,
+) -> EvalResult:
+    """Evaluate `pack` and write eval.json, eval.md and eval-<axis>.png into it; with `store`,
+    record each axis's calibrated safe scales (pack.json, file metadata, README, page).
+
+    `probe_files` maps an axis to its own probes file (else
+    the shipped probes of that axis, when its classes match).
+    Nothing is written unless the whole evaluation succeeded.
+    """
+    settings = settings or EvalSettings()
+    if threads is not None and threads < 1:
+        raise EvalError(f"--threads: {threads} must be at least 1 (leave it out for the default)")
+    pack = Path(pack)
+    manifest = load_manifest(pack)
+    chosen_axes = select_axes(manifest, axes, pack)
+    for name, path in (probe_files or {}).items():
+        if name not in chosen_axes:
+            raise EvalError(
+                f"--probes: axis '{name}' is not evaluated (axes: {', '.join(chosen_axes)})"
+            )
+        axis_probes(name, tuple(manifest["axes"][name]["classes"]), Path(path))  # fail fast
+    kind = choose_backend(backend, model or default_model(manifest, "llama.cpp"))
+    model = model or default_model(manifest, kind)
+    opened = open_backend(
+        kind,
+        model,
+        settings=settings,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        threads=threads,
+        decoder_blocks=manifest.get("settings", {}).get("decoder_blocks"),
+    )
+    try:
+        check_backend_fits(opened, manifest, pack)
+        inputs, raw = run_evaluation(
+            opened,
+            pack,
+            manifest,
+            chosen_axes,
+            settings,
+            progress=progress,
+            announce=announce,
+            probe_files=probe_files,
+        )
+    finally:
+        opened.close()
+    report = build_report(pack, manifest, chosen_axes, opened, model, inputs, raw, settings)
+    written = write_report(pack, report)
+    if store:
+        written += store_safe_scales(pack, report)
+    return EvalResult(report, written)
+
+
+def write_report(pack: Path, report: Mapping[str, Any]) -> list[Path]:
+    """eval.json, eval.md and the plots, each written atomically."""
+    written = write_plots(report, pack)
+    json_path = pack / REPORT_JSON
+    write_text_atomically(json_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    markdown_path = pack / REPORT_MARKDOWN
+    write_text_atomically(markdown_path, render_markdown(report) + "\n")
+    return [*written, json_path, markdown_path]
+
+
+def store_safe_scales(pack: Path, report: Mapping[str, Any]) -> list[Path]:
+    """Record the safe scales: `axes[name].safe_scale` in pack.json (absolute values, for the
+    page's sliders), `cvgen.safe_scale.*` in each of the axis's files, the README and the page.
+    A pole whose safe scale is 0 (the debias file alone already breaks the budget) leaves the
+    axis without `safe_scale` in pack.json; eval.md explains."""
+    from cvgen.generate.pipeline import example_command
+    from cvgen.pack.page import save_manifest_and_page
+
+    manifest = load_manifest(pack)
+    written = []
+    for name, axis in report["axes"].items():
+        safe = {role: float(axis["safe_scale"][role]["scale"]) for role in ("negative", "positive")}
+        entry = manifest["axes"][name]
+        if min(safe.values()) > 0:
+            entry["safe_scale"] = safe
+        else:
+            entry.pop("safe_scale", None)
+            log.warning("axis '%s': no safe non-zero scale on one pole (%s)", name, safe)
+        # scale 1 reproduces the pole's own average shift; suggest it unless it is unsafe
+        suggested = {role: min(1.0, value) for role, value in safe.items()}
+        entry["suggested_scale"] = {**suggested, "calibrated": True}
+        for role in ROLES:
+            path = pack / entry["files"][role]
+            written.append(_rewrite_metadata(path, role, safe, suggested, report))
+    manifest["evaluation"] = {
+        "file": REPORT_JSON,
+        "backend": report["backend"],
+        "date": report["date"],
+        "kl_budget": report["settings"]["kl_budget"],
+        "repetition_tolerance": report["settings"]["repetition_tolerance"],
+    }
+    readme = render_pack_readme(manifest, example_command(manifest, pack))
+    save_manifest_and_page(pack, manifest)
+    write_text_atomically(pack / "README.md", readme)
+    return written
+
+
+def _rewrite_metadata(
+    path: Path,
+    role: str,
+    safe: Mapping[str, float],
+    suggested: Mapping[str, float],
+    report: Mapping[str, Any],
+) -> Path:
+    """Rewrite one control-vector file with the safe-scale keys added (atomically)."""
+    current = read_control_vector(path)
+    metadata = {
+        key: value
+        for key, value in current.metadata.items()
+        if key.startswith("cvgen.") and key != "cvgen.layer_convention"
+    }
+    metadata.update(
+        {
+            "cvgen.safe_scale.negative": safe["negative"],
+            "cvgen.safe_scale.positive": safe["positive"],
+            "cvgen.safe_scale.kl_budget": float(report["settings"]["kl_budget"]),
+            "cvgen.safe_scale.backend": str(report["backend"]),
+        }
+    )
+    if role in suggested:
+        metadata["cvgen.suggested_scale"] = suggested[role]
+    write_control_vector(
+        path,
+        current.directions,
+        model_hint=current.model_hint or "model",
+        metadata=metadata,  # type: ignore[arg-type]
+    )
+    return path

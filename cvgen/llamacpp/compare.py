@@ -1,0 +1,146 @@
+"""See a pack steer: greedy llama.cpp completions of one prompt at several scales per axis,
+printed side by side (``cvgen compare``), and the checks that a pack fits a model file."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cvgen.common.errors import CvgenError
+from cvgen.llamacpp.binaries import complete, find_binary
+from cvgen.llamacpp.commands import format_scale, vector_arguments
+from cvgen.vectors.gguf_io import ModelFileInfo, read_model_file_info
+
+DEFAULT_PROMPT = (
+    "Write the opening paragraph of a story about an old ferryman who finds a letter "
+    "addressed to him in a bottle."
+)
+
+
+class PackModelMismatch(CvgenError, ValueError):
+    """A pack used with a model whose shape differs from the one it was made for."""
+
+
+def check_pack_fits_model(manifest: Mapping[str, Any], model: Path, *, pack: Path) -> ModelFileInfo:
+    """Raise PackModelMismatch when the model GGUF's width or depth differs from the pack's
+    (llama.cpp would refuse the vectors, log an error and run on without them)."""
+    info = read_model_file_info(model)
+    expected = manifest["model"]
+    for what, got in (("n_embd", info.n_embd), ("n_layer", info.n_layer)):
+        want = expected.get(what)
+        if isinstance(want, int) and want != got:
+            made_for = expected.get("name") or expected.get("spec") or "another model"
+            raise PackModelMismatch(
+                f"{model}: {info.architecture}.{_GGUF_KEYS[what]} is {got}, but pack {pack} was "
+                f"made for {made_for} with {what} {want}; llama.cpp would refuse its vectors"
+            )
+    return info
+
+
+_GGUF_KEYS = {"n_embd": "embedding_length", "n_layer": "block_count"}
+
+
+def render_chat_prompt(info: ModelFileInfo, user_text: str) -> str:
+    """``user_text`` as one user turn in the model's own chat template (from its GGUF), ready
+    for the assistant's reply; the plain text when the model has no template."""
+    if not info.chat_template:
+        return user_text
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise CvgenError(f"{info.path}: chat template: {message}")
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    environment.globals["raise_exception"] = raise_exception
+    template = environment.from_string(info.chat_template)
+    return str(
+        template.render(
+            messages=[{"role": "user", "content": user_text}],
+            add_generation_prompt=True,
+            bos_token=info.bos_token or "",
+            eos_token=info.eos_token or "",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class AxisOutputs:
+    """One axis's greedy completions, one per scale, in scale order."""
+
+    axis: str
+    classes: tuple[str, str]
+    scales: tuple[float, ...]
+    texts: tuple[str, ...]
+
+
+def compare_scales(
+    pack: Path,
+    manifest: Mapping[str, Any],
+    model: Path,
+    *,
+    axes: Sequence[str],
+    scales: Sequence[float],
+    prompt: str = DEFAULT_PROMPT,
+    n_predict: int = 64,
+    chat: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[AxisOutputs]:
+    """Complete ``prompt`` greedily with each axis of ``pack`` at each scale in llama.cpp.
+
+    Every run is checked from llama.cpp's log: the vectors were applied and no error line.
+    Scale 0 loads the axis's debias file alone, as ``cvgen commands`` would.
+    """
+    info = check_pack_fits_model(manifest, model, pack=pack)
+    text = render_chat_prompt(info, prompt) if chat else prompt
+    binary = find_binary("llama-completion")
+    results = []
+    for axis in axes:
+        outputs = []
+        for scale in scales:
+            if progress is not None:
+                progress(f"{axis} {format_scale(scale)}")
+            arguments = vector_arguments(manifest, [(axis, scale)], vector_dir=str(pack))
+            outputs.append(
+                complete(model, text, vectors=arguments, n_predict=n_predict, binary=binary).text
+            )
+        classes = manifest["axes"][axis]["classes"]
+        results.append(
+            AxisOutputs(
+                axis, (classes[0], classes[1]), tuple(scales), tuple(s.strip() for s in outputs)
+            )
+        )
+    return results
+
+
+def format_side_by_side(results: Sequence[AxisOutputs], *, width: int | None = None) -> str:
+    """The outputs as text columns, one block per axis, one column per scale."""
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    blocks = []
+    for result in results:
+        columns = len(result.scales)
+        column_width = max(16, (width - 3 * (columns - 1)) // columns)
+        headers = [_scale_header(result, scale) for scale in result.scales]
+        wrapped = [textwrap.wrap(text, column_width) or [""] for text in result.texts]
+        height = max(len(lines) for lines in wrapped)
+        lines = [
+            f"== {result.axis}: {result.classes[0]} (-) vs {result.classes[1]} (+) ==",
+            " | ".join(header.ljust(column_width) for header in headers).rstrip(),
+            "-+-".join("-" * column_width for _ in headers),
+        ]
+        for row in range(height):
+            cells = [(column[row] if row < len(column) else "") for column in wrapped]
+            lines.append(" | ".join(cell.ljust(column_width) for cell in cells).rstrip())
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _scale_header(result: AxisOutputs, scale: float) -> str:
+    text = format_scale(scale)
+    if text == "0":
+        return "0 (debias only)"
+    pole = result.classes[1] if scale > 0 else result.classes[0]
+    return f"{'+' if scale > 0 else ''}{text} ({pole})"

@@ -1,0 +1,181 @@
+"""The pack's command-line builder: one self-contained static page, `PACK/index.html`.
+
+The page is built from three package files under `cvgen/pack/static/` (the HTML template, the CSS and
+the JavaScript), inlined into one file with the pack's manifest embedded as JSON. It needs no
+network (a Content-Security-Policy with the hashes of its own style and script forbids every
+other source) and works from `file://` or any static host. Its JavaScript mirrors
+`cvgen.llamacpp.commands` rule for rule, so the page prints exactly what `cvgen commands` prints for the
+same selection; `tests/test_html_browser.py` checks that in a real browser.
+
+Display text taken from the manifest (names, classes, descriptions, the model hint) may hold
+anything: the page sets it with `textContent` only. Fields the command logic relies on (axis
+classes and files, `model.n_layer`, `safe_scale`, presets) are checked first by
+`cvgen.pack.writer.check_manifest`, the one validation every command shares, and a bad one is refused
+with a one-line `PackError` naming the file, field and value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cvgen import __version__
+from cvgen.llamacpp.commands import default_model_path
+from cvgen.pack.writer import (
+    MANIFEST_NAME,
+    PAGE_NAME,
+    check_manifest,
+    load_manifest,
+    save_manifest,
+    write_text_atomically,
+)
+
+__all__ = [
+    "PAGE_NAME",
+    "embed_json",
+    "page_defaults",
+    "render_page",
+    "save_manifest_and_page",
+    "write_page",
+]
+
+_MARKER = re.compile(r"\{\{([A-Z_]+)\}\}")
+_DATA_BLOCK = re.compile(
+    r'<script type="application/json" id="cvgen-data">(.*?)</script>', re.DOTALL
+)
+_JSON_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def _page_file(name: str) -> str:
+    return (resources.files("cvgen.pack") / "static" / name).read_text(encoding="utf-8")
+
+
+def embed_json(data: Any) -> str:
+    """`data` as JSON that is safe inside `<script type="application/json">`: `<`, `>`, `&`,
+    U+2028 and U+2029 are written as `\\uXXXX` escapes (JSON.parse reads them back), so no
+    value can close the script element or open a comment. NaN and infinities are refused."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return re.sub("[<>&\u2028\u2029]", lambda match: _JSON_ESCAPES[match.group(0)], text)
+
+
+def _escape_text(text: str) -> str:
+    """HTML-escape text for element content and attribute values."""
+    for raw, escaped in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;")):
+        text = text.replace(raw, escaped)
+    return text.replace("'", "&#39;")
+
+
+def _csp_hash(content: str) -> str:
+    digest = hashlib.sha256(content.encode("utf-8")).digest()
+    return "sha256-" + base64.b64encode(digest).decode("ascii")
+
+
+def render_page(
+    manifest: Mapping[str, Any],
+    *,
+    model_path: str,
+    vector_dir: str,
+    pack_label: str,
+    source: str = MANIFEST_NAME,
+) -> str:
+    """The whole page for `manifest`, as one HTML string.
+
+    `model_path` and `vector_dir` fill the page's fields at first; `pack_label` is the pack
+    path the page shows in its `cvgen commands PACK ...` equivalent. Raises `PackError` (naming
+    `source`) for a manifest the page cannot use.
+    """
+    check_manifest(manifest, source)
+    style = _page_file("style.css")
+    script = _page_file("builder.js")
+    data = {
+        "manifest": manifest,
+        "defaults": {"model_path": model_path, "vector_dir": vector_dir, "pack": pack_label},
+        "generator": f"cvgen {__version__}",
+    }
+    model = manifest["model"]
+    model_name = str(model.get("name") or "a model")
+    values = {
+        "STYLE": style,
+        "SCRIPT": script,
+        "STYLE_HASH": _csp_hash(style),
+        "SCRIPT_HASH": _csp_hash(script),
+        "DATA": embed_json(data),
+        "TITLE": _escape_text(f"{model_name}: llama.cpp command builder (cvgen)"),
+        "MODEL_NAME": _escape_text(model_name),
+        "GENERATOR": _escape_text(f"cvgen {__version__}"),
+    }
+    return _MARKER.sub(lambda match: values[match.group(1)], _page_file("index.html.template"))
+
+
+def page_defaults(page: Path) -> dict[str, str]:
+    """The `model_path` and `vector_dir` that an existing page opens with, read from its
+    embedded data, so that rewriting it (after a preset change) keeps them; `{}` when the
+    page is missing or unreadable."""
+    try:
+        found = _DATA_BLOCK.search(Path(page).read_text(encoding="utf-8"))
+        defaults = json.loads(found.group(1))["defaults"] if found else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(defaults, dict):
+        return {}
+    return {
+        key: defaults[key]
+        for key in ("model_path", "vector_dir")
+        if isinstance(defaults.get(key), str)
+    }
+
+
+def write_page(
+    pack: Path,
+    manifest: Mapping[str, Any] | None = None,
+    *,
+    model_path: str | None = None,
+    vector_dir: str | None = None,
+) -> Path:
+    """Write `PACK/index.html` atomically and return its path.
+
+    `manifest` defaults to the pack's `pack.json`; `model_path` to the pack's `.gguf` source
+    (else `MODEL.gguf`); `vector_dir` to the pack's absolute path.
+    """
+    pack = Path(pack)
+    if manifest is None:
+        manifest = load_manifest(pack)
+    absolute = str(pack.expanduser().resolve())
+    text = render_page(
+        manifest,
+        model_path=model_path if model_path is not None else default_model_path(manifest),
+        vector_dir=vector_dir if vector_dir is not None else absolute,
+        pack_label=absolute,
+        source=str(pack / MANIFEST_NAME),
+    )
+    path = pack / PAGE_NAME
+    write_text_atomically(path, text)
+    return path
+
+
+def save_manifest_and_page(pack: Path, manifest: Mapping[str, Any]) -> None:
+    """Rewrite `PACK/pack.json` and the page (keeping the page's model path and vector
+    folder); the page is rendered first, so a manifest it refuses changes nothing."""
+    absolute = str(Path(pack).expanduser().resolve())
+    defaults = page_defaults(Path(pack) / PAGE_NAME)
+    page = render_page(
+        manifest,
+        model_path=defaults.get("model_path", default_model_path(manifest)),
+        vector_dir=defaults.get("vector_dir", absolute),
+        pack_label=absolute,
+        source=str(Path(pack) / MANIFEST_NAME),
+    )
+    save_manifest(pack, manifest)
+    write_text_atomically(Path(pack) / PAGE_NAME, page)

@@ -183,6 +183,14 @@ def test_every_relative_link_leads_to_a_file_of_the_repository() -> None:
         assert "../shared" not in path.read_text(encoding="utf-8"), path.name
 
 
+def test_named_scripts_and_tests_exist() -> None:
+    named = set()
+    for path in _markdown_files():
+        named |= set(re.findall(r"`((?:scripts|tests)/[\w./-]*)", path.read_text(encoding="utf-8")))
+    assert "scripts/demo.sh" in named and "tests/test_golden.py" in named
+    assert sorted(name for name in named if not (REPO / name).exists()) == []
+
+
 def test_the_readme_links_every_doc() -> None:
     linked = {target.partition("#")[0] for target in _links(README)}
     docs = {f"docs/{path.name}" for path in DOCS.glob("*.md")}

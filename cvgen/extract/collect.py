@@ -336,36 +336,47 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else "no message"
 
 
+@dataclass(frozen=True)
+class CollectionSettings:
+    """How `run_collection` runs its prompts: the pad token id and the device of the inputs,
+    at most `batch_tokens` padded tokens a batch of which at most `max_padding` are padding
+    (see `plan_batches`), and whether the prefix every prompt shares runs only once
+    (`reuse_prefix`, see `prepare_prefix`)."""
+
+    pad_id: int
+    device: torch.device
+    batch_tokens: int
+    reuse_prefix: bool = True
+    max_padding: float = 0.1
+
+
 def run_collection(
     model: torch.nn.Module,
     blocks: torch.nn.ModuleList,
     wanted: Sequence[int],
     items: Sequence[WorkItem],
     *,
-    pad_id: int,
-    device: torch.device,
-    batch_tokens: int,
+    settings: CollectionSettings,
     write: Callable[[int, list[int], np.ndarray], None],
     progress: Callable[[int], None] | None = None,
-    reuse_prefix: bool = True,
-    max_padding: float = 0.1,
 ) -> None:
     """Run every item in length-bucketed batches; after each batch call
-    `write(target, rows, states)` once per target with states (len(wanted), len(rows), d).
+    `write(target, rows, states)` once per target with states (len(wanted), len(rows), d),
+    and `progress(count)` with the batch's number of items.
 
-    With `reuse_prefix` (the default), the prefix that all items share is run once and its
-    KV cache reused by every batch (see `prepare_prefix`); batches are then planned on the
-    remaining lengths. A batch holds at most `batch_tokens` padded tokens, and at most
-    `max_padding` of them are padding (see `plan_batches`)."""
+    With `settings.reuse_prefix`, the prefix that all items share is run once and its KV
+    cache reused by every batch (see `prepare_prefix`); batches are then planned on the
+    remaining lengths, within `settings.batch_tokens` and `settings.max_padding`."""
+    pad_id, device = settings.pad_id, settings.device
     token_lists = [item.token_ids for item in items]
     prefix = None
-    if reuse_prefix and len(items) > 1:
+    if settings.reuse_prefix and len(items) > 1:
         prefix = prepare_prefix(model, blocks, wanted, token_lists, pad_id=pad_id, device=device)
     skip = len(prefix.token_ids) if prefix is not None else 0
     batches = plan_batches(
         [len(ids) - skip for ids in token_lists],
-        batch_tokens=batch_tokens,
-        max_padding=max_padding,
+        batch_tokens=settings.batch_tokens,
+        max_padding=settings.max_padding,
     )
     for batch in batches:
         chosen = [items[i] for i in batch]

@@ -14,6 +14,7 @@ from conftest import PICO_LAYERS
 
 from cvgen.extract import collect
 from cvgen.extract.collect import (
+    CollectionSettings,
     PrefixCache,
     PrefixCacheUnavailable,
     WorkItem,
@@ -25,8 +26,8 @@ from cvgen.extract.collect import (
     run_collection,
     shared_prefix_length,
 )
-from cvgen.extract.model import find_decoder_blocks
-from cvgen.solve.methods import block_features
+from cvgen.extract.decoder_blocks import find_decoder_blocks
+from cvgen.solve.blocks import block_features
 
 CPU = torch.device("cpu")
 
@@ -196,7 +197,12 @@ def test_prefix_reuse_gives_the_states_of_a_plain_full_model_forward(
     handle = blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
     try:
         run_collection(
-            model, blocks, wanted, items, pad_id=0, device=CPU, batch_tokens=64, write=write
+            model,
+            blocks,
+            wanted,
+            items,
+            settings=CollectionSettings(pad_id=0, device=CPU, batch_tokens=64),
+            write=write,
         )
     finally:
         handle.remove()
@@ -250,7 +256,12 @@ def test_a_prefix_cache_that_does_not_reproduce_the_states_is_refused(
 
     with caplog.at_level(logging.WARNING, logger="cvgen"):
         run_collection(
-            model, blocks, [1, 2], items, pad_id=0, device=CPU, batch_tokens=512, write=write
+            model,
+            blocks,
+            [1, 2],
+            items,
+            settings=CollectionSettings(pad_id=0, device=CPU, batch_tokens=512),
+            write=write,
         )
     assert "shared prompt prefix not reused" in caplog.text
     plain = forward_last_token_states(model, blocks, [1, 2], token_lists, pad_id=0, device=CPU)

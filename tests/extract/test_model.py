@@ -7,13 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvgen.extract.model import (
-    ModelError,
-    find_decoder_blocks,
-    load_config,
-    resolve_dtype,
-    resolve_model_source,
-)
+from cvgen.extract.decoder_blocks import find_decoder_blocks
+from cvgen.extract.loading import load_config, resolve_dtype
+from cvgen.extract.model_source import ModelError, resolve_model_source
 
 
 def test_hub_id_is_accepted_without_touching_the_network() -> None:
@@ -249,14 +245,14 @@ def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     """The hub at a closed local port (nothing listens on 127.0.0.1:9), offline mode off."""
     from huggingface_hub import constants
 
-    import cvgen.extract.model
+    import cvgen.extract.model_source
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as read when first imported
     monkeypatch.delenv("HTTP_PROXY", raising=False)
     monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(cvgen.extract.model, "_hub_offline", {})
+    monkeypatch.setattr(cvgen.extract.model_source, "_hub_offline", {})
 
 
 @pytest.mark.usefixtures("unreachable_hub")
@@ -286,7 +282,8 @@ def test_a_hub_id_without_network_fails_at_once_in_one_line(tmp_path: Path) -> N
 def test_a_cached_hub_id_loads_offline_without_asking_the_hub(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import cvgen.extract.model
+    import cvgen.extract.loading
+    import cvgen.extract.model_source
 
     seen: list[dict[str, object]] = []
 
@@ -296,16 +293,21 @@ def test_a_cached_hub_id_loads_offline_without_asking_the_hub(
             seen.append(kwargs)
             return directory
 
-    monkeypatch.setattr(cvgen.extract.model, "_hub_cached", lambda repo_id: repo_id == "owner/name")
+    monkeypatch.setattr(
+        cvgen.extract.model_source, "_hub_cached", lambda repo_id: repo_id == "owner/name"
+    )
     source = resolve_model_source("owner/name")
-    assert cvgen.extract.model._from_pretrained(Loader, source, "config", trust_remote_code=False)
+    assert cvgen.extract.loading._from_pretrained(Loader, source, "config", trust_remote_code=False)
     assert seen == [{"trust_remote_code": False, "local_files_only": True}]
     monkeypatch.setenv("HF_ENDPOINT", "http://localhost:9")  # probed once per endpoint
     with pytest.raises(ModelError, match="^offline: cannot fetch other/model; pass a local"):
-        cvgen.extract.model._from_pretrained(
+        cvgen.extract.loading._from_pretrained(
             Loader, resolve_model_source("other/model"), "config", trust_remote_code=False
         )
-    assert set(cvgen.extract.model._hub_offline) == {"http://127.0.0.1:9", "http://localhost:9"}
+    assert set(cvgen.extract.model_source._hub_offline) == {
+        "http://127.0.0.1:9",
+        "http://localhost:9",
+    }
 
 
 def test_a_truncated_model_gguf_is_named_by_every_command(tmp_path: Path, pico_llama: Path) -> None:

@@ -18,17 +18,17 @@ import torch
 from click.testing import CliRunner, Result
 
 from cvgen.cli.main import main
-from cvgen.extract.model import ModelError, bitsandbytes_config, gpu_share
-from cvgen.extract.shards import (
-    SHARDS_FOLDER,
+from cvgen.extract.loading import bitsandbytes_config, gpu_share
+from cvgen.extract.model_source import ModelError
+from cvgen.extract.shard_descriptions import SHARDS_FOLDER, format_rows
+from cvgen.extract.shard_spec import (
     ShardError,
     ShardSpec,
-    format_rows,
     local_process,
     resolve_shard,
     slurm_array_shard,
 )
-from cvgen.extract.store import content_key
+from cvgen.extract.store_keys import content_key
 from cvgen.vectors.gguf_io import read_control_vector
 
 SAMPLES = 16  # 3 shards of 5, 5 and 6 samples: an uneven split
@@ -351,7 +351,7 @@ def test_quantisation_and_shard_enter_the_store_key_only_when_set() -> None:
     import hashlib
 
     plain = content_key(model_identity="m", dtype="float32", blocks=[0, 1], texts=["a", "b"])
-    from cvgen.extract.store import STORE_FORMAT, texts_digest
+    from cvgen.extract.store_keys import STORE_FORMAT, texts_digest
 
     before = {
         "format": STORE_FORMAT,
@@ -438,7 +438,8 @@ def test_loader_arguments_for_device_maps_and_bitsandbytes(
 
     import transformers
 
-    from cvgen.extract.model import gpus_for_process, load_causal_lm, resolve_model_source
+    from cvgen.extract.loading import gpus_for_process, load_causal_lm
+    from cvgen.extract.model_source import resolve_model_source
 
     monkeypatch.setattr(transformers, "AutoModelForCausalLM", _CapturingLoader)
     monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))
@@ -475,7 +476,7 @@ def test_loader_arguments_for_device_maps_and_bitsandbytes(
 
 
 def test_torchrun_processes_take_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cvgen.extract.model import device_for_local_rank
+    from cvgen.extract.loading import device_for_local_rank
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     assert device_for_local_rank(torch.device("cuda"), 3) == torch.device("cuda", 3)

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvgen.extract.store import ArrayFamily, StateArray, StoreError, reuse_stored_rows, row_digests
+from cvgen.extract.row_reuse import reuse_stored_rows
+from cvgen.extract.store import StateArray, StoreError
+from cvgen.extract.store_keys import ArrayFamily, row_digests
 
 FAMILY = ArrayFamily(
     model_identity="model-a", dtype="float32", quantization="none", blocks=(0, 2), width=3

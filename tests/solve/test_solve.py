@@ -10,21 +10,10 @@ import scipy.linalg
 from conftest import require_real_model
 
 from cvgen.solve import methods as solve
-from cvgen.solve.methods import (
-    DEFAULT_METHOD,
-    METHODS,
-    BlockDirection,
-    SolverError,
-    SolverOptions,
-    block_features,
-    candidate_eigenvectors,
-    extreme_eigenvectors,
-    fisher_ratio,
-    get_method,
-    paired_differences,
-    solve_blocks,
-    solve_cross_covariance,
-)
+from cvgen.solve.blocks import block_features, paired_differences, solve_blocks
+from cvgen.solve.direction import BlockDirection, SolverError, SolverOptions, fisher_ratio
+from cvgen.solve.eigen import candidate_eigenvectors, extreme_eigenvectors
+from cvgen.solve.methods import DEFAULT_METHOD, METHODS, get_method, solve_cross_covariance
 
 # (n, d, noise): a well-sampled case and a rank-limited one (2n < d).
 PLANTED_CASES = [(200, 64, 0.25), (20, 256, 0.05)]

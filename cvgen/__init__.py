@@ -7,7 +7,7 @@ The public API, one stage per module, composed by `generate_pack`:
     render_text, tokenize_texts                   (cvgen.extract.chat)
     resolve_model_source                          (cvgen.extract.model_source)
     load_causal_lm                                (cvgen.extract.loading)
-    forward_last_token_states                     (cvgen.extract.collect)
+    forward_last_token_states                     (cvgen.extract.forward)
     StateArray                                    (cvgen.extract.store)
     get_method, solve_cross_covariance, ...       (cvgen.solve.methods)
     solve_blocks, block_features                  (cvgen.solve.blocks)
@@ -36,7 +36,7 @@ _EXPORTS = {
     "tokenize_texts": "cvgen.extract.chat",
     "resolve_model_source": "cvgen.extract.model_source",
     "load_causal_lm": "cvgen.extract.loading",
-    "forward_last_token_states": "cvgen.extract.collect",
+    "forward_last_token_states": "cvgen.extract.forward",
     "block_features": "cvgen.solve.blocks",
     "StateArray": "cvgen.extract.store",
     "get_method": "cvgen.solve.methods",

@@ -43,13 +43,7 @@ import torch
 
 from cvgen.data.shipped import load_axis, load_stems, load_writing_prompts, shipped_axis_names
 from cvgen.extract.chat import render_text, tokenize_texts
-from cvgen.extract.collect import (
-    CollectionSettings,
-    WorkItem,
-    plan_batches,
-    prepare_prefix,
-    run_collection,
-)
+from cvgen.extract.collect import CollectionSettings, WorkItem, plan_batches, run_collection
 from cvgen.extract.decoder_blocks import config_dimensions, find_decoder_blocks
 from cvgen.extract.loading import (
     load_causal_lm,
@@ -59,6 +53,7 @@ from cvgen.extract.loading import (
     resolve_dtype,
 )
 from cvgen.extract.model_source import resolve_model_source
+from cvgen.extract.prefix_cache import prepare_prefix
 from cvgen.extract.sampler import axis_texts, baseline_text, draw_samples
 from cvgen.extract.store import StateArray
 from cvgen.generate.pipeline import generate_pack

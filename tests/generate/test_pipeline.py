@@ -12,7 +12,7 @@ import torch
 from conftest import PICO_LAYERS
 
 from cvgen.extract.chat import PromptError
-from cvgen.extract.collect import forward_last_token_states
+from cvgen.extract.forward import forward_last_token_states
 from cvgen.extract.store import StateArray
 from cvgen.generate.pipeline import collected_states, generate_pack
 from cvgen.generate.settings import GenerateSettings, LayerSkip

@@ -5,14 +5,16 @@ The public API, one stage per module, composed by `generate_pack`:
     load_axis, load_stems, load_writing_prompts   (cvgen.data.shipped)
     draw_samples                                  (cvgen.extract.sampler)
     render_text, tokenize_texts                   (cvgen.extract.chat)
-    resolve_model_source, load_causal_lm          (cvgen.extract.model)
-    forward_last_token_states                     (cvgen.extract.collect)
+    resolve_model_source                          (cvgen.extract.model_source)
+    load_causal_lm                                (cvgen.extract.loading)
+    forward_last_token_states                     (cvgen.extract.forward)
     StateArray                                    (cvgen.extract.store)
-    get_method, solve_blocks, block_features, ... (cvgen.solve.methods)
+    get_method, solve_cross_covariance, ...       (cvgen.solve.methods)
+    solve_blocks, block_features                  (cvgen.solve.blocks)
     write_control_vector, read_control_vector     (cvgen.vectors.gguf_io)
     build_command                                 (cvgen.llamacpp.commands)
     GenerateSettings, generate_pack               (cvgen.generate.settings, cvgen.generate.pipeline)
-    collect_shard, solve_pack, ShardSpec          (cvgen.generate.pipeline, cvgen.extract.shards)
+    collect_shard, solve_pack, ShardSpec          (cvgen.generate.pipeline, cvgen.extract.shard_spec)
     collected_states                              (cvgen.generate.pipeline: states only, no pack)
 
 Names are imported on first use, so `import cvgen` stays cheap (no torch import).
@@ -32,13 +34,13 @@ _EXPORTS = {
     "draw_samples": "cvgen.extract.sampler",
     "render_text": "cvgen.extract.chat",
     "tokenize_texts": "cvgen.extract.chat",
-    "resolve_model_source": "cvgen.extract.model",
-    "load_causal_lm": "cvgen.extract.model",
-    "forward_last_token_states": "cvgen.extract.collect",
-    "block_features": "cvgen.solve.methods",
+    "resolve_model_source": "cvgen.extract.model_source",
+    "load_causal_lm": "cvgen.extract.loading",
+    "forward_last_token_states": "cvgen.extract.forward",
+    "block_features": "cvgen.solve.blocks",
     "StateArray": "cvgen.extract.store",
     "get_method": "cvgen.solve.methods",
-    "solve_blocks": "cvgen.solve.methods",
+    "solve_blocks": "cvgen.solve.blocks",
     "solve_cross_covariance": "cvgen.solve.methods",
     "solve_mean_diff": "cvgen.solve.methods",
     "solve_pca_diff": "cvgen.solve.methods",
@@ -50,7 +52,7 @@ _EXPORTS = {
     "collect_shard": "cvgen.generate.pipeline",
     "solve_pack": "cvgen.generate.pipeline",
     "collected_states": "cvgen.generate.pipeline",
-    "ShardSpec": "cvgen.extract.shards",
+    "ShardSpec": "cvgen.extract.shard_spec",
     "CvgenError": "cvgen.common.errors",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -23,7 +23,6 @@ planted axis. Figures are printed as a table; `--json PATH` also writes them as 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -44,27 +43,23 @@ import torch
 
 from cvgen.data.shipped import load_axis, load_stems, load_writing_prompts, shipped_axis_names
 from cvgen.extract.chat import render_text, tokenize_texts
-from cvgen.extract.collect import (
-    WorkItem,
-    plan_batches,
-    prepare_prefix,
-    run_collection,
-)
-from cvgen.extract.model import (
-    config_dimensions,
-    find_decoder_blocks,
+from cvgen.extract.collect import CollectionSettings, WorkItem, plan_batches, run_collection
+from cvgen.extract.decoder_blocks import config_dimensions, find_decoder_blocks
+from cvgen.extract.loading import (
     load_causal_lm,
     load_config,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
-    resolve_model_source,
 )
+from cvgen.extract.model_source import resolve_model_source
+from cvgen.extract.prefix_cache import prepare_prefix
 from cvgen.extract.sampler import axis_texts, baseline_text, draw_samples
 from cvgen.extract.store import StateArray
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
-from cvgen.solve.methods import SolverOptions, solve_cross_covariance
+from cvgen.solve.direction import SolverOptions
+from cvgen.solve.methods import solve_cross_covariance
 
 DEFAULT_MODEL = Path.home() / ".cache" / "cvgen" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MEMORY_FACTOR = 8
@@ -233,12 +228,14 @@ def collect_cvgen(
         blocks,
         work.stored_blocks,
         items,
-        pad_id=work.pad_id,
-        device=device,
-        batch_tokens=batch_tokens,
+        settings=CollectionSettings(
+            pad_id=work.pad_id,
+            device=device,
+            batch_tokens=batch_tokens,
+            reuse_prefix=reuse_prefix,
+            max_padding=max_padding,
+        ),
         write=lambda target, rows, states: array.write_rows(rows, states),
-        reuse_prefix=reuse_prefix,
-        max_padding=max_padding,
     )
     synchronize(device)
     return np.stack([array.block(block) for block in work.stored_blocks])
@@ -711,8 +708,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-padding",
         type=float,
-        default=inspect.signature(run_collection).parameters["max_padding"].default,
-        help="padding bound of the collector's batches (default: run_collection's)",
+        default=CollectionSettings.max_padding,
+        help="padding bound of the collector's batches (default: CollectionSettings's)",
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument(

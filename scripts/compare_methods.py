@@ -48,7 +48,9 @@ from cvgen.eval.evaluate import AxisFiles, EvalInputs, EvalSettings, measure, ne
 from cvgen.eval.evaluate import prepare_inputs as prepare_eval_inputs
 from cvgen.extract.store import BlockStates, default_store_root
 from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
-from cvgen.solve.methods import DEFAULT_METHOD, BlockDirection, SolverOptions, solve_blocks
+from cvgen.solve.blocks import solve_blocks
+from cvgen.solve.direction import BlockDirection, SolverOptions
+from cvgen.solve.methods import DEFAULT_METHOD
 from cvgen.vectors.gguf_io import write_control_vector
 
 DEFAULT_MODEL = "~/.cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,7 +119,7 @@ def solve_variant_blocks(
     options: SolverOptions | None = None,
 ) -> dict[int, BlockDirection]:
     """Solve `blocks` of one axis with `method`, from the pipeline's stored states, by the
-    same `cvgen.solve.methods.solve_blocks` the pipeline uses. Blocks whose solver finds nothing are
+    same `cvgen.solve.blocks.solve_blocks` the pipeline uses. Blocks whose solver finds nothing are
     left out."""
     for block in blocks:
         if block not in stored_blocks or block - 1 not in stored_blocks:

@@ -258,7 +258,8 @@ def collect(
     processes or machines (torchrun, a SLURM array job, any scheduler), then run `cvgen solve`
     with the same options on a store holding every shard.
     """
-    from cvgen.extract.shards import format_rows, local_process, resolve_shard
+    from cvgen.extract.shard_descriptions import format_rows
+    from cvgen.extract.shard_spec import local_process, resolve_shard
 
     settings = _settings(values, all_axes=all_axes)
     spec = resolve_shard(shard, os.environ)

@@ -314,7 +314,8 @@ class HfBackend:
             # torch's CPU thread pool collapses when its threads outnumber the free cores
             torch.set_num_threads(threads)
 
-        from cvgen.extract.model import find_decoder_blocks, input_device
+        from cvgen.extract.decoder_blocks import find_decoder_blocks
+        from cvgen.extract.loading import input_device
 
         self.model = model
         self.tokenizer = tokenizer
@@ -339,15 +340,15 @@ class HfBackend:
         decoder_blocks: str | None = None,
     ) -> HfBackend:
         """Load a model (GGUF file, folder or hub id) and its tokenizer with cvgen's loader."""
-        from cvgen.extract.model import (
-            config_dimensions,
+        from cvgen.extract.decoder_blocks import config_dimensions
+        from cvgen.extract.loading import (
             load_causal_lm,
             load_config,
             load_tokenizer,
             resolve_device,
             resolve_dtype,
-            resolve_model_source,
         )
+        from cvgen.extract.model_source import resolve_model_source
 
         source = resolve_model_source(model_spec)
         torch_device = resolve_device(device)

@@ -6,28 +6,25 @@ that the solver reads one block of all samples as one contiguous (n, d) slab. It
 `<key>.json` (what the key was made of).
 
 The key is a SHA-256 of the model's identity, dtype, the stored blocks and the texts
-themselves, so a re-run with the same content reuses the array, anything else gets a new one,
+themselves (`cvgen.extract.store_keys`), so a re-run with the same content reuses the array, anything else gets a new one,
 and a killed run resumes from the rows it had finished. Rows are written with positioned
 writes, not through a mapping, so the writer's memory does not grow with `n`. A batch's rows
 are fsynced before their done markers are written, so a power loss cannot leave a row marked
 done without its data.
 
 Rows are also found by their own text: `<key>.digests` holds one SHA-256 per row, and the
-JSON records the array's family (model identity, dtype, quantisation, stored blocks, width).
-`reuse_stored_rows` copies into a new array every row whose exact text is done in any array
-of the same family, so growing `--samples` runs only the new prompts. Arrays written before
-the sidecar existed are never used as a source.
+JSON records the array's family (model identity, dtype, quantisation, stored blocks, width);
+`cvgen.extract.row_reuse` copies rows between arrays of one family by these digests.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,11 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from cvgen.common.errors import CvgenError
+from cvgen.extract.store_keys import DIGEST_BYTES, ArrayFamily, row_digests
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
-DIGEST_BYTES = 32  # one SHA-256 per row in `<key>.digests`
 _HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
@@ -54,73 +50,6 @@ def default_store_root() -> Path:
     """`$CVGEN_CACHE/states`, by default `~/.cache/cvgen/states`."""
     cache = os.environ.get("CVGEN_CACHE") or str(Path.home() / ".cache" / "cvgen")
     return Path(cache).expanduser() / "states"
-
-
-def texts_digest(texts: Sequence[str]) -> str:
-    """SHA-256 over the texts, length-prefixed so that no two lists collide."""
-    digest = hashlib.sha256()
-    for text in texts:
-        data = text.encode("utf-8")
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def content_key(
-    *,
-    model_identity: str,
-    dtype: str,
-    blocks: Sequence[int],
-    texts: Sequence[str],
-    quantization: str = "none",
-    shard: str | None = None,
-) -> str:
-    """The store key of an array of states. `quantization` ("8bit"/"4bit") and `shard` ("i/N"
-    for a part of a sharded run) enter the key only when set, so the keys of plain unsharded
-    runs stay what they were."""
-    description: dict[str, Any] = {
-        "format": STORE_FORMAT,
-        "model": model_identity,
-        "dtype": dtype,
-        "blocks": list(blocks),
-        "texts": texts_digest(texts),
-        "n": len(texts),
-    }
-    if quantization != "none":
-        description["quantization"] = quantization
-    if shard is not None:
-        description["shard"] = shard
-    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
-
-
-def row_digests(texts: Sequence[str]) -> bytes:
-    """One SHA-256 per text (length-prefixed like `texts_digest`), concatenated in order:
-    `len(texts) * DIGEST_BYTES` bytes; row i's digest is bytes [32 i, 32 i + 32)."""
-    parts = []
-    for text in texts:
-        data = text.encode("utf-8")
-        parts.append(hashlib.sha256(len(data).to_bytes(8, "little") + data).digest())
-    return b"".join(parts)
-
-
-@dataclass(frozen=True)
-class ArrayFamily:
-    """What fixes a row's states besides its text: arrays of one family may share rows."""
-
-    model_identity: str
-    dtype: str
-    quantization: str
-    blocks: tuple[int, ...]
-    width: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model_identity,
-            "dtype": self.dtype,
-            "quantization": self.quantization,
-            "blocks": list(self.blocks),
-            "width": self.width,
-        }
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -314,7 +243,7 @@ class StateArray:
     def family(self) -> dict[str, Any] | None:
         """The "family" entry of this array's JSON (`ArrayFamily.to_json()`), or None for an
         array written without one (or whose JSON cannot be read)."""
-        meta = _read_meta(self.meta_path)
+        meta = read_meta(self.meta_path)
         family = meta.get("family") if meta is not None else None
         return family if isinstance(family, dict) else None
 
@@ -383,97 +312,13 @@ def store_bytes_needed(root: Path, key: str, *, n: int, blocks: Sequence[int], w
     return n * row_bytes + n * (1 + DIGEST_BYTES) + 4096
 
 
-REUSE_CHUNK_ROWS = 256  # rows copied per read-and-write when reusing stored rows
-
-
-def _read_meta(path: Path) -> dict[str, Any] | None:
+def read_meta(path: Path) -> dict[str, Any] | None:
     """An array's JSON, or None when it is missing or is not a JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _family_sources(root: Path, family: dict[str, Any]) -> Iterator[tuple[StateArray, bytes]]:
-    """Every array in the store folder `root` of `family` that has a digests sidecar and
-    files of the recorded shape: (array, its row digests). Anything else is skipped."""
-    for meta_path in sorted(root.glob("*.json")):
-        meta = _read_meta(meta_path)
-        shape = meta.get("shape") if meta is not None else None
-        if meta is None or meta.get("family") != family or not isinstance(shape, list):
-            continue
-        if len(shape) != 3 or not all(isinstance(size, int) for size in shape):
-            continue
-        try:
-            source = StateArray.open_existing(
-                root, meta_path.stem, n=shape[1], blocks=family["blocks"], width=family["width"]
-            )
-        except StoreError:
-            continue
-        digests = source.row_digests() if source is not None else None
-        if source is not None and digests is not None:
-            yield source, digests
-
-
-def _wanted_rows(targets: Sequence[StateArray]) -> dict[bytes, list[tuple[StateArray, int]]]:
-    """Row digest -> the (target, row) pending rows of that text, over `targets`."""
-    wanted: dict[bytes, list[tuple[StateArray, int]]] = {}
-    for target in targets:
-        digests = target.row_digests()
-        if digests is None:
-            continue
-        for row in target.pending_rows().tolist():
-            digest = digests[row * DIGEST_BYTES : (row + 1) * DIGEST_BYTES]
-            wanted.setdefault(digest, []).append((target, row))
-    return wanted
-
-
-def _copy_rows(target: StateArray, source: StateArray, pairs: list[tuple[int, int]]) -> None:
-    """Copy the states of source rows into target rows, `pairs` = [(target row, source row)],
-    in chunks, through `write_rows` (so with its fsync before the done markers)."""
-    for start in range(0, len(pairs), REUSE_CHUNK_ROWS):
-        chunk = pairs[start : start + REUSE_CHUNK_ROWS]
-        mapped = np.load(source.data_path, mmap_mode="r")
-        states = np.asarray(mapped[:, [source_row for _, source_row in chunk], :])
-        del mapped
-        target.write_rows([target_row for target_row, _ in chunk], states)
-
-
-def _reuse_in_family(root: Path, family: dict[str, Any], targets: Sequence[StateArray]) -> int:
-    """`reuse_stored_rows` for targets of one store folder and one family."""
-    wanted = _wanted_rows(targets)
-    plan: dict[tuple[str, str], tuple[StateArray, StateArray, list[tuple[int, int]]]] = {}
-    for source, digests in _family_sources(root, family):
-        for source_row in source.done_rows().tolist():
-            digest = digests[source_row * DIGEST_BYTES : (source_row + 1) * DIGEST_BYTES]
-            for target, row in wanted.pop(digest, []):
-                entry = plan.setdefault((target.key, source.key), (target, source, []))
-                entry[2].append((row, source_row))
-    for target, source, pairs in plan.values():
-        _copy_rows(target, source, pairs)
-    return sum(len(pairs) for _, _, pairs in plan.values())
-
-
-def reuse_stored_rows(targets: Sequence[StateArray]) -> int:
-    """Fill the pending rows of `targets` from the store: a pending row whose text (by its
-    digest) is a done row of any array of the same family in the same folder, the targets
-    themselves included, gets that row's states copied in, (blocks, d) per row, and is
-    marked done. Targets without a family or digests sidecar are left as they are; arrays
-    without them are never read. Returns the number of rows copied."""
-    groups: dict[tuple[Path, str], list[StateArray]] = {}
-    families: dict[tuple[Path, str], dict[str, Any]] = {}
-    for target in targets:
-        family = target.family()
-        if family is None:
-            continue
-        group = (target.root, json.dumps(family, sort_keys=True))
-        groups.setdefault(group, []).append(target)
-        families[group] = family
-    return sum(
-        _reuse_in_family(root, families[(root, name)], members)
-        for (root, name), members in groups.items()
-    )
 
 
 def _first_line(error: BaseException) -> str:

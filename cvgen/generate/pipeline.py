@@ -37,14 +37,15 @@ from cvgen.extract.chat import (
     render_text,
     tokenize_texts,
 )
-from cvgen.extract.collect import WorkItem, run_collection
-from cvgen.extract.model import (
-    ModelSource,
+from cvgen.extract.collect import CollectionSettings, WorkItem, run_collection
+from cvgen.extract.decoder_blocks import (
     config_dimensions,
     context_length,
     describe_config,
-    device_for_local_rank,
     find_decoder_blocks,
+)
+from cvgen.extract.loading import (
+    device_for_local_rank,
     gpus_for_process,
     input_device,
     load_causal_lm,
@@ -52,8 +53,9 @@ from cvgen.extract.model import (
     load_tokenizer,
     resolve_device,
     resolve_dtype,
-    resolve_model_source,
 )
+from cvgen.extract.model_source import ModelSource, resolve_model_source
+from cvgen.extract.row_reuse import reuse_stored_rows
 from cvgen.extract.sampler import (
     SamplePlan,
     axis_texts,
@@ -61,25 +63,17 @@ from cvgen.extract.sampler import (
     draw_samples,
     max_distinct_triples,
 )
-from cvgen.extract.shards import (
+from cvgen.extract.shard_descriptions import (
     ExpectedRun,
-    MergedStates,
     ShardDescription,
-    ShardSpec,
-    open_shard_arrays,
     plan_digest,
     read_shard_descriptions,
     select_shards,
 )
-from cvgen.extract.store import (
-    ArrayFamily,
-    BlockStates,
-    StateArray,
-    content_key,
-    default_store_root,
-    reuse_stored_rows,
-    store_bytes_needed,
-)
+from cvgen.extract.shard_merge import MergedStates, open_shard_arrays
+from cvgen.extract.shard_spec import ShardSpec
+from cvgen.extract.store import BlockStates, StateArray, default_store_root, store_bytes_needed
+from cvgen.extract.store_keys import ArrayFamily, content_key
 from cvgen.generate.settings import GenerateSettings, select_blocks
 from cvgen.llamacpp.binaries import llama_cpp_record
 from cvgen.llamacpp.commands import CommandError, build_command, default_model_path
@@ -95,7 +89,8 @@ from cvgen.pack.writer import (
     vector_file_names,
     write_pack,
 )
-from cvgen.solve.methods import BlockDirection, SolverOptions, solve_blocks
+from cvgen.solve.blocks import solve_blocks
+from cvgen.solve.direction import BlockDirection, SolverOptions
 
 log = logging.getLogger("cvgen")
 
@@ -256,9 +251,9 @@ def _collect(
             blocks,
             stored_blocks,
             items,
-            pad_id=pad_id,
-            device=device,
-            batch_tokens=settings.batch_tokens,
+            settings=CollectionSettings(
+                pad_id=pad_id, device=device, batch_tokens=settings.batch_tokens
+            ),
             write=lambda target, rows, states: targets[target].write_rows(rows, states),
             progress=advance,
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvgen.common.errors import CvgenError
-from cvgen.solve.methods import FEATURES
+from cvgen.solve.blocks import FEATURES
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("none", "auto")

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from cvgen.cli.main import main
 from cvgen.data.shipped import DataError, load_axis, load_writing_prompts
-from cvgen.extract.model import ModelError, resolve_device, resolve_model_source
+from cvgen.extract.loading import resolve_device
+from cvgen.extract.model_source import ModelError, resolve_model_source
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings, SettingsError
 from cvgen.pack.writer import PackError

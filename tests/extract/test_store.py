@@ -1,5 +1,5 @@
-"""The state store: durable writes (data fsynced before its done markers) and rows reused
-by their own text across arrays of one family."""
+"""The state store: durable writes (data fsynced before its done markers), damaged arrays
+recollected, and a full disk named."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvgen.extract.store import ArrayFamily, StateArray, StoreError, reuse_stored_rows, row_digests
+from cvgen.extract.store import StateArray, StoreError
+from cvgen.extract.store_keys import ArrayFamily, row_digests
 
 FAMILY = ArrayFamily(
     model_identity="model-a", dtype="float32", quantization="none", blocks=(0, 2), width=3
@@ -34,10 +35,6 @@ def _open(
 def _states(rows: int, offset: float) -> np.ndarray:
     """Distinct states (blocks, rows, width): value = offset + position."""
     return offset + np.arange(2 * rows * 3, dtype=np.float32).reshape(2, rows, 3)
-
-
-def _array(array: StateArray) -> np.ndarray:
-    return np.array(np.load(array.data_path, mmap_mode="r"))
 
 
 class _Recorder:
@@ -102,55 +99,6 @@ def test_a_new_array_fsyncs_its_files_before_the_data_file_appears(
     meta = json.loads((tmp_path / "k.json").read_text())
     assert meta["family"] == FAMILY.to_json()
     assert (tmp_path / "k.digests").read_bytes() == row_digests(["a", "b"])
-
-
-def test_row_digests_are_length_prefixed_sha256_per_text() -> None:
-    import hashlib
-
-    digests = row_digests(["ab", "c", ""])
-    assert len(digests) == 3 * 32
-    assert digests[32:64] == hashlib.sha256((1).to_bytes(8, "little") + b"c").digest()
-    assert row_digests(["a", "bc"]) != row_digests(["ab", "c"])
-
-
-def test_pending_rows_are_copied_from_done_rows_of_the_same_text(tmp_path: Path) -> None:
-    first = _open(tmp_path, "first", ["a", "b", "c", "d"])
-    first.write_rows([0, 1, 2], _states(3, 100.0))  # "d" stays pending there
-    second = _open(tmp_path, "second", ["c", "x", "a", "d"])
-    assert reuse_stored_rows([second]) == 2
-    assert second.pending_rows().tolist() == [1, 3]
-    stored, copied = _array(first), _array(second)
-    np.testing.assert_array_equal(copied[:, 0], stored[:, 2])  # "c"
-    np.testing.assert_array_equal(copied[:, 2], stored[:, 0])  # "a"
-    assert reuse_stored_rows([second]) == 0  # nothing more to find
-
-
-def test_other_families_and_arrays_without_a_sidecar_are_not_sources(tmp_path: Path) -> None:
-    other_dtype = ArrayFamily(
-        model_identity="model-a", dtype="bfloat16", quantization="none", blocks=(0, 2), width=3
-    )
-    _open(tmp_path, "bf16", ["a", "b"], other_dtype).write_rows([0, 1], _states(2, 1.0))
-    _open(tmp_path, "legacy", ["a", "b"], family=None).write_rows([0, 1], _states(2, 2.0))
-    (tmp_path / "notes.json").write_text("{not json")  # a foreign or damaged file: skipped
-    (tmp_path / "list.json").write_text("[1, 2]")
-    target = _open(tmp_path, "target", ["b", "a"])
-    assert reuse_stored_rows([target]) == 0
-    assert target.pending_rows().tolist() == [0, 1]
-    assert not (tmp_path / "legacy.digests").exists()
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
-        "bf16.json",
-        "legacy.json",
-        "list.json",
-        "notes.json",
-        "target.json",
-    ]
-
-
-def test_a_target_without_a_sidecar_is_left_alone(tmp_path: Path) -> None:
-    _open(tmp_path, "source", ["a"]).write_rows([0], _states(1, 5.0))
-    legacy = _open(tmp_path, "legacy", ["a"], family=None)
-    assert reuse_stored_rows([legacy]) == 0
-    assert legacy.pending_rows().tolist() == [0]
 
 
 def test_a_damaged_array_is_named_and_recreated_and_a_whole_one_kept(tmp_path: Path) -> None:

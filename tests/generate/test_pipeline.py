@@ -12,12 +12,13 @@ import torch
 from conftest import PICO_LAYERS
 
 from cvgen.extract.chat import PromptError
-from cvgen.extract.collect import forward_last_token_states
+from cvgen.extract.forward import forward_last_token_states
 from cvgen.extract.store import StateArray
 from cvgen.generate.pipeline import collected_states, generate_pack
 from cvgen.generate.settings import GenerateSettings, LayerSkip
 from cvgen.pack.writer import PackError
-from cvgen.solve.methods import SolverOptions, solve_cross_covariance
+from cvgen.solve.direction import SolverOptions
+from cvgen.solve.methods import solve_cross_covariance
 from cvgen.vectors.gguf_io import llamacpp_problems, read_control_vector
 
 

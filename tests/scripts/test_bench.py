@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from cvgen.extract.collect import MIN_SHARED_PREFIX, shared_prefix_length
+from cvgen.extract.prefix_cache import MIN_SHARED_PREFIX, shared_prefix_length
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 

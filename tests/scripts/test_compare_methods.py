@@ -140,7 +140,7 @@ def test_collected_states_are_reused_and_solve_as_the_pipeline_does(
     blocks from those states gives the vectors of `generate_pack`'s default pack."""
     from cvgen.generate.pipeline import collected_states, generate_pack
     from cvgen.generate.settings import GenerateSettings, LayerSkip
-    from cvgen.solve.methods import SolverOptions
+    from cvgen.solve.direction import SolverOptions
     from cvgen.vectors.gguf_io import read_control_vector
 
     compare = _script()

@@ -1,19 +1,14 @@
-"""Model sources: .gguf files, folders and hub ids; content identity; block discovery."""
+"""Model sources: .gguf files, folders, hub-cache folders and hub ids; content identity; the
+hub's offline probe; a truncated model file named by every command."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 
-from cvgen.extract.model import (
-    ModelError,
-    find_decoder_blocks,
-    load_config,
-    resolve_dtype,
-    resolve_model_source,
-)
+from cvgen.extract.loading import load_config
+from cvgen.extract.model_source import ModelError, resolve_model_source
 
 
 def test_hub_id_is_accepted_without_touching_the_network() -> None:
@@ -68,48 +63,6 @@ def test_identity_follows_the_weights(tmp_path: Path) -> None:
     assert source.identity(None) == before
     path.write_bytes(bytes(999) + b"\x01")
     assert source.identity(None) != before
-
-
-def test_blocks_are_found_and_a_model_without_them_is_refused(pico_llama: Path) -> None:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(pico_llama)
-    assert find_decoder_blocks(model, 6) is model.model.layers
-    with pytest.raises(ModelError, match="cannot find the 7 decoder blocks in LlamaForCausalLM"):
-        find_decoder_blocks(model, 7)
-    config = load_config(resolve_model_source(str(pico_llama)), trust_remote_code=False)
-    assert config.num_hidden_layers == 6
-
-
-def test_blocks_at_an_unknown_place_are_never_guessed(pico_llama: Path) -> None:
-    """A model that keeps its blocks where cvgen does not look gets an error that lists the
-    candidate ModuleLists and names the option, never a silent pick (repeng does the same)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(pico_llama)
-    blocks = model.model.layers
-    del model.model.layers
-    model.model.stack = torch.nn.Module()
-    model.model.stack.blocks = blocks
-    model.model.heads = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(6))
-    with pytest.raises(ModelError) as caught:
-        find_decoder_blocks(model, 6)
-    message = str(caught.value)
-    assert "its ModuleLists of length 6 are: model.stack.blocks, model.heads" in message
-    assert "--decoder-blocks PATH" in message
-    assert find_decoder_blocks(model, 6, path="model.stack.blocks") is blocks
-    with pytest.raises(
-        ModelError, match="'model.heads' in LlamaForCausalLM is a ModuleList of length 6"
-    ):
-        find_decoder_blocks(model, 5, path="model.heads")
-    with pytest.raises(ModelError, match="'model.nowhere' in LlamaForCausalLM is nothing"):
-        find_decoder_blocks(model, 6, path="model.nowhere")
-
-
-def test_auto_dtype_on_cpu_is_float32() -> None:
-    assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
-    assert resolve_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
 
 
 def header_gguf(path: Path, *, n_layer: int = 6, n_embd: int = 32) -> Path:
@@ -249,14 +202,14 @@ def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     """The hub at a closed local port (nothing listens on 127.0.0.1:9), offline mode off."""
     from huggingface_hub import constants
 
-    import cvgen.extract.model
+    import cvgen.extract.model_source
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as read when first imported
     monkeypatch.delenv("HTTP_PROXY", raising=False)
     monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(cvgen.extract.model, "_hub_offline", {})
+    monkeypatch.setattr(cvgen.extract.model_source, "_hub_offline", {})
 
 
 @pytest.mark.usefixtures("unreachable_hub")
@@ -286,7 +239,8 @@ def test_a_hub_id_without_network_fails_at_once_in_one_line(tmp_path: Path) -> N
 def test_a_cached_hub_id_loads_offline_without_asking_the_hub(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import cvgen.extract.model
+    import cvgen.extract.loading
+    import cvgen.extract.model_source
 
     seen: list[dict[str, object]] = []
 
@@ -296,16 +250,21 @@ def test_a_cached_hub_id_loads_offline_without_asking_the_hub(
             seen.append(kwargs)
             return directory
 
-    monkeypatch.setattr(cvgen.extract.model, "_hub_cached", lambda repo_id: repo_id == "owner/name")
+    monkeypatch.setattr(
+        cvgen.extract.model_source, "_hub_cached", lambda repo_id: repo_id == "owner/name"
+    )
     source = resolve_model_source("owner/name")
-    assert cvgen.extract.model._from_pretrained(Loader, source, "config", trust_remote_code=False)
+    assert cvgen.extract.loading._from_pretrained(Loader, source, "config", trust_remote_code=False)
     assert seen == [{"trust_remote_code": False, "local_files_only": True}]
     monkeypatch.setenv("HF_ENDPOINT", "http://localhost:9")  # probed once per endpoint
     with pytest.raises(ModelError, match="^offline: cannot fetch other/model; pass a local"):
-        cvgen.extract.model._from_pretrained(
+        cvgen.extract.loading._from_pretrained(
             Loader, resolve_model_source("other/model"), "config", trust_remote_code=False
         )
-    assert set(cvgen.extract.model._hub_offline) == {"http://127.0.0.1:9", "http://localhost:9"}
+    assert set(cvgen.extract.model_source._hub_offline) == {
+        "http://127.0.0.1:9",
+        "http://localhost:9",
+    }
 
 
 def test_a_truncated_model_gguf_is_named_by_every_command(tmp_path: Path, pico_llama: Path) -> None:

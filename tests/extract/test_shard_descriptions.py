@@ -1,6 +1,7 @@
 """Sharded runs: `cvgen collect --shard i/N` on separate invocations, then `cvgen solve`, give the
-same vectors as `cvgen generate`; bad shard sets are refused in one line; torchrun and SLURM
-environments pick the shard; device maps and bitsandbytes options."""
+same vectors as `cvgen generate`; shard sets that cannot be merged are refused in one line,
+naming the shard; shard arrays reuse the rows of a generate. Also the device-map and
+bitsandbytes options of the same runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,17 +18,9 @@ import torch
 from click.testing import CliRunner, Result
 
 from cvgen.cli.main import main
-from cvgen.extract.model import ModelError, bitsandbytes_config, gpu_share
-from cvgen.extract.shards import (
-    SHARDS_FOLDER,
-    ShardError,
-    ShardSpec,
-    format_rows,
-    local_process,
-    resolve_shard,
-    slurm_array_shard,
-)
-from cvgen.extract.store import content_key
+from cvgen.extract.loading import bitsandbytes_config
+from cvgen.extract.model_source import ModelError
+from cvgen.extract.shard_descriptions import SHARDS_FOLDER
 from cvgen.vectors.gguf_io import read_control_vector
 
 SAMPLES = 16  # 3 shards of 5, 5 and 6 samples: an uneven split
@@ -287,105 +279,6 @@ def test_a_shard_beyond_the_samples_is_empty_but_counted(pico_llama: Path, tmp_p
     assert "(samples 0..15)" in line
 
 
-@pytest.mark.parametrize("n", [0, 1, 5, 16, 17])
-@pytest.mark.parametrize("count", [1, 2, 3, 7, 20])
-def test_the_shards_of_a_split_cover_every_sample_once(n: int, count: int) -> None:
-    rows = [list(ShardSpec(index, count).rows(n)) for index in range(count)]
-    assert sorted(row for part in rows for row in part) == list(range(n))
-    sizes = [len(part) for part in rows]
-    assert max(sizes) - min(sizes) <= 1
-    assert all(part == list(range(part[0], part[-1] + 1)) for part in rows if part)
-
-
-def test_shard_spec_parsing() -> None:
-    assert ShardSpec.parse("2/4") == ShardSpec(2, 4) and str(ShardSpec(2, 4)) == "2/4"
-    assert list(ShardSpec(1, 3).rows(16)) == [5, 6, 7, 8, 9]
-    with pytest.raises(ShardError, match=r"--shard: '4/4' needs 0 <= i < N"):
-        ShardSpec.parse("4/4")
-    with pytest.raises(ShardError, match=r"--shard: 'two/4' is not i/N"):
-        ShardSpec.parse("two/4")
-    assert format_rows([0, 1, 2, 5, 7, 8]) == "0..2, 5, 7..8" and format_rows([]) == "none"
-
-
-def test_torchrun_environment_picks_the_shard_and_the_local_process() -> None:
-    torchrun = {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8"}
-    assert resolve_shard(None, torchrun) == ShardSpec(5, 16)
-    assert resolve_shard("auto", torchrun) == ShardSpec(5, 16)
-    assert resolve_shard("0/2", torchrun) == ShardSpec(0, 2)  # an explicit --shard wins
-    assert resolve_shard(None, {}) == ShardSpec(0, 1)
-    assert local_process(torchrun) == (1, 8) and local_process({}) is None
-    with pytest.raises(ShardError, match=r"RANK=16 is not in 0..WORLD_SIZE-1 \(WORLD_SIZE=16\)"):
-        resolve_shard(None, {**torchrun, "RANK": "16"})
-    with pytest.raises(ShardError, match="WORLD_SIZE='x' is not a whole number"):
-        resolve_shard(None, {**torchrun, "WORLD_SIZE": "x"})
-
-
-def test_slurm_array_environment_picks_the_shard() -> None:
-    def task(task_id: int, count: int, first: int, step: int = 1) -> dict[str, str]:
-        return {
-            "SLURM_ARRAY_TASK_ID": str(task_id),
-            "SLURM_ARRAY_TASK_COUNT": str(count),
-            "SLURM_ARRAY_TASK_MIN": str(first),
-            "SLURM_ARRAY_TASK_STEP": str(step),
-        }
-
-    assert resolve_shard("auto", task(0, 8, 0)) == ShardSpec(0, 8)  # --array=0-7
-    assert resolve_shard("auto", task(8, 8, 1)) == ShardSpec(7, 8)  # --array=1-8
-    assert resolve_shard("auto", task(6, 8, 0, 2)) == ShardSpec(3, 8)  # --array=0-14:2
-    # a SLURM array alone does not shard a run without --shard auto
-    assert resolve_shard(None, task(3, 8, 0)) == ShardSpec(0, 1)
-    with pytest.raises(ShardError, match="not on an evenly spaced array; pass --shard i/N"):
-        slurm_array_shard(task(5, 8, 0, 2))
-    with pytest.raises(ShardError, match="--shard auto: neither RANK/WORLD_SIZE"):
-        resolve_shard("auto", {})
-
-
-def test_a_torchrun_process_gets_its_share_of_the_node_gpus() -> None:
-    assert gpu_share(0, 4, 8) == [0, 1] and gpu_share(3, 4, 8) == [6, 7]
-    assert gpu_share(0, 1, 8) == list(range(8))
-    with pytest.raises(ModelError, match="8 processes on this node but only 4 GPUs"):
-        gpu_share(0, 8, 4)
-
-
-def test_quantisation_and_shard_enter_the_store_key_only_when_set() -> None:
-    import hashlib
-
-    plain = content_key(model_identity="m", dtype="float32", blocks=[0, 1], texts=["a", "b"])
-    from cvgen.extract.store import STORE_FORMAT, texts_digest
-
-    before = {
-        "format": STORE_FORMAT,
-        "model": "m",
-        "dtype": "float32",
-        "blocks": [0, 1],
-        "texts": texts_digest(["a", "b"]),
-        "n": 2,
-    }
-    # unsharded, unquantised runs keep the keys of stores written before shards existed
-    assert plain == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
-    keys = {
-        plain,
-        content_key(
-            model_identity="m",
-            dtype="float32",
-            blocks=[0, 1],
-            texts=["a", "b"],
-            quantization="4bit",
-        ),
-        content_key(
-            model_identity="m",
-            dtype="float32",
-            blocks=[0, 1],
-            texts=["a", "b"],
-            quantization="8bit",
-        ),
-        content_key(
-            model_identity="m", dtype="float32", blocks=[0, 1], texts=["a", "b"], shard="1/3"
-        ),
-    }
-    assert len(keys) == 4
-
-
 def test_load_in_without_bitsandbytes_is_one_line(
     pico_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -418,71 +311,6 @@ def test_device_map_auto_on_cpu_gives_the_same_vectors(
     assert manifest["settings"]["device_map"] == "auto"
     assert manifest["settings"]["load_in"] == "none"
     assert gguf_bytes(out) == gguf_bytes(generated)
-
-
-class _CapturingLoader:
-    """Stands in for AutoModelForCausalLM: records the from_pretrained keyword arguments."""
-
-    calls: list[dict[str, Any]] = []
-
-    @classmethod
-    def from_pretrained(cls, directory: str, **kwargs: Any) -> torch.nn.Module:
-        cls.calls.append(kwargs)
-        return torch.nn.Linear(2, 2)
-
-
-def test_loader_arguments_for_device_maps_and_bitsandbytes(
-    pico_llama: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import types
-
-    import transformers
-
-    from cvgen.extract.model import gpus_for_process, load_causal_lm, resolve_model_source
-
-    monkeypatch.setattr(transformers, "AutoModelForCausalLM", _CapturingLoader)
-    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda gpu: (1000 * (gpu + 1), 10**6))
-    source = resolve_model_source(str(pico_llama))
-    _CapturingLoader.calls = []
-
-    def load(**options: Any) -> dict[str, Any]:
-        load_causal_lm(
-            source,
-            dtype=torch.bfloat16,
-            device=torch.device("cpu"),
-            trust_remote_code=False,
-            **options,
-        )
-        return _CapturingLoader.calls[-1]
-
-    # torchrun process 1 of 4 on an 8-GPU node: GPUs 2 and 3, 90% of their free memory
-    assert gpus_for_process((1, 4)) == [2, 3] and gpus_for_process(None) is None
-    shared = load(device_map="auto", gpus=gpus_for_process((1, 4)))
-    assert shared["device_map"] == "auto" and shared["max_memory"] == {2: 2700, 3: 3600}
-    assert "max_memory" not in load(device_map="auto")  # one process: every GPU, then CPU
-    quantised = load(load_in="4bit")
-    config = quantised["quantization_config"]
-    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
-    assert config.bnb_4bit_compute_dtype == torch.bfloat16
-    assert quantised["device_map"] == {"": "cpu"}  # placed at load time, never moved with .to
-    assert load(load_in="8bit")["quantization_config"].load_in_8bit
-    plain = load()
-    assert "device_map" not in plain and "quantization_config" not in plain
-    assert plain["dtype"] == torch.bfloat16
-
-
-def test_torchrun_processes_take_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cvgen.extract.model import device_for_local_rank
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    assert device_for_local_rank(torch.device("cuda"), 3) == torch.device("cuda", 3)
-    assert device_for_local_rank(torch.device("cuda"), 11) == torch.device("cuda", 3)
-    assert device_for_local_rank(torch.device("cuda", 5), 3) == torch.device("cuda", 5)
-    assert device_for_local_rank(torch.device("cpu"), 3) == torch.device("cpu")
-    assert device_for_local_rank(torch.device("cuda"), None) == torch.device("cuda")
 
 
 def test_an_unsharded_collect_and_generate_share_their_states(

@@ -1,4 +1,6 @@
-"""Shards: one part of a run's samples, collected on any process or machine, merged to solve.
+"""Shard descriptions: what each part of a run's samples holds, and which of them `solve` merges.
+
+Shards are parts of a run's samples, collected on any process or machine, merged to solve.
 
 `cvgen collect --shard i/N` collects the rows `ShardSpec(i, N).rows(n)` of every array of a run
 (the baseline and each axis's two classes: the same sample rows for every kind of text) into the
@@ -7,8 +9,9 @@ which sample indices it covers and what fixed its states: the model's identity, 
 quantisation, stored blocks and a digest of every prompt text of the run (the plan digest).
 
 `cvgen solve` reads the descriptions in a store, keeps those of its own run, checks that they
-cover every sample exactly once and are complete, and merges them in sample order. Indices are
-0-based, like torchrun's RANK: a run in 4 shards has shards 0/4 .. 3/4. The split is contiguous,
+cover every sample exactly once (`select_shards`) and are complete, and merges them in sample
+order (`cvgen.extract.shard_merge`). Indices are 0-based, like torchrun's RANK: a run in 4
+shards has shards 0/4 .. 3/4 (`cvgen.extract.shard_spec`). The split is contiguous,
 so shards of a run may also come from different splits (0/2 with 2/4 and 3/4), as long as no
 sample is covered twice. Every name in a store is relative, so a store folder copied between
 machines (rsync) keeps working.
@@ -19,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from cvgen.common.errors import CvgenError
 from cvgen.common.messages import json_error_text
-from cvgen.extract.store import StateArray, texts_digest
+from cvgen.extract.shard_spec import ShardError, ShardSpec
+from cvgen.extract.store_keys import texts_digest
 
 SHARD_FORMAT = "cvgen-shard"
 SHARD_FORMAT_VERSION = 1
 SHARDS_FOLDER = "shards"
-SHARD_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 # settings that change the prompt texts, named when two runs' texts differ
 TEXT_SETTINGS = (
     "axes",
@@ -45,111 +46,6 @@ TEXT_SETTINGS = (
     "prompts_split",
     "prompts_column",
 )
-
-
-class ShardError(CvgenError, ValueError):
-    """A shard spec is malformed, or a set of shards cannot be merged; the message says which."""
-
-
-@dataclass(frozen=True, order=True)
-class ShardSpec:
-    """Shard `index` of `count` (0-based): a contiguous slice of the sample indices."""
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ShardError(
-                f"--shard: '{self}' needs 0 <= i < N (shards are numbered from 0, like RANK)"
-            )
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    @classmethod
-    def parse(cls, text: str) -> ShardSpec:
-        """Parse "i/N", e.g. "0/4" .. "3/4"."""
-        match = SHARD_PATTERN.match(text)
-        if not match:
-            raise ShardError(f"--shard: '{text}' is not i/N (e.g. 0/4), nor 'auto'")
-        return cls(int(match.group(1)), int(match.group(2)))
-
-    def rows(self, n: int) -> range:
-        """The sample indices of this shard among `n`: [i*n//N, (i+1)*n//N). The N shards
-        cover 0..n-1 exactly once; sizes differ by at most one (and may be 0 when N > n)."""
-        return range(self.index * n // self.count, (self.index + 1) * n // self.count)
-
-
-def _int_variable(environ: Mapping[str, str], name: str) -> int:
-    value = environ[name]
-    try:
-        return int(value)
-    except ValueError:
-        raise ShardError(f"environment variable {name}='{value}' is not a whole number") from None
-
-
-def torchrun_shard(environ: Mapping[str, str]) -> ShardSpec | None:
-    """Shard RANK/WORLD_SIZE when torchrun (or any launcher setting both) started us."""
-    if "RANK" not in environ or "WORLD_SIZE" not in environ:
-        return None
-    rank, world = _int_variable(environ, "RANK"), _int_variable(environ, "WORLD_SIZE")
-    if world < 1 or not 0 <= rank < world:
-        raise ShardError(f"RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
-    return ShardSpec(rank, world)
-
-
-def slurm_array_shard(environ: Mapping[str, str]) -> ShardSpec | None:
-    """The shard of a SLURM array task: its position among SLURM_ARRAY_TASK_COUNT tasks,
-    (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP, so --array=0-7,
-    1-8 and 0-14:2 all give shards 0/8 .. 7/8."""
-    if "SLURM_ARRAY_TASK_ID" not in environ or "SLURM_ARRAY_TASK_COUNT" not in environ:
-        return None
-    task = _int_variable(environ, "SLURM_ARRAY_TASK_ID")
-    count = _int_variable(environ, "SLURM_ARRAY_TASK_COUNT")
-    first = (
-        _int_variable(environ, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in environ else 0
-    )
-    step = (
-        _int_variable(environ, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in environ else 1
-    )
-    position, remainder = divmod(task - first, max(step, 1))
-    if remainder or not 0 <= position < count:
-        raise ShardError(
-            f"SLURM array task {task} (min {first}, step {step}, count {count}) is not on an "
-            "evenly spaced array; pass --shard i/N explicitly"
-        )
-    return ShardSpec(position, count)
-
-
-def resolve_shard(text: str | None, environ: Mapping[str, str]) -> ShardSpec:
-    """The shard a `cvgen collect` process works on.
-
-    - "i/N": that shard;
-    - "auto": torchrun's RANK/WORLD_SIZE, else the SLURM array task, else an error;
-    - None (no --shard): RANK/WORLD_SIZE when set, else the whole run (0/1).
-    """
-    if text is None:
-        return torchrun_shard(environ) or ShardSpec(0, 1)
-    if text.strip() == "auto":
-        found = torchrun_shard(environ) or slurm_array_shard(environ)
-        if found is None:
-            raise ShardError(
-                "--shard auto: neither RANK/WORLD_SIZE (torchrun) nor SLURM_ARRAY_TASK_ID/"
-                "SLURM_ARRAY_TASK_COUNT (a SLURM array job) is set; pass --shard i/N"
-            )
-        return found
-    return ShardSpec.parse(text)
-
-
-def local_process(environ: Mapping[str, str]) -> tuple[int, int] | None:
-    """(LOCAL_RANK, LOCAL_WORLD_SIZE) under torchrun: this process's place among the
-    processes of its node; None when LOCAL_RANK is not set."""
-    if "LOCAL_RANK" not in environ:
-        return None
-    local_rank = _int_variable(environ, "LOCAL_RANK")
-    size = _int_variable(environ, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in environ else 1
-    return local_rank, size
 
 
 def plan_digest(texts: Mapping[str, Sequence[str]]) -> str:
@@ -403,58 +299,3 @@ def _gap_message(
             f"{format_rows(missing)}); run cvgen collect --shard {absent[0]} with the same options"
         )
     return f"{root}: samples {format_rows(missing)} are in no shard of this run"
-
-
-def open_shard_arrays(
-    description: ShardDescription, keys: Mapping[str, str], *, root: Path
-) -> dict[str, StateArray]:
-    """The complete store arrays of a shard, opened read-only in spirit (never created).
-    `keys` are the array keys computed from this machine's texts; they must be the recorded
-    ones. A one-line `ShardError` when a file is missing or rows are still pending."""
-    if sorted(keys) != sorted(description.arrays) or any(
-        description.arrays[name] != key for name, key in keys.items()
-    ):
-        raise ShardError(
-            f"{description.path}: shard {description.spec} records other state arrays than "
-            "these settings give; recollect it"
-        )
-    arrays = {}
-    pending = 0
-    for name, key in keys.items():
-        array = StateArray.open_existing(
-            root,
-            key,
-            n=len(description.samples),
-            blocks=description.blocks,
-            width=description.width,
-        )
-        if array is None:
-            raise ShardError(
-                f"shard {description.spec}: state file {root / key}.npy or .done is missing; "
-                "copy the whole store folder (rsync -a) or recollect the shard"
-            )
-        pending += int(array.pending_rows().size)
-        arrays[name] = array
-    if pending:
-        total = len(description.samples) * len(keys)
-        raise ShardError(
-            f"{root}: shard {description.spec} is incomplete ({pending} of {total} prompts "
-            f"pending); rerun cvgen collect --shard {description.spec} with the same options"
-        )
-    return arrays
-
-
-@dataclass
-class MergedStates:
-    """One array of a run, assembled from its shards: `block(k)` is (n, d) in sample order."""
-
-    n: int
-    width: int
-    parts: list[tuple[tuple[int, ...], StateArray]]
-
-    def block(self, block: int) -> np.ndarray:
-        merged = np.empty((self.n, self.width), dtype=np.float32)
-        for rows, array in self.parts:
-            if rows:
-                merged[list(rows)] = array.block(block)
-        return merged

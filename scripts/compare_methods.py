@@ -49,7 +49,7 @@ from cvgen.eval.evaluate import prepare_inputs as prepare_eval_inputs
 from cvgen.extract.store import BlockStates, default_store_root
 from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
 from cvgen.solve.methods import DEFAULT_METHOD, BlockDirection, SolverOptions, solve_blocks
-from cvgen.vectors.gguf_io import write_control_vector
+from cvgen.vectors.gguf_file import write_control_vector
 
 DEFAULT_MODEL = "~/.cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_AXES = ("language", "character_focus", "optimism")

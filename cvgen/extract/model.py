@@ -21,7 +21,7 @@ import torch
 
 from cvgen.common.errors import CvgenError
 from cvgen.common.files import not_regular_message
-from cvgen.vectors.gguf_io import read_gguf_header
+from cvgen.vectors.model_header import read_gguf_header
 
 HUB_ID_PATTERN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

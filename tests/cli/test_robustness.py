@@ -18,7 +18,7 @@ from cvgen.extract.model import ModelError, resolve_device, resolve_model_source
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings, SettingsError
 from cvgen.pack.writer import PackError
-from cvgen.vectors.gguf_io import write_control_vector
+from cvgen.vectors.gguf_file import write_control_vector
 
 
 def _settings(model: Path, **overrides: object) -> GenerateSettings:

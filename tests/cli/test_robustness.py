@@ -153,7 +153,7 @@ def test_a_full_disk_while_writing_the_pack_names_it_and_keeps_the_old_pack(
 
     from conftest import generate_pico_pack
 
-    import cvgen.pack.writer
+    import cvgen.vectors.control_vector
 
     pack = tmp_path / "pack"
     generate_pico_pack(pico_llama, pack, axes=("language",))
@@ -166,7 +166,7 @@ def test_a_full_disk_while_writing_the_pack_names_it_and_keeps_the_old_pack(
             raise OSError(errno.ENOSPC, "No space left on device")
         write_control_vector(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cvgen.pack.writer, "write_control_vector", full)
+    monkeypatch.setattr(cvgen.vectors.control_vector, "write_control_vector", full)
     arguments = ["generate", "--model", str(pico_llama), "--samples", "12", "--tau", "0"]
     arguments += ["-a", "language", "-o", str(pack), "-q", "--cache-dir", str(tmp_path / "store")]
     result = CliRunner().invoke(main, arguments)

@@ -11,7 +11,8 @@ The public API, one stage per module, composed by `generate_pack`:
     StateArray                                    (cvgen.extract.store)
     get_method, solve_cross_covariance, ...       (cvgen.solve.methods)
     solve_blocks, block_features                  (cvgen.solve.blocks)
-    write_control_vector, read_control_vector     (cvgen.vectors.gguf_io)
+    ControlVector (+, -, *, from_gguf, to_gguf)   (cvgen.vectors.control_vector)
+    write_control_vector                          (cvgen.vectors.gguf_file)
     build_command                                 (cvgen.llamacpp.commands)
     GenerateSettings, generate_pack               (cvgen.generate.settings, cvgen.generate.pipeline)
     collect_shard, solve_pack, ShardSpec          (cvgen.generate.pipeline, cvgen.extract.shard_spec)
@@ -44,8 +45,8 @@ _EXPORTS = {
     "solve_cross_covariance": "cvgen.solve.methods",
     "solve_mean_diff": "cvgen.solve.methods",
     "solve_pca_diff": "cvgen.solve.methods",
-    "write_control_vector": "cvgen.vectors.gguf_io",
-    "read_control_vector": "cvgen.vectors.gguf_io",
+    "ControlVector": "cvgen.vectors.control_vector",
+    "write_control_vector": "cvgen.vectors.gguf_file",
     "build_command": "cvgen.llamacpp.commands",
     "GenerateSettings": "cvgen.generate.settings",
     "generate_pack": "cvgen.generate.pipeline",

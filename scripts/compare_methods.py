@@ -51,7 +51,7 @@ from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
 from cvgen.solve.blocks import solve_blocks
 from cvgen.solve.direction import BlockDirection, SolverOptions
 from cvgen.solve.methods import DEFAULT_METHOD
-from cvgen.vectors.gguf_io import write_control_vector
+from cvgen.vectors.gguf_file import write_control_vector
 
 DEFAULT_MODEL = "~/.cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_AXES = ("language", "character_focus", "optimism")

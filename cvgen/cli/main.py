@@ -40,12 +40,9 @@ from cvgen.llamacpp.compare import (
 )
 from cvgen.pack.writer import PackError, load_manifest
 from cvgen.solve.methods import METHODS
-from cvgen.vectors.gguf_io import (
-    describe_control_vector,
-    llamacpp_problems,
-    read_control_vector,
-    read_model_file_info,
-)
+from cvgen.vectors.describe import describe_control_vector
+from cvgen.vectors.llamacpp_rules import llamacpp_problems
+from cvgen.vectors.model_header import read_model_file_info
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -536,7 +533,7 @@ def inspect(file: Path, n_embd: int | None, n_layer: int | None, model: Path | N
         raise click.ClickException(
             f"{file}: llama.cpp would refuse this file{against}: {'; '.join(problems)}"
         )
-    click.echo(describe_control_vector(read_control_vector(file)))
+    click.echo(describe_control_vector(file))
 
 
 @main.command()

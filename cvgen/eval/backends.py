@@ -29,7 +29,8 @@ import numpy as np
 
 from cvgen.common.errors import CvgenError
 from cvgen.llamacpp.binaries import LlamaServer, find_binary
-from cvgen.vectors.gguf_io import read_control_vector, read_model_file_info
+from cvgen.vectors.control_vector import ControlVector
+from cvgen.vectors.model_header import read_model_file_info
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Steering:
         """block -> the summed float32 vector that llama.cpp would add to that block's output."""
         total: dict[int, np.ndarray] = {}
         for path, scale in self.files:
-            for block, vector in read_control_vector(path).directions.items():
+            for block, vector in ControlVector.from_gguf(path).directions.items():
                 scaled = np.asarray(vector, dtype=np.float32) * np.float32(scale)
                 total[block] = total[block] + scaled if block in total else scaled
         return total

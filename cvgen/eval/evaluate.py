@@ -29,7 +29,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from cvgen.data.eval_data import (
 )
 from cvgen.eval.backends import Backend, Scored, Session, Steering
 from cvgen.generate.settings import check_seed
-from cvgen.vectors.gguf_io import read_control_vector, write_control_vector
+from cvgen.vectors.control_vector import ControlVector
 
 log = logging.getLogger(__name__)
 
@@ -361,23 +361,14 @@ def axis_files(
             raise EvalError(f"{pack}: axis '{axis}': {role} file {path.name} is missing")
     if controls_dir is None:
         return AxisFiles(files["debias"], files["negative"], files["positive"])
-    positive = read_control_vector(files["positive"])
-    hint = positive.model_hint or str(manifest["model"].get("hint") or "model")
+    positive = ControlVector.from_gguf(files["positive"])
     stem = files["positive"].stem
     random_path = controls_dir / f"{stem}__random-control.gguf"
     negated_path = controls_dir / f"{stem}__negated-control.gguf"
-    write_control_vector(
-        random_path,
-        random_directions(positive.directions, seed=seed),
-        model_hint=hint,
-        metadata={"cvgen.role": "random-control"},
-    )
-    write_control_vector(
-        negated_path,
-        {block: -vector for block, vector in positive.directions.items()},
-        model_hint=hint,
-        metadata={"cvgen.role": "negated-control"},
-    )
+    random_vector = random_directions(positive.directions, seed=seed)
+    control = ControlVector(random_vector, positive.model_hint, {"cvgen.role": "random-control"})
+    control.to_gguf(random_path)
+    replace(-positive, metadata={"cvgen.role": "negated-control"}).to_gguf(negated_path)
     return AxisFiles(
         files["debias"], files["negative"], files["positive"], random_path, negated_path
     )

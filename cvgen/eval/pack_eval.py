@@ -8,7 +8,7 @@ import datetime
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from cvgen.pack.writer import (
     render_pack_readme,
     write_text_atomically,
 )
-from cvgen.vectors.gguf_io import read_control_vector, write_control_vector
+from cvgen.vectors.control_vector import ControlVector
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +274,8 @@ def _rewrite_metadata(
     report: Mapping[str, Any],
 ) -> Path:
     """Rewrite one control-vector file with the safe-scale keys added (atomically)."""
-    current = read_control_vector(path)
-    metadata = {
-        key: value
-        for key, value in current.metadata.items()
-        if key.startswith("cvgen.") and key != "cvgen.layer_convention"
-    }
+    current = ControlVector.from_gguf(path)
+    metadata = {key: value for key, value in current.metadata.items() if key.startswith("cvgen.")}
     metadata.update(
         {
             "cvgen.safe_scale.negative": safe["negative"],
@@ -290,10 +286,5 @@ def _rewrite_metadata(
     )
     if role in suggested:
         metadata["cvgen.suggested_scale"] = suggested[role]
-    write_control_vector(
-        path,
-        current.directions,
-        model_hint=current.model_hint or "model",
-        metadata=metadata,  # type: ignore[arg-type]
-    )
+    replace(current, metadata=metadata).to_gguf(path)
     return path

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from cvgen.extract.model_source import ModelError, ModelSource, offline_load_kwargs
-from cvgen.vectors.gguf_io import read_gguf_header
+from cvgen.vectors.model_header import read_gguf_header
 
 
 def resolve_device(device: str) -> torch.device:

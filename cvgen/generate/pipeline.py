@@ -1,6 +1,6 @@
 """`generate_pack`: the one function that composes the stages into a pack.
 
-    data -> sampler -> prompts -> collect (model, store) -> solve -> gguf_io -> pack
+    data -> sampler -> prompts -> collect (model, store) -> solve -> vectors -> pack
 
 The stages never call each other; this module passes plain data between them.
 """

@@ -13,7 +13,7 @@ from typing import Any
 from cvgen.common.errors import CvgenError
 from cvgen.llamacpp.binaries import complete, find_binary
 from cvgen.llamacpp.commands import format_scale, vector_arguments
-from cvgen.vectors.gguf_io import ModelFileInfo, read_model_file_info
+from cvgen.vectors.model_header import ModelFileInfo, read_model_file_info
 
 DEFAULT_PROMPT = (
     "Write the opening paragraph of a story about an old ferryman who finds a letter "

@@ -29,7 +29,7 @@ from cvgen.common.messages import (
 )
 from cvgen.extract.chat import PLAIN_FORMAT, PROMPT_FORMATS
 from cvgen.llamacpp.commands import CommandError, preset_selection, vector_arguments
-from cvgen.vectors.gguf_io import write_control_vector
+from cvgen.vectors.control_vector import ControlVector
 
 log = logging.getLogger(__name__)
 
@@ -547,12 +547,11 @@ def write_pack(
         for axis, roles in vectors.items():
             for role, directions in roles.items():
                 current = staging / manifest["axes"][axis]["files"][role]
-                write_control_vector(
-                    current,
+                ControlVector(
                     directions,
                     model_hint=manifest["model"]["hint"],
                     metadata=file_metadata[axis][role],
-                )
+                ).to_gguf(current)
         for name, text in texts.items():
             current = staging / name
             current.write_text(text, encoding="utf-8")

@@ -19,7 +19,9 @@ from conftest import folder_snapshot as snapshot
 from gguf import GGUFWriter
 
 from cvgen.cli.main import main
-from cvgen.vectors.gguf_io import ControlVectorError, read_control_vector, write_control_vector
+from cvgen.vectors.control_vector import ControlVector
+from cvgen.vectors.format import ControlVectorError
+from cvgen.vectors.gguf_file import write_control_vector
 
 
 def run(*args: str) -> Result:
@@ -106,7 +108,7 @@ def test_inspect_refuses_a_norm_that_overflows_float32_without_a_warning(tmp_pat
     assert "inf\n" not in result.output.replace("become inf)\n", "")
     assert snapshot(tmp_path) == before
     with pytest.raises(ControlVectorError, match="'direction.2' has an L2 norm of 8.49e"):
-        read_control_vector(path)
+        ControlVector.from_gguf(path)
 
 
 @pytest.mark.parametrize(

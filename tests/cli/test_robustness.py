@@ -19,7 +19,7 @@ from cvgen.extract.model_source import ModelError, resolve_model_source
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings, SettingsError
 from cvgen.pack.writer import PackError
-from cvgen.vectors.gguf_io import write_control_vector
+from cvgen.vectors.gguf_file import write_control_vector
 
 
 def _settings(model: Path, **overrides: object) -> GenerateSettings:
@@ -154,7 +154,7 @@ def test_a_full_disk_while_writing_the_pack_names_it_and_keeps_the_old_pack(
 
     from conftest import generate_pico_pack
 
-    import cvgen.pack.writer
+    import cvgen.vectors.control_vector
 
     pack = tmp_path / "pack"
     generate_pico_pack(pico_llama, pack, axes=("language",))
@@ -167,7 +167,7 @@ def test_a_full_disk_while_writing_the_pack_names_it_and_keeps_the_old_pack(
             raise OSError(errno.ENOSPC, "No space left on device")
         write_control_vector(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cvgen.pack.writer, "write_control_vector", full)
+    monkeypatch.setattr(cvgen.vectors.control_vector, "write_control_vector", full)
     arguments = ["generate", "--model", str(pico_llama), "--samples", "12", "--tau", "0"]
     arguments += ["-a", "language", "-o", str(pack), "-q", "--cache-dir", str(tmp_path / "store")]
     result = CliRunner().invoke(main, arguments)

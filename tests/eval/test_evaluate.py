@@ -25,7 +25,8 @@ from cvgen.eval.evaluate import (
     random_directions,
 )
 from cvgen.eval.summary import _safe_scales
-from cvgen.vectors.gguf_io import read_control_vector, write_control_vector
+from cvgen.vectors.control_vector import ControlVector
+from cvgen.vectors.gguf_file import write_control_vector
 
 FAST = [
     "--prompts",
@@ -289,7 +290,9 @@ def test_cli_eval_writes_the_report_and_stores_safe_scales(pico_pack: Path) -> N
         safe = {role: axis["safe_scale"][role]["scale"] for role in ("negative", "positive")}
         if min(safe.values()) > 0:
             assert manifest["axes"][name]["safe_scale"] == safe
-            positive = read_control_vector(pico_pack / manifest["axes"][name]["files"]["positive"])
+            positive = ControlVector.from_gguf(
+                pico_pack / manifest["axes"][name]["files"]["positive"]
+            )
             assert positive.metadata["cvgen.safe_scale.positive"] == pytest.approx(safe["positive"])
         assert (pico_pack / f"eval-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert manifest["evaluation"]["file"] == "eval.json"

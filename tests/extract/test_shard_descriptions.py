@@ -21,7 +21,7 @@ from cvgen.cli.main import main
 from cvgen.extract.loading import bitsandbytes_config
 from cvgen.extract.model_source import ModelError
 from cvgen.extract.shard_descriptions import SHARDS_FOLDER
-from cvgen.vectors.gguf_io import read_control_vector
+from cvgen.vectors.control_vector import ControlVector
 
 SAMPLES = 16  # 3 shards of 5, 5 and 6 samples: an uneven split
 
@@ -167,8 +167,8 @@ def test_shards_of_different_splits_and_default_batches_agree_to_float_tolerance
     assert result.exit_code == 0, result.output
     assert json.loads((out / "pack.json").read_text())["shards"] == ["0/2", "2/4", "3/4"]
     for path in sorted(generated.glob("*.gguf")):
-        expected = read_control_vector(path).directions
-        got = read_control_vector(out / path.name).directions
+        expected = ControlVector.from_gguf(path).directions
+        got = ControlVector.from_gguf(out / path.name).directions
         assert got.keys() == expected.keys()
         for block in expected:
             # float32 rounding of other batch shapes, through the solver: a few 1e-6 on

@@ -138,12 +138,12 @@ def _pico_generate(model: Path, out: Path, store: Path) -> tuple[int, str]:
 def test_generate_recollects_only_a_truncated_store_array(tmp_path: Path, pico_llama: Path) -> None:
     """A .npy of the store cut short (a full disk, a broken copy): the next run says which
     file, re-collects that array alone, and makes the same vectors."""
-    from cvgen.vectors.gguf_io import read_control_vector
+    from cvgen.vectors.control_vector import ControlVector
 
     store, out = tmp_path / "store", tmp_path / "pack"
     code, output = _pico_generate(pico_llama, out, store)
     assert code == 0, output
-    first = {p.name: read_control_vector(p).directions for p in out.glob("*.gguf")}
+    first = {p.name: ControlVector.from_gguf(p).directions for p in out.glob("*.gguf")}
     metas = {json.loads(p.read_text())["array"]: p for p in store.glob("*.json")}
     damaged = metas["baseline"].with_suffix(".npy")
     damaged.write_bytes(damaged.read_bytes()[:1000])
@@ -154,7 +154,7 @@ def test_generate_recollects_only_a_truncated_store_array(tmp_path: Path, pico_l
     assert "re-collecting this array" in output
     assert "prompts run: 6 in" in output and "reused from the store: 12" in output
     assert {p: p.read_bytes() for p in others} == others  # the other arrays are untouched
-    again = {p.name: read_control_vector(p).directions for p in out.glob("*.gguf")}
+    again = {p.name: ControlVector.from_gguf(p).directions for p in out.glob("*.gguf")}
     assert again.keys() == first.keys()
     for name, directions in first.items():
         for block, vector in directions.items():

@@ -19,7 +19,8 @@ from cvgen.generate.settings import GenerateSettings, LayerSkip
 from cvgen.pack.writer import PackError
 from cvgen.solve.direction import SolverOptions
 from cvgen.solve.methods import solve_cross_covariance
-from cvgen.vectors.gguf_io import llamacpp_problems, read_control_vector
+from cvgen.vectors.control_vector import ControlVector
+from cvgen.vectors.llamacpp_rules import llamacpp_problems
 
 
 def _settings(model: Path, **overrides: object) -> GenerateSettings:
@@ -31,7 +32,7 @@ def _settings(model: Path, **overrides: object) -> GenerateSettings:
 
 
 def _vectors(pack: Path) -> dict[str, dict[int, np.ndarray]]:
-    return {p.name: read_control_vector(p).directions for p in sorted(pack.glob("*.gguf"))}
+    return {p.name: ControlVector.from_gguf(p).directions for p in sorted(pack.glob("*.gguf"))}
 
 
 def test_pack_has_three_valid_files_per_axis_and_records_samples(

@@ -12,7 +12,8 @@ from conftest import require_real_model
 
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings
-from cvgen.vectors.gguf_io import llamacpp_problems, read_control_vector
+from cvgen.vectors.control_vector import ControlVector
+from cvgen.vectors.llamacpp_rules import llamacpp_problems
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,9 @@ def test_real_gguf_pack_is_valid_and_direction_k_matches_block_k(
     assert manifest["model"]["n_layer"] == 30 and manifest["model"]["n_embd"] == 576
     for path in out.glob("*.gguf"):
         assert llamacpp_problems(path, n_embd=576, n_layer=30) == []
-    files = {p.name.split("__")[1]: read_control_vector(p).directions for p in out.glob("*.gguf")}
+    files = {
+        p.name.split("__")[1]: ControlVector.from_gguf(p).directions for p in out.glob("*.gguf")
+    }
     assert len(files["ornate.gguf"]) >= 10  # most blocks pass tau on the real model
 
     model = AutoModelForCausalLM.from_pretrained(

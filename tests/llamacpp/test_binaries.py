@@ -32,7 +32,9 @@ from cvgen.llamacpp.compare import (
     format_side_by_side,
     render_chat_prompt,
 )
-from cvgen.vectors.gguf_io import ControlVectorError, read_model_file_info, write_control_vector
+from cvgen.vectors.format import ControlVectorError
+from cvgen.vectors.gguf_file import write_control_vector
+from cvgen.vectors.model_header import read_model_file_info
 
 LOG_APPLIED = """0.00.076.822 D load: control token:      7 '<gh_stars>' is not marked as EOG
 0.00.324.239 D set_adapter_cvec: il_start = 5, il_end = 20

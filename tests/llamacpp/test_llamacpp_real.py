@@ -32,7 +32,9 @@ from cvgen.llamacpp.binaries import (
 )
 from cvgen.llamacpp.commands import vector_arguments
 from cvgen.llamacpp.compare import render_chat_prompt
-from cvgen.vectors.gguf_io import read_control_vector, read_model_file_info, write_control_vector
+from cvgen.vectors.control_vector import ControlVector
+from cvgen.vectors.gguf_file import write_control_vector
+from cvgen.vectors.model_header import read_model_file_info
 
 pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 
@@ -223,7 +225,7 @@ def test_direction_k_in_llama_cpp_is_the_output_of_hf_block_k(
             _renormalised_kl(server.next_token_logprobs(t), hf_logprobs(t, None, None))
             for t in token_lists
         ]
-    pole = read_control_vector(next(pack.glob("*language__ornate.gguf"))).directions
+    pole = ControlVector.from_gguf(next(pack.glob("*language__ornate.gguf"))).directions
     table: dict[str, Any] = {"unsteered": round(fmean(unsteered), 5)}
     for k in (6, 14, 22):
         vector = (100.0 * pole[k] / np.linalg.norm(pole[k])).astype(np.float32)

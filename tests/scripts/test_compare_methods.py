@@ -141,7 +141,7 @@ def test_collected_states_are_reused_and_solve_as_the_pipeline_does(
     from cvgen.generate.pipeline import collected_states, generate_pack
     from cvgen.generate.settings import GenerateSettings, LayerSkip
     from cvgen.solve.direction import SolverOptions
-    from cvgen.vectors.gguf_io import read_control_vector
+    from cvgen.vectors.control_vector import ControlVector
 
     compare = _script()
     store = tmp_path / "store"
@@ -171,7 +171,7 @@ def test_collected_states_are_reused_and_solve_as_the_pipeline_does(
     vectors = compare.role_vectors(solved)
     assert sorted(solved) == pack.manifest["axes"]["language"]["layers"]
     for role, suffix in (("debias", "debias"), ("positive", "ornate"), ("negative", "simple")):
-        written = read_control_vector(next((tmp_path / "pack").glob(f"*__{suffix}.gguf")))
+        written = ControlVector.from_gguf(next((tmp_path / "pack").glob(f"*__{suffix}.gguf")))
         for block, vector in written.directions.items():
             scale = float(np.abs(vector).max())
             np.testing.assert_allclose(vectors[role][block], vector, atol=1e-4 * scale)

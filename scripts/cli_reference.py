@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"

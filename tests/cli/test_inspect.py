@@ -18,7 +18,7 @@ from conftest import craft_gguf
 from conftest import folder_snapshot as snapshot
 from gguf import GGUFWriter
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 from cvgen.vectors.gguf_io import ControlVectorError, read_control_vector, write_control_vector
 
 

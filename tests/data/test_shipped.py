@@ -184,7 +184,7 @@ def _generate_refuses(tmp_path: Path, *options: str) -> str:
     first): exit 1, one line, nothing written; returns the line."""
     from click.testing import CliRunner
 
-    from cvgen.cli.main import main
+    from cvgen.cli import main
 
     out = tmp_path / "never-written"
     arguments = ["generate", "-m", str(tmp_path / "absent.gguf"), "-o", str(out), *options]

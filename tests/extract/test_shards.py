@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 from cvgen.extract.model import ModelError, bitsandbytes_config, gpu_share
 from cvgen.extract.shards import (
     SHARDS_FOLDER,
@@ -92,7 +92,7 @@ def sharded_store(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) ->
         [
             sys.executable,
             "-m",
-            "cvgen.cli.main",
+            "cvgen.cli",
             "collect",
             *options(pico_llama, "--batch-tokens", "1"),
         ]

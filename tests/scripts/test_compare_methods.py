@@ -138,8 +138,9 @@ def test_collected_states_are_reused_and_solve_as_the_pipeline_does(
 ) -> None:
     """`collected_states` with --skip-last 0 collects once; the script's solve of the default
     blocks from those states gives the vectors of `generate_pack`'s default pack."""
-    from cvgen.generate.pipeline import collected_states, generate_pack
+    from cvgen.generate.pipeline import generate_pack
     from cvgen.generate.settings import GenerateSettings, LayerSkip
+    from cvgen.generate.sharded import collected_states
     from cvgen.solve.methods import SolverOptions
     from cvgen.vectors.gguf_io import read_control_vector
 

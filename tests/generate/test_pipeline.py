@@ -14,8 +14,9 @@ from conftest import PICO_LAYERS
 from cvgen.extract.chat import PromptError
 from cvgen.extract.collect import forward_last_token_states
 from cvgen.extract.store import StateArray
-from cvgen.generate.pipeline import collected_states, generate_pack
+from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings, LayerSkip
+from cvgen.generate.sharded import collected_states
 from cvgen.pack.errors import PackError
 from cvgen.solve.methods import SolverOptions, solve_cross_covariance
 from cvgen.vectors.gguf_io import llamacpp_problems, read_control_vector
@@ -330,7 +331,8 @@ def test_example_command_falls_back_to_legacy_syntax_for_a_colon(
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from cvgen.generate.pipeline import collected_states, generate_pack
+from cvgen.generate.pipeline import generate_pack
+from cvgen.generate.sharded import collected_states
 from cvgen.generate.settings import GenerateSettings
 from cvgen.extract.store import StateArray
 

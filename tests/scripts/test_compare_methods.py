@@ -170,7 +170,7 @@ def test_collected_states_are_reused_and_solve_as_the_pipeline_does(
         options=SolverOptions(tau=0.0),
     )
     vectors = compare.role_vectors(solved)
-    assert sorted(solved) == pack.manifest["axes"]["language"]["layers"]
+    assert sorted(solved) == pack.manifest.axes["language"].extra["layers"]
     for role, suffix in (("debias", "debias"), ("positive", "ornate"), ("negative", "simple")):
         written = read_control_vector(next((tmp_path / "pack").glob(f"*__{suffix}.gguf")))
         for block, vector in written.directions.items():

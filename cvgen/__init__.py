@@ -15,8 +15,9 @@ The public API, one stage per module, composed by `generate_pack`:
     write_control_vector                          (cvgen.vectors.gguf_file)
     build_command                                 (cvgen.llamacpp.commands)
     GenerateSettings, generate_pack               (cvgen.generate.settings, cvgen.generate.pipeline)
-    collect_shard, solve_pack, ShardSpec          (cvgen.generate.pipeline, cvgen.extract.shard_spec)
-    collected_states                              (cvgen.generate.pipeline: states only, no pack)
+    collect_shard, solve_pack, ShardSpec          (cvgen.generate.sharded, cvgen.extract.shard_spec)
+    collected_states                              (cvgen.generate.sharded: states only, no pack)
+    PackManifest, load_manifest                   (cvgen.pack.records, cvgen.pack.manifest)
 
 Names are imported on first use, so `import cvgen` stays cheap (no torch import).
 """
@@ -50,9 +51,11 @@ _EXPORTS = {
     "build_command": "cvgen.llamacpp.commands",
     "GenerateSettings": "cvgen.generate.settings",
     "generate_pack": "cvgen.generate.pipeline",
-    "collect_shard": "cvgen.generate.pipeline",
-    "solve_pack": "cvgen.generate.pipeline",
-    "collected_states": "cvgen.generate.pipeline",
+    "collect_shard": "cvgen.generate.sharded",
+    "solve_pack": "cvgen.generate.sharded",
+    "collected_states": "cvgen.generate.sharded",
+    "PackManifest": "cvgen.pack.records",
+    "load_manifest": "cvgen.pack.manifest",
     "ShardSpec": "cvgen.extract.shard_spec",
     "CvgenError": "cvgen.common.errors",
 }

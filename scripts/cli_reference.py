@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 
 CLI_DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 COMMANDS = (

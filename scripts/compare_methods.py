@@ -4,7 +4,7 @@
     python scripts/compare_methods.py                 # the real SmolLM2-135M GGUF on llama.cpp
     python scripts/compare_methods.py --json out.json # also save every raw number
 
-States are collected once with cvgen's own pipeline (`cvgen.generate.pipeline.collected_states`) with
+States are collected once with cvgen's own pipeline (`cvgen.generate.sharded.collected_states`) with
 `--skip-last 0`, so the last block is stored too; a second run reuses the store and loads no
 weights for collection. Every variant is solved from those states:
 
@@ -495,7 +495,7 @@ def parse_positive_scales(text: str) -> list[float]:
 
 def collect(args: argparse.Namespace, axes: Sequence[str]) -> Any:
     """The run's states (collected now only when missing from the store)."""
-    from cvgen.generate.pipeline import collected_states
+    from cvgen.generate.sharded import collected_states
 
     if args.threads:
         import torch

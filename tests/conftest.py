@@ -219,7 +219,7 @@ def generate_pico_pack(
     its output after checking it succeeded."""
     from click.testing import CliRunner
 
-    from cvgen.cli.main import main
+    from cvgen.cli import main
 
     arguments = ["generate", "--model", str(model), "--samples", "12", "--tau", "0"]
     for axis in axes:

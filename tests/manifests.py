@@ -8,7 +8,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 
 HOSTILE = "<script>window.__pwned = 1</script>"
 

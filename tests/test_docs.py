@@ -10,7 +10,7 @@ from types import ModuleType
 
 import click
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"

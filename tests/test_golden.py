@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 from conftest import require_real_model
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
 # A version string, and a digest over settings that hold this run's paths (the settings

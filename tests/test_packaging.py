@@ -87,7 +87,7 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
     assert facts["probe_classes"][facts["axes"].index("optimism")] == ["optimism", "nihilism"]
     assert sorted(facts["page"]) == ["builder.js", "index.html.template", "style.css"]
     axes = subprocess.run(
-        [sys.executable, "-c", "from cvgen.cli.main import main; main()", "axes"],
+        [sys.executable, "-c", "from cvgen.cli import main; main()", "axes"],
         cwd=elsewhere,
         env=env,
         check=True,
@@ -110,7 +110,7 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
     }
     (pack / "pack.json").write_text(json.dumps(manifest))
     subprocess.run(
-        [sys.executable, "-c", "from cvgen.cli.main import main; main()", "html", str(pack)],
+        [sys.executable, "-c", "from cvgen.cli import main; main()", "html", str(pack)],
         cwd=elsewhere,
         env=env,
         check=True,

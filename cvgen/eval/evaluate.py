@@ -46,6 +46,7 @@ from cvgen.data.eval_data import (
 )
 from cvgen.eval.backends import Backend, Scored, Session, Steering
 from cvgen.generate.settings import check_seed
+from cvgen.pack.records import PackManifest
 from cvgen.vectors.control_vector import ControlVector
 
 log = logging.getLogger(__name__)
@@ -351,11 +352,11 @@ class AxisFiles:
 
 
 def axis_files(
-    pack: Path, manifest: Mapping[str, Any], axis: str, *, controls_dir: Path | None, seed: int
+    pack: Path, manifest: PackManifest, axis: str, *, controls_dir: Path | None, seed: int
 ) -> AxisFiles:
     """The axis's pack files, plus its random and negated control files in `controls_dir`."""
-    names = manifest["axes"][axis]["files"]
-    files = {role: Path(pack) / names[role] for role in ("debias", "negative", "positive")}
+    names = manifest.axes[axis].files
+    files = {role: Path(pack) / names.of(role) for role in ("debias", "negative", "positive")}
     for role, path in files.items():
         if not path.is_file():
             raise EvalError(f"{pack}: axis '{axis}': {role} file {path.name} is missing")
@@ -437,7 +438,7 @@ class RawResults:
 def run_evaluation(
     backend: Backend,
     pack: Path,
-    manifest: Mapping[str, Any],
+    manifest: PackManifest,
     axes: Sequence[str],
     settings: EvalSettings,
     *,
@@ -450,10 +451,7 @@ def run_evaluation(
 
     say = announce or (lambda message: log.info("%s", message))
     started = time.perf_counter()
-    classes = {
-        axis: (str(manifest["axes"][axis]["classes"][0]), str(manifest["axes"][axis]["classes"][1]))
-        for axis in axes
-    }
+    classes = {axis: manifest.axes[axis].classes for axis in axes}
     inputs = prepare_inputs(backend, classes, settings, probe_files=probe_files)
     with tempfile.TemporaryDirectory(prefix="cvgen-eval-") as scratch:
         controls_dir = Path(scratch) if settings.controls else None

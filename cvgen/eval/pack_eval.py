@@ -26,13 +26,10 @@ from cvgen.eval.report import render_markdown, write_plots
 from cvgen.eval.summary import summarise_axis
 from cvgen.llamacpp.binaries import LlamaCppError, find_binary
 from cvgen.llamacpp.commands import default_model_path
-from cvgen.pack.writer import (
-    EVAL_REPORT_NAMES,
-    ROLES,
-    load_manifest,
-    render_pack_readme,
-    write_text_atomically,
-)
+from cvgen.pack.manifest import load_manifest, write_text_atomically
+from cvgen.pack.names import EVAL_REPORT_NAMES, ROLES
+from cvgen.pack.readme import example_command, render_pack_readme
+from cvgen.pack.records import PackManifest, SafeScale
 from cvgen.vectors.control_vector import ControlVector
 
 log = logging.getLogger(__name__)
@@ -63,11 +60,11 @@ def choose_backend(choice: str, model: str) -> str:
     return "hf"
 
 
-def default_model(manifest: Mapping[str, Any], backend: str) -> str:
+def default_model(manifest: PackManifest, backend: str) -> str:
     """The model a pack was made from: its .gguf file for llama.cpp, its source for hf."""
     if backend == "llama.cpp":
-        return default_model_path(manifest)
-    return str(manifest["model"].get("source") or manifest["model"].get("spec"))
+        return default_model_path(manifest.to_json())
+    return str(manifest.model.source or manifest.model.extra.get("spec"))
 
 
 def open_backend(
@@ -96,27 +93,27 @@ def open_backend(
     )
 
 
-def check_backend_fits(backend: Backend, manifest: Mapping[str, Any], pack: Path) -> None:
+def check_backend_fits(backend: Backend, manifest: PackManifest, pack: Path) -> None:
     """Refuse a model whose depth or width differs from the pack's."""
-    expected = manifest["model"]
+    expected = manifest.model
     for what, got in (("n_layer", backend.n_layer), ("n_embd", backend.n_embd)):
-        want = expected.get(what)
+        want = expected.n_layer if what == "n_layer" else expected.whole_number(what)
         if isinstance(want, int) and want != got:
             raise EvalError(f"{pack}: the pack was made for {what} {want}, but the model has {got}")
 
 
-def select_axes(manifest: Mapping[str, Any], axes: Sequence[str], pack: Path) -> list[str]:
-    chosen = list(axes) or list(manifest["axes"])
+def select_axes(manifest: PackManifest, axes: Sequence[str], pack: Path) -> list[str]:
+    chosen = list(axes) or list(manifest.axes)
     for name in chosen:
-        if name not in manifest["axes"]:
-            known = ", ".join(manifest["axes"])
+        if name not in manifest.axes:
+            known = ", ".join(manifest.axes)
             raise EvalError(f"--axis: '{name}' is not in pack {pack} (it has: {known})")
     return chosen
 
 
 def build_report(
     pack: Path,
-    manifest: Mapping[str, Any],
+    manifest: PackManifest,
     axes: Sequence[str],
     backend: Backend,
     model: str,
@@ -145,7 +142,7 @@ def build_report(
             "examples": texts[:1],
         },
         "axes": {
-            axis: summarise_axis(axis, manifest["axes"][axis]["classes"], inputs, raw, settings)
+            axis: summarise_axis(axis, list(manifest.axes[axis].classes), inputs, raw, settings)
             for axis in axes
         },
     }
@@ -185,7 +182,7 @@ def evaluate_pack(
             raise EvalError(
                 f"--probes: axis '{name}' is not evaluated (axes: {', '.join(chosen_axes)})"
             )
-        axis_probes(name, tuple(manifest["axes"][name]["classes"]), Path(path))  # fail fast
+        axis_probes(name, manifest.axes[name].classes, Path(path))  # fail fast
     kind = choose_backend(backend, model or default_model(manifest, "llama.cpp"))
     model = model or default_model(manifest, kind)
     opened = open_backend(
@@ -196,7 +193,7 @@ def evaluate_pack(
         dtype=dtype,
         trust_remote_code=trust_remote_code,
         threads=threads,
-        decoder_blocks=manifest.get("settings", {}).get("decoder_blocks"),
+        decoder_blocks=manifest.settings.get("decoder_blocks"),
     )
     try:
         check_backend_fits(opened, manifest, pack)
@@ -234,26 +231,25 @@ def store_safe_scales(pack: Path, report: Mapping[str, Any]) -> list[Path]:
     page's sliders), `cvgen.safe_scale.*` in each of the axis's files, the README and the page.
     A pole whose safe scale is 0 (the debias file alone already breaks the budget) leaves the
     axis without `safe_scale` in pack.json; eval.md explains."""
-    from cvgen.generate.pipeline import example_command
     from cvgen.pack.page import save_manifest_and_page
 
     manifest = load_manifest(pack)
     written = []
     for name, axis in report["axes"].items():
         safe = {role: float(axis["safe_scale"][role]["scale"]) for role in ("negative", "positive")}
-        entry = manifest["axes"][name]
+        entry = manifest.axes[name]
         if min(safe.values()) > 0:
-            entry["safe_scale"] = safe
+            entry.safe_scale = SafeScale(negative=safe["negative"], positive=safe["positive"])
         else:
-            entry.pop("safe_scale", None)
+            entry.safe_scale = None
             log.warning("axis '%s': no safe non-zero scale on one pole (%s)", name, safe)
         # scale 1 reproduces the pole's own average shift; suggest it unless it is unsafe
         suggested = {role: min(1.0, value) for role, value in safe.items()}
-        entry["suggested_scale"] = {**suggested, "calibrated": True}
+        entry.extra["suggested_scale"] = {**suggested, "calibrated": True}
         for role in ROLES:
-            path = pack / entry["files"][role]
+            path = pack / entry.files.of(role)
             written.append(_rewrite_metadata(path, role, safe, suggested, report))
-    manifest["evaluation"] = {
+    manifest.extra["evaluation"] = {
         "file": REPORT_JSON,
         "backend": report["backend"],
         "date": report["date"],

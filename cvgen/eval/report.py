@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cvgen.common.messages import markdown_code, markdown_text
-from cvgen.pack.writer import EVAL_PLOT_NAME as PLOT_NAME  # defined with the other pack files
-from cvgen.pack.writer import safe_name
+from cvgen.pack.names import EVAL_PLOT_NAME as PLOT_NAME  # defined with the other pack files
+from cvgen.pack.names import safe_name
 
 md = markdown_text
 

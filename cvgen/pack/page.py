@@ -9,9 +9,9 @@ same selection; `tests/test_html_browser.py` checks that in a real browser.
 
 Display text taken from the manifest (names, classes, descriptions, the model hint) may hold
 anything: the page sets it with `textContent` only. Fields the command logic relies on (axis
-classes and files, `model.n_layer`, `safe_scale`, presets) are checked first by
-`cvgen.pack.writer.check_manifest`, the one validation every command shares, and a bad one is refused
-with a one-line `PackError` naming the file, field and value.
+classes and files, `model.n_layer`, `safe_scale`, presets) were checked when the manifest was
+read (`cvgen.pack.manifest.parse_manifest`, the one validation every command shares), and a bad
+one was refused with a one-line `PackError` naming the file, field and value.
 """
 
 from __future__ import annotations
@@ -20,21 +20,15 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cvgen import __version__
 from cvgen.llamacpp.commands import default_model_path
-from cvgen.pack.writer import (
-    MANIFEST_NAME,
-    PAGE_NAME,
-    check_manifest,
-    load_manifest,
-    save_manifest,
-    write_text_atomically,
-)
+from cvgen.pack.manifest import load_manifest, save_manifest, write_text_atomically
+from cvgen.pack.names import PAGE_NAME
+from cvgen.pack.records import PackManifest
 
 __all__ = [
     "PAGE_NAME",
@@ -83,29 +77,21 @@ def _csp_hash(content: str) -> str:
 
 
 def render_page(
-    manifest: Mapping[str, Any],
-    *,
-    model_path: str,
-    vector_dir: str,
-    pack_label: str,
-    source: str = MANIFEST_NAME,
+    manifest: PackManifest, *, model_path: str, vector_dir: str, pack_label: str
 ) -> str:
     """The whole page for `manifest`, as one HTML string.
 
     `model_path` and `vector_dir` fill the page's fields at first; `pack_label` is the pack
-    path the page shows in its `cvgen commands PACK ...` equivalent. Raises `PackError` (naming
-    `source`) for a manifest the page cannot use.
+    path the page shows in its `cvgen commands PACK ...` equivalent.
     """
-    check_manifest(manifest, source)
     style = _page_file("style.css")
     script = _page_file("builder.js")
     data = {
-        "manifest": manifest,
+        "manifest": manifest.to_json(),
         "defaults": {"model_path": model_path, "vector_dir": vector_dir, "pack": pack_label},
         "generator": f"cvgen {__version__}",
     }
-    model = manifest["model"]
-    model_name = str(model.get("name") or "a model")
+    model_name = manifest.model.name or "a model"
     values = {
         "STYLE": style,
         "SCRIPT": script,
@@ -139,7 +125,7 @@ def page_defaults(page: Path) -> dict[str, str]:
 
 def write_page(
     pack: Path,
-    manifest: Mapping[str, Any] | None = None,
+    manifest: PackManifest | None = None,
     *,
     model_path: str | None = None,
     vector_dir: str | None = None,
@@ -152,30 +138,29 @@ def write_page(
     pack = Path(pack)
     if manifest is None:
         manifest = load_manifest(pack)
+    data = manifest.to_json()
     absolute = str(pack.expanduser().resolve())
     text = render_page(
         manifest,
-        model_path=model_path if model_path is not None else default_model_path(manifest),
+        model_path=model_path if model_path is not None else default_model_path(data),
         vector_dir=vector_dir if vector_dir is not None else absolute,
         pack_label=absolute,
-        source=str(pack / MANIFEST_NAME),
     )
     path = pack / PAGE_NAME
     write_text_atomically(path, text)
     return path
 
 
-def save_manifest_and_page(pack: Path, manifest: Mapping[str, Any]) -> None:
+def save_manifest_and_page(pack: Path, manifest: PackManifest) -> None:
     """Rewrite `PACK/pack.json` and the page (keeping the page's model path and vector
-    folder); the page is rendered first, so a manifest it refuses changes nothing."""
+    folder); the page is rendered first, so a failure there changes nothing."""
     absolute = str(Path(pack).expanduser().resolve())
     defaults = page_defaults(Path(pack) / PAGE_NAME)
     page = render_page(
         manifest,
-        model_path=defaults.get("model_path", default_model_path(manifest)),
+        model_path=defaults.get("model_path", default_model_path(manifest.to_json())),
         vector_dir=defaults.get("vector_dir", absolute),
         pack_label=absolute,
-        source=str(Path(pack) / MANIFEST_NAME),
     )
     save_manifest(pack, manifest)
     write_text_atomically(Path(pack) / PAGE_NAME, page)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import craft_gguf, generate_pico_pack
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 
 
 def run(*args: str) -> Result:

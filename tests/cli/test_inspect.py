@@ -18,7 +18,7 @@ from conftest import craft_gguf
 from conftest import folder_snapshot as snapshot
 from gguf import GGUFWriter
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 from cvgen.vectors.control_vector import ControlVector
 from cvgen.vectors.format import ControlVectorError
 from cvgen.vectors.gguf_file import write_control_vector

@@ -12,13 +12,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cvgen.cli.main import main
-from cvgen.data.shipped import DataError, load_axis, load_writing_prompts
+from cvgen.cli import main
+from cvgen.common.files import DataError
+from cvgen.data.shipped import load_axis, load_writing_prompts
 from cvgen.extract.loading import resolve_device
 from cvgen.extract.model_source import ModelError, resolve_model_source
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings, SettingsError
-from cvgen.pack.writer import PackError
+from cvgen.pack.errors import PackError
 from cvgen.vectors.gguf_file import write_control_vector
 
 
@@ -143,8 +144,8 @@ def test_manifest_records_the_absolute_model_path(
 ) -> None:
     monkeypatch.chdir(pico_llama.parent)
     result = generate_pack(_settings(Path(pico_llama.name)), tmp_path / "pack", show_progress=False)
-    assert result.manifest["model"]["source"] == str(pico_llama)
-    assert result.manifest["model"]["spec"] == pico_llama.name
+    assert result.manifest.to_json()["model"]["source"] == str(pico_llama)
+    assert result.manifest.to_json()["model"]["spec"] == pico_llama.name
 
 
 def test_a_full_disk_while_writing_the_pack_names_it_and_keeps_the_old_pack(

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from conftest import folder_snapshot as snapshot
 from manifests import sample_manifest, write_manifest
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 from cvgen.common.messages import plural
 
 

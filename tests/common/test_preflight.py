@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import generate_pico_pack
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 
 
 def run(*args: str) -> Result:
@@ -49,7 +49,7 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model's weights were loaded")
 
-    monkeypatch.setattr("cvgen.generate.pipeline.load_causal_lm", refuse)
+    monkeypatch.setattr("cvgen.generate.collection.load_causal_lm", refuse)
 
 
 @pytest.fixture(scope="module")

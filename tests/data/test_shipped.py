@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cvgen.data.shipped import (
-    DataError,
-    load_axis,
-    load_stems,
-    load_writing_prompts,
-    shipped_axis_names,
-)
+from cvgen.common.files import DataError
+from cvgen.data.shipped import load_axis, load_stems, load_writing_prompts, shipped_axis_names
 
 EXPECTED_AXES = {
     "language": ("simple", "ornate"),
@@ -184,7 +179,7 @@ def _generate_refuses(tmp_path: Path, *options: str) -> str:
     first): exit 1, one line, nothing written; returns the line."""
     from click.testing import CliRunner
 
-    from cvgen.cli.main import main
+    from cvgen.cli import main
 
     out = tmp_path / "never-written"
     arguments = ["generate", "-m", str(tmp_path / "absent.gguf"), "-o", str(out), *options]

@@ -28,6 +28,7 @@ from cvgen.eval.evaluate import EvalSettings, axis_files, prepare_inputs, propen
 from cvgen.eval.metrics import bootstrap_slope
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings
+from cvgen.pack.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def measured(
     controls.mkdir()
     figures: dict[str, dict[str, Any]] = {}
     for axis in axes:
-        files = axis_files(out, manifest, axis, controls_dir=controls, seed=0)
+        files = axis_files(out, load_manifest(out), axis, controls_dir=controls, seed=0)
         pairs = inputs.probe_ids[axis]
         curves = {}
         for kind in ("axis", "random"):

@@ -172,7 +172,7 @@ def test_generate_from_a_hub_cache_snapshot(tmp_path: Path, pico_llama: Path) ->
     """The CLI on the hub's own download layout: exit 0, files named after the repository."""
     from click.testing import CliRunner
 
-    from cvgen.cli.main import main
+    from cvgen.cli import main
 
     files = {p.name: p for p in pico_llama.iterdir() if p.is_file()}
     repo = fake_hub_cache(tmp_path / "hub", "owner/pico-model", files)
@@ -218,7 +218,7 @@ def test_a_hub_id_without_network_fails_at_once_in_one_line(tmp_path: Path) -> N
 
     from click.testing import CliRunner
 
-    from cvgen.cli.main import main
+    from cvgen.cli import main
 
     out = tmp_path / "out"
     (tmp_path / "keep.txt").write_text("mine")
@@ -273,7 +273,7 @@ def test_a_truncated_model_gguf_is_named_by_every_command(tmp_path: Path, pico_l
     from click.testing import CliRunner
     from conftest import generate_pico_pack
 
-    from cvgen.cli.main import main
+    from cvgen.cli import main
 
     pack = tmp_path / "pack"
     generate_pico_pack(pico_llama, pack, axes=("language",))

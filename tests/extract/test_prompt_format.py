@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cvgen.cli.main import main
-from cvgen.pack.writer import load_manifest
+from cvgen.cli import main
+from cvgen.pack.manifest import load_manifest
 
 WARNING = "has no chat template: its prompts are given as plain text, not chat turns"
 
@@ -35,7 +35,7 @@ def test_a_model_without_a_template_is_said_once_and_recorded(
         f"cvgen: {pico_plain} {WARNING} (recorded as prompt_format: plain in pack.json)"
     ]
     manifest = load_manifest(out)
-    assert manifest["prompt_format"] == "plain"
+    assert manifest.prompt_format == "plain"
     readme = (out / "README.md").read_text(encoding="utf-8")
     assert "The model has no chat template, so the prompts were given to it as plain text" in readme
     assert mine.read_text(encoding="utf-8") == "mine\n"
@@ -61,4 +61,4 @@ def test_packs_written_before_the_field_still_load_and_render(
     for arguments in (["html", str(out)], ["commands", str(out), "--set", "language=0.5"]):
         result = CliRunner().invoke(main, arguments, catch_exceptions=False)
         assert result.exit_code == 0, result.output
-    assert "prompt_format" not in load_manifest(out)
+    assert "prompt_format" not in load_manifest(out).to_json()

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 from cvgen.extract.loading import bitsandbytes_config
 from cvgen.extract.model_source import ModelError
 from cvgen.extract.shard_descriptions import SHARDS_FOLDER
@@ -84,7 +84,7 @@ def sharded_store(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) ->
         [
             sys.executable,
             "-m",
-            "cvgen.cli.main",
+            "cvgen.cli",
             "collect",
             *options(pico_llama, "--batch-tokens", "1"),
         ]

@@ -128,7 +128,7 @@ def test_a_damaged_array_is_named_and_recreated_and_a_whole_one_kept(tmp_path: P
 def _pico_generate(model: Path, out: Path, store: Path) -> tuple[int, str]:
     from click.testing import CliRunner
 
-    from cvgen.cli.main import main
+    from cvgen.cli import main
 
     arguments = ["generate", "-m", str(model), "-a", "language", "-n", "6", "--tau", "0"]
     result = CliRunner().invoke(main, [*arguments, "-o", str(out), "--cache-dir", str(store), "-q"])

@@ -14,9 +14,10 @@ from conftest import PICO_LAYERS
 from cvgen.extract.chat import PromptError
 from cvgen.extract.forward import forward_last_token_states
 from cvgen.extract.store import StateArray
-from cvgen.generate.pipeline import collected_states, generate_pack
+from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings, LayerSkip
-from cvgen.pack.writer import PackError
+from cvgen.generate.sharded import collected_states
+from cvgen.pack.errors import PackError
 from cvgen.solve.direction import SolverOptions
 from cvgen.solve.methods import solve_cross_covariance
 from cvgen.vectors.control_vector import ControlVector
@@ -41,7 +42,7 @@ def test_pack_has_three_valid_files_per_axis_and_records_samples(
     out = tmp_path / "pack"
     result = generate_pack(_settings(pico_llama), out, show_progress=False)
     manifest = json.loads((out / "pack.json").read_text())
-    assert manifest == result.manifest
+    assert manifest == result.manifest.to_json()
     assert sorted(p.name for p in out.glob("*.gguf")) == sorted(
         f"{pico_llama.name}-{axis}__{role}.gguf"
         for axis, roles in {
@@ -249,7 +250,7 @@ def test_second_family_and_methods(pico_qwen2: Path, tmp_path: Path) -> None:
             tmp_path / method,
             show_progress=False,
         )
-        assert result.manifest["settings"]["method"] == method
+        assert result.manifest.to_json()["settings"]["method"] == method
         vectors = _vectors(tmp_path / method)
         assert len(vectors) == 3 and all(v for v in vectors.values())
     names = {
@@ -286,7 +287,12 @@ def test_skip_fractions_and_refusing_a_foreign_folder(pico_llama: Path, tmp_path
         skip_last=LayerSkip("0"),
     )
     result = generate_pack(settings, tmp_path / "p", show_progress=False)
-    assert result.manifest["layers"] == [2, 3, 4, 5]  # round(0.34 * 6) = 2 skipped at the start
+    assert result.manifest.to_json()["layers"] == [
+        2,
+        3,
+        4,
+        5,
+    ]  # round(0.34 * 6) = 2 skipped at the start
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -298,7 +304,7 @@ def test_skip_fractions_and_refusing_a_foreign_folder(pico_llama: Path, tmp_path
 def test_an_axis_with_no_passing_block_fails_and_writes_nothing(
     pico_llama: Path, tmp_path: Path
 ) -> None:
-    from cvgen.generate.pipeline import GenerateError
+    from cvgen.generate.inputs import GenerateError
 
     with pytest.raises(GenerateError, match="axis 'language': no block passed"):
         generate_pack(
@@ -311,13 +317,13 @@ def test_an_axis_with_no_passing_block_fails_and_writes_nothing(
 def test_example_command_falls_back_to_legacy_syntax_for_a_colon(
     pico_llama: Path, tmp_path: Path
 ) -> None:
-    from cvgen.generate.pipeline import example_command
+    from cvgen.pack.readme import example_command
 
     result = generate_pack(
         _settings(pico_llama, axes=("language",)), tmp_path / "a:b", show_progress=False
     )
     command = example_command(result.manifest, tmp_path / "a:b")
-    positive = result.manifest["axes"]["language"]["files"]["positive"]
+    positive = result.manifest.to_json()["axes"]["language"]["files"]["positive"]
     assert command.endswith(f"--control-vector-scaled {tmp_path}/a:b/{positive} 0.5")
     assert example_command(result.manifest, tmp_path / "ab").endswith(
         f"{tmp_path}/ab/{positive}:0.5"
@@ -327,7 +333,8 @@ def test_example_command_falls_back_to_legacy_syntax_for_a_colon(
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from cvgen.generate.pipeline import collected_states, generate_pack
+from cvgen.generate.pipeline import generate_pack
+from cvgen.generate.sharded import collected_states
 from cvgen.generate.settings import GenerateSettings
 from cvgen.extract.store import StateArray
 
@@ -381,10 +388,13 @@ def test_manifest_carries_the_settings_and_their_digest(pico_llama: Path, tmp_pa
     two = generate_pack(
         _settings(pico_llama, axes=("language",), seed=4), tmp_path / "b", show_progress=False
     )
-    assert one.manifest["settings"]["seed"] == 3 and two.manifest["settings"]["seed"] == 4
-    assert one.manifest["settings_digest"] != two.manifest["settings_digest"]
+    assert (
+        one.manifest.to_json()["settings"]["seed"] == 3
+        and two.manifest.to_json()["settings"]["seed"] == 4
+    )
+    assert one.manifest.to_json()["settings_digest"] != two.manifest.to_json()["settings_digest"]
     again = _settings(pico_llama, axes=("language",)).digest()
-    assert one.manifest["settings_digest"] == again
+    assert one.manifest.to_json()["settings_digest"] == again
 
 
 def test_growing_samples_runs_only_the_new_prompts(

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import CHATML_TEMPLATE, PICO_LAYERS
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 from cvgen.llamacpp.binaries import (
     LLAMA_CPP_COMMIT,
     LlamaCppError,

@@ -348,7 +348,7 @@ def test_cli_eval_on_llama_cpp_measures_the_language_axis(
     slope is the axis's, reversed."""
     from click.testing import CliRunner
 
-    from cvgen.cli.main import main
+    from cvgen.cli import main
 
     monkeypatch.setenv("CVGEN_LLAMA_CPP", str(bins))
     target = pack.parent / "eval-pack"

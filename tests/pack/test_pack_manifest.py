@@ -13,10 +13,12 @@ from conftest import folder_snapshot as snapshot
 from conftest import generate_pico_pack
 from manifests import sample_manifest, write_manifest
 
-from cvgen.cli.main import main
+from cvgen.cli import main
 from cvgen.common.messages import markdown_code, markdown_text
 from cvgen.data.shipped import data_root
-from cvgen.pack.writer import PackError, check_manifest, load_manifest, render_pack_readme
+from cvgen.pack.errors import PackError
+from cvgen.pack.manifest import load_manifest, parse_manifest
+from cvgen.pack.readme import render_pack_readme
 
 HOSTILE_CLASS = "<script>alert(1)</script>"
 
@@ -109,8 +111,10 @@ def test_a_pack_without_the_newer_fields_is_accepted(tmp_path: Path) -> None:
     manifest = sample_manifest()
     assert "prompt_format" not in manifest
     pack = write_manifest(tmp_path / "pack", manifest)
-    assert load_manifest(pack) == manifest
-    check_manifest({**manifest, "prompt_format": "plain"}, "pack.json")
+    assert load_manifest(pack).to_json() == manifest
+    assert parse_manifest({**manifest, "prompt_format": "plain"}, "pack.json").prompt_format == (
+        "plain"
+    )
 
 
 def test_html_and_commands_agree_on_a_good_pack(tmp_path: Path) -> None:
@@ -147,7 +151,9 @@ def _readme_manifest() -> dict[str, Any]:
 
 
 def test_readme_escapes_every_user_given_text() -> None:
-    readme = render_pack_readme(_readme_manifest(), "llama-server -m MODEL.gguf")
+    readme = render_pack_readme(
+        parse_manifest(_readme_manifest(), "pack.json"), "llama-server -m MODEL.gguf"
+    )
     assert "<script" not in readme and "<b>" not in readme
     assert readme.startswith("# Control vectors for pico \\| &lt;b&gt;model&lt;/b&gt;\n")
     row = next(line for line in readme.splitlines() if line.startswith("| language "))
@@ -172,7 +178,7 @@ def test_generate_writes_an_escaped_readme(pico_llama: Path, tmp_path: Path) -> 
     assert "<script" not in readme
     row = next(line for line in readme.splitlines() if line.startswith("| hostile "))
     assert "| plain | &lt;script&gt;alert(1)&lt;/script&gt; | plain \\| ornate \\*words\\* |" in row
-    assert load_manifest(out)["axes"]["hostile"]["classes"][1] == HOSTILE_CLASS
+    assert load_manifest(out).axes["hostile"].classes[1] == HOSTILE_CLASS
 
 
 def test_an_axis_name_cannot_place_its_eval_plot_outside_the_pack() -> None:

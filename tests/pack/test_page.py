@@ -17,8 +17,10 @@ import pytest
 from manifests import hostile_manifest, run, sample_manifest, write_manifest
 
 from cvgen.llamacpp.commands import build_command
-from cvgen.pack.page import PAGE_NAME, embed_json, page_defaults, render_page, write_page
-from cvgen.pack.writer import PackError, load_manifest
+from cvgen.pack.errors import PackError
+from cvgen.pack.manifest import load_manifest, parse_manifest
+from cvgen.pack.names import PAGE_NAME
+from cvgen.pack.page import embed_json, page_defaults, render_page, write_page
 
 
 def embedded_data(page: str) -> dict[str, Any]:
@@ -48,7 +50,9 @@ def test_embed_json_refuses_nan() -> None:
 
 def test_page_is_one_self_contained_file() -> None:
     manifest = sample_manifest()
-    page = render_page(manifest, model_path="m.gguf", vector_dir="/v", pack_label="/p")
+    page = render_page(
+        parse_manifest(manifest, "pack.json"), model_path="m.gguf", vector_dir="/v", pack_label="/p"
+    )
     assert not re.search(r"\{\{[A-Z_]+\}\}", page)  # every template marker filled
     # no external resource of any kind
     assert not re.search(r"\b(src|href)\s*=", page)
@@ -78,7 +82,9 @@ def test_page_is_one_self_contained_file() -> None:
 
 def test_hostile_text_reaches_the_page_only_as_escaped_data() -> None:
     manifest = hostile_manifest()
-    page = render_page(manifest, model_path="m.gguf", vector_dir="/v", pack_label="/p")
+    page = render_page(
+        parse_manifest(manifest, "pack.json"), model_path="m.gguf", vector_dir="/v", pack_label="/p"
+    )
     assert page.count("<script") == 2 and page.count("</script>") == 2
     assert "<img" not in page and "<!-- comment" not in page and "<b>" not in page
     assert (
@@ -199,7 +205,7 @@ def test_generate_writes_the_page_into_the_pack(pico_llama: Path, tmp_path: Path
     assert result.exit_code == 0, result.output
     page = (out / PAGE_NAME).read_text(encoding="utf-8")
     data = embedded_data(page)
-    assert data["manifest"] == load_manifest(out)
+    assert data["manifest"] == load_manifest(out).to_json()
     assert data["defaults"] == {
         "model_path": "MODEL.gguf",
         "vector_dir": str(out),
@@ -221,7 +227,7 @@ def test_preset_add_list_remove_and_commands(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert result.output == "preset 'calm past': tense=-1 optimism=0.25\n"
-    manifest = load_manifest(pack)
+    manifest = load_manifest(pack).to_json()
     assert list(manifest["presets"]["calm past"].items()) == [("tense", -1.0), ("optimism", 0.25)]
     # the page was rewritten with the new preset, keeping its vector folder
     page = (pack / PAGE_NAME).read_text(encoding="utf-8")
@@ -250,7 +256,7 @@ def test_preset_add_list_remove_and_commands(tmp_path: Path) -> None:
         run("preset", "remove", str(pack), "vivid-dialogue").output
         == "removed preset 'vivid-dialogue'\n"
     )
-    assert list(load_manifest(pack)["presets"]) == ["calm past"]
+    assert load_manifest(pack).preset_names() == ["calm past"]
     assert list(embedded_data((pack / PAGE_NAME).read_text())["manifest"]["presets"]) == [
         "calm past"
     ]
@@ -296,7 +302,7 @@ def test_preset_replace_and_remove_unknown(tmp_path: Path) -> None:
     pack = write_manifest(tmp_path / "pack", sample_manifest())
     result = run("preset", "add", str(pack), "vivid-dialogue", "--set", "tense=0.3", "--replace")
     assert result.exit_code == 0
-    assert load_manifest(pack)["presets"] == {"vivid-dialogue": {"tense": 0.3}}
+    assert load_manifest(pack).presets == {"vivid-dialogue": {"tense": 0.3}}
     result = run("preset", "remove", str(pack), "nope")
     assert result.output == "Error: unknown preset 'nope'; the pack has: vivid-dialogue\n"
 

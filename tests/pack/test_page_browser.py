@@ -35,7 +35,7 @@ from cvgen.llamacpp.commands import (
     preset_selection,
     quote_argument,
 )
-from cvgen.pack.page import PAGE_NAME
+from cvgen.pack.names import PAGE_NAME
 
 CHROMIUM = Path(os.environ.get("CVGEN_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

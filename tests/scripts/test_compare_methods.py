@@ -138,8 +138,9 @@ def test_collected_states_are_reused_and_solve_as_the_pipeline_does(
 ) -> None:
     """`collected_states` with --skip-last 0 collects once; the script's solve of the default
     blocks from those states gives the vectors of `generate_pack`'s default pack."""
-    from cvgen.generate.pipeline import collected_states, generate_pack
+    from cvgen.generate.pipeline import generate_pack
     from cvgen.generate.settings import GenerateSettings, LayerSkip
+    from cvgen.generate.sharded import collected_states
     from cvgen.solve.direction import SolverOptions
     from cvgen.vectors.control_vector import ControlVector
 
@@ -169,7 +170,7 @@ def test_collected_states_are_reused_and_solve_as_the_pipeline_does(
         options=SolverOptions(tau=0.0),
     )
     vectors = compare.role_vectors(solved)
-    assert sorted(solved) == pack.manifest["axes"]["language"]["layers"]
+    assert sorted(solved) == pack.manifest.axes["language"].extra["layers"]
     for role, suffix in (("debias", "debias"), ("positive", "ornate"), ("negative", "simple")):
         written = ControlVector.from_gguf(next((tmp_path / "pack").glob(f"*__{suffix}.gguf")))
         for block, vector in written.directions.items():

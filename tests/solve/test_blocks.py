@@ -114,8 +114,8 @@ def test_solve_blocks_errors_name_the_block() -> None:
 
 @pytest.mark.slow
 def test_solver_matches_reference_on_real_model_states(real_store: Path) -> None:
-    from cvgen.generate.pipeline import collected_states
     from cvgen.generate.settings import GenerateSettings
+    from cvgen.generate.sharded import collected_states
 
     model = require_real_model()
     settings = GenerateSettings(model=str(model), axes=("language",), samples=24, seed=0)

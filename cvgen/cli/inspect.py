@@ -1,0 +1,68 @@
+"""`cvgen inspect` (one control-vector file) and `cvgen axes` (the shipped axes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cvgen.cli.common import one_line_errors
+from cvgen.data.shipped import load_axis, shipped_axis_names
+from cvgen.vectors.describe import describe_control_vector
+from cvgen.vectors.llamacpp_rules import llamacpp_problems
+from cvgen.vectors.model_header import read_model_file_info
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--n-embd", type=int, default=None, help="Also check the width against this hidden size."
+)
+@click.option(
+    "--n-layer",
+    type=int,
+    default=None,
+    help="Also check the block indices against this block count.",
+)
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A llama.cpp model .gguf: check the file against its width and block count.",
+)
+@one_line_errors
+def inspect(file: Path, n_embd: int | None, n_layer: int | None, model: Path | None) -> None:
+    """Print a control-vector file's metadata and per-block norms.
+
+    Exits non-zero, saying why, when llama.cpp would refuse or ignore the file.
+    """
+    if model is not None:
+        info = read_model_file_info(model)
+        for flag, given, got in (
+            ("--n-embd", n_embd, info.n_embd),
+            ("--n-layer", n_layer, info.n_layer),
+        ):
+            if given is not None and given != got:
+                raise click.UsageError(f"{flag} {given} disagrees with {model} ({got})")
+        n_embd, n_layer = info.n_embd, info.n_layer
+    problems = llamacpp_problems(file, n_embd=n_embd, n_layer=n_layer)
+    if problems:
+        against = f" with {model}" if model is not None else ""
+        raise click.ClickException(
+            f"{file}: llama.cpp would refuse this file{against}: {'; '.join(problems)}"
+        )
+    click.echo(describe_control_vector(file))
+
+
+@click.command()
+@one_line_errors
+def axes() -> None:
+    """List the shipped axes: name, negative and positive class, number of pairs."""
+    rows = [load_axis(name) for name in shipped_axis_names()]
+    width = max(len(axis.name) for axis in rows)
+    click.echo(f"{'axis':<{width}}  {'negative':<12} {'positive':<18} pairs")
+    for axis in rows:
+        click.echo(
+            f"{axis.name:<{width}}  {axis.classes[0]:<12} {axis.classes[1]:<18} {len(axis.pairs)}"
+        )

@@ -1,0 +1,138 @@
+"""The pack's README.md, and the example llama.cpp command line it (and `cvgen generate`) shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cvgen.common.messages import longest_backtick_run, markdown_code, markdown_text
+from cvgen.extract.chat import PLAIN_FORMAT
+from cvgen.llamacpp.commands import CommandError, build_command, default_model_path
+from cvgen.pack.names import ROLES, SAMPLES_NAME
+from cvgen.pack.records import PackManifest
+
+
+def example_command(manifest: PackManifest, out: Path) -> str:
+    """A llama-server command loading the first axis's positive pole at +0.5. When the pack's
+    path holds a character that the current FILE:SCALE syntax cannot carry (':' or ','), the
+    example uses the legacy two-argument syntax instead."""
+    data = manifest.to_json()
+    first_axis = next(iter(manifest.axes))
+    arguments: dict[str, Any] = dict(
+        target="llama-server", model_path=default_model_path(data), vector_dir=str(out)
+    )
+    try:
+        return build_command(data, [(first_axis, 0.5)], **arguments)
+    except CommandError:
+        legacy = build_command(data, [(first_axis, 0.5)], legacy_syntax=True, **arguments)
+        return (
+            f"# legacy llama.cpp syntax: the path {out} holds ':' or ',', which the current\n"
+            "# FILE:SCALE syntax cannot carry; move the pack or use cvgen commands --vector-dir\n"
+            f"{legacy}"
+        )
+
+
+def render_pack_readme(manifest: PackManifest, example_command: str) -> str:
+    """The pack's README.md: what it is, its files, and how to load them in llama.cpp.
+
+    Every value taken from the manifest (model name, axis names, classes, descriptions,
+    settings) goes through `markdown_text`, so a name like `<script>` or a `|` in a
+    description shows as written and cannot add markup or table cells.
+    """
+    lines = [*_header_lines(manifest), "", "| axis | negative | positive | description | files |"]
+    lines.append("|---|---|---|---|---|")
+    for name, axis in manifest.axes.items():
+        files = ", ".join(f"`{axis.files.of(role)}`" for role in ROLES)  # plain names
+        negative, positive = (markdown_text(class_name) for class_name in axis.classes)
+        description = markdown_text(axis.description or "")
+        lines.append(
+            f"| {markdown_text(name)} | {negative} | {positive} | {description} | {files} |"
+        )
+    lines += _safe_scale_lines(manifest)
+    fence = "`" * max(3, longest_backtick_run(example_command) + 1)
+    lines += [
+        "",
+        "Always load an axis's `__debias` file at scale 1, plus ONE of its pole files at the",
+        "scale you want (never both poles of one axis). Scale 1 reproduces the average shift of",
+        "the pole's prompt; with several axes, keep each |scale| near 1/n to sqrt(1/n).",
+        "",
+        "Example (`cvgen commands PACK --set AXIS=SCALE` prints others):",
+        "",
+        f"{fence}sh",
+        example_command,
+        fence,
+        "",
+        "Open `index.html` in a browser to build command lines with sliders, presets and the",
+        "options above; it works offline, from disk or from any static host.",
+        "",
+        f"`{SAMPLES_NAME}` lists every drawn sample (stem, writing prompt and, per axis, the",
+        "continuation pair), so the run can be audited and reproduced.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _header_lines(manifest: PackManifest) -> list[str]:
+    """The title, how the pack was made, and the notes on blocks, prompts and llama.cpp."""
+    md = markdown_text
+    model = manifest.model
+    settings = manifest.extra["settings"]
+    layers = manifest.extra["layers"]
+    return [
+        f"# Control vectors for {md(model.name)}",
+        "",
+        f"Made by cvgen {md(manifest.extra['cvgen_version'])} with the "
+        f"{markdown_code(settings['method'])} method from {md(settings['samples'])} samples per "
+        f"class (seed {md(settings['seed'])}), features: {markdown_code(settings['features'])}, blocks {md(layers[0])}..{md(layers[-1])} "
+        f"of {md(model.n_layer)} (hidden size {md(model.extra['n_embd'])}).",
+        "",
+        "Block k's vector is stored as `direction.k`: llama.cpp adds it to the output of block k.",
+        *_prompt_format_line(manifest),
+        *_llama_cpp_line(manifest),
+    ]
+
+
+def _prompt_format_line(manifest: PackManifest) -> list[str]:
+    """A note when the prompts were plain text because the model has no chat template."""
+    if manifest.prompt_format != PLAIN_FORMAT:
+        return []
+    return [
+        "The model has no chat template, so the prompts were given to it as plain text, not as "
+        "chat turns (`prompt_format: plain` in `pack.json`)."
+    ]
+
+
+def _safe_scale_lines(manifest: PackManifest) -> list[str]:
+    """The calibrated safe scales that `cvgen eval` stored, if any."""
+    rows = [
+        f"| {markdown_text(name)} | {axis.safe_scale.negative:.2f} | "
+        f"{axis.safe_scale.positive:.2f} |"
+        for name, axis in manifest.axes.items()
+        if axis.safe_scale is not None
+    ]
+    evaluation = manifest.extra.get("evaluation")
+    if not rows or not isinstance(evaluation, dict):
+        return []
+    return [
+        "",
+        f"Calibrated safe scales (`cvgen eval`, {markdown_text(evaluation.get('backend'))} "
+        f"backend, KL budget {markdown_text(evaluation.get('kl_budget'))} nats/token; details "
+        "in `eval.md`): stay within these |scale| values per pole.",
+        "",
+        "| axis | negative pole | positive pole |",
+        "|---|---|---|",
+        *rows,
+    ]
+
+
+def _llama_cpp_line(manifest: PackManifest) -> list[str]:
+    record = manifest.llama_cpp
+    if not isinstance(record, dict) or not record.get("commit"):
+        return []
+    commit = markdown_text(str(record["commit"])[:7])
+    source = markdown_text(record.get("source", "unknown source"))
+    return [
+        f"The file format is checked against llama.cpp {commit} ({source}); load them with "
+        "`--control-vector-scaled FILE:SCALE` there (llama.cpp before December 2025 took "
+        "`FILE SCALE`)."
+    ]

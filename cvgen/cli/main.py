@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -46,6 +46,9 @@ from cvgen.vectors.gguf_io import (
     read_control_vector,
     read_model_file_info,
 )
+
+if TYPE_CHECKING:
+    from cvgen.eval.records import EvalReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -207,14 +210,17 @@ def generate(
     click.echo(example_command(manifest, result.out))
     if run_eval:
         with _logging(quiet=quiet):
-            from cvgen.eval.pack_eval import evaluate_pack
+            from cvgen.eval.pack_eval import ModelChoice, evaluate_pack
 
-            report = evaluate_pack(
-                result.out,
+            choice = ModelChoice(
                 model=settings.model,
                 backend=eval_backend,
                 device=settings.device,
                 trust_remote_code=settings.trust_remote_code,
+            )
+            report = evaluate_pack(
+                result.out,
+                choice=choice,
                 progress=not quiet,
                 announce=lambda message: click.echo(message, err=True),
             ).report
@@ -353,7 +359,7 @@ def _logging(*, quiet: bool) -> Iterator[None]:
 
 def eval_options(command: F) -> F:
     """One click option per `EvalSettings` field (flag, default and help from the field)."""
-    from cvgen.eval.evaluate import SETTING_HELP, EvalSettings
+    from cvgen.eval.settings import SETTING_HELP, EvalSettings
 
     for setting in reversed(dataclasses.fields(EvalSettings)):
         default = setting.default
@@ -447,7 +453,7 @@ def evaluate(
     """Measure each axis of PACK: propensity slope, text statistics, KL damage and controls,
     at a sweep of scales; write eval.json, eval.md and eval-<axis>.png into the pack and
     store a calibrated safe scale per pole (see the README's "Evaluating a pack")."""
-    from cvgen.eval.evaluate import EvalSettings
+    from cvgen.eval.settings import EvalSettings
 
     settings = EvalSettings.from_options(values)
     probe_files = {}
@@ -457,19 +463,15 @@ def evaluate(
             raise click.UsageError(f"--probes: '{assignment}' is not AXIS=FILE")
         probe_files[name] = Path(file)
     with _logging(quiet=quiet):
-        from cvgen.eval.pack_eval import evaluate_pack
+        from cvgen.eval.pack_eval import ModelChoice, evaluate_pack
 
+        choice = ModelChoice(model, backend, device, dtype, trust_remote_code, threads)
         result = evaluate_pack(
             pack,
-            model=model,
-            backend=backend,
+            choice=choice,
             axes=axis_names,
             settings=settings,
             store=store,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            threads=threads,
             progress=not quiet,
             announce=lambda message: click.echo(message, err=True),
             probe_files=probe_files,
@@ -477,22 +479,18 @@ def evaluate(
     _echo_eval_summary(result.report, pack, stored=store)
 
 
-def _echo_eval_summary(report: dict[str, Any], pack: Path, *, stored: bool) -> None:
-    for name, axis in report["axes"].items():
-        slope = (axis["propensity"] or {}).get("slope")
-        safe = axis["safe_scale"]
+def _echo_eval_summary(report: EvalReport, pack: Path, *, stored: bool) -> None:
+    for name, axis in report.axes.items():
+        slope = axis.propensity.slope if axis.propensity else None
+        safe = axis.safe_scale
         click.echo(
             f"{name}: propensity slope "
-            + (
-                f"{slope['slope']:+.3f} [{slope['low']:+.3f}, {slope['high']:+.3f}]"
-                if slope
-                else "n/a"
-            )
-            + f", safe scale -{safe['negative']['scale']:.2f} / +{safe['positive']['scale']:.2f}"
+            + (f"{slope.slope:+.3f} [{slope.low:+.3f}, {slope.high:+.3f}]" if slope else "n/a")
+            + f", safe scale -{safe['negative'].scale:.2f} / +{safe['positive'].scale:.2f}"
         )
     click.echo(
-        f"wrote {pack}/eval.md, eval.json and {plural(len(report['axes']), 'plot')} in "
-        f"{report['seconds']:.0f} s" + ("; safe scales stored in pack.json" if stored else "")
+        f"wrote {pack}/eval.md, eval.json and {plural(len(report.axes), 'plot')} in "
+        f"{report.seconds:.0f} s" + ("; safe scales stored in pack.json" if stored else "")
     )
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from conftest import generate_pico_pack
+from cvgen.eval.backends import FullDistributions, HfBackend, Scored, Steering
 
 from cvgen.cli.main import main
-from cvgen.eval.backends import FullDistributions, HfBackend, Scored, Steering
 from cvgen.eval.evaluate import (
     AxisFiles,
     EvalError,

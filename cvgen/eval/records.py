@@ -144,7 +144,7 @@ def _plain(value: Any) -> Any:
     """A record as JSON-ready values; a `ControlSummary`'s None parts are left out, and
     `EvalSettings` is written as its `to_dict`."""
     if isinstance(value, EvalSettings):
-        return value.to_dict()
+        return _plain(value.to_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         items = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, ControlSummary | Controls):

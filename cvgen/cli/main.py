@@ -212,15 +212,10 @@ def generate(
         with _logging(quiet=quiet):
             from cvgen.eval.pack_eval import ModelChoice, evaluate_pack
 
-            choice = ModelChoice(
-                model=settings.model,
-                backend=eval_backend,
-                device=settings.device,
-                trust_remote_code=settings.trust_remote_code,
-            )
+            trust = settings.trust_remote_code
             report = evaluate_pack(
                 result.out,
-                choice=choice,
+                choice=ModelChoice(settings.model, eval_backend, settings.device, "auto", trust),
                 progress=not quiet,
                 announce=lambda message: click.echo(message, err=True),
             ).report

@@ -81,6 +81,9 @@ TEXT_STATISTICS: dict[str, TextStatistic] = {
         TextStatistic(
             "quoted_fraction", "share of characters inside double quotes", quoted_fraction
         ),
+        # axes/optimism.json and axes/empathy.json name it, axes/compassion.json does not:
+        # VADER rates compassion's sadistic pole kindly ("delight", "savour"); it ordered only
+        # 6 of the 10 compassion probe pairs right, against 9 of 10 for optimism and empathy
         TextStatistic("sentiment", "VADER compound sentiment score, -1 to 1", sentiment),
     )
 }

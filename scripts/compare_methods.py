@@ -17,7 +17,7 @@ weights for collection. Every variant is solved from those states:
   cc skip 10% ends   the cross-covariance method without the first and last 10% of blocks
 
 Each variant's debias, negative and positive files are written per axis, then applied with
-`cvgen.eval.evaluate`'s machinery at every scale on both poles (debias at 1 plus the pole file at
+`cvgen.eval`'s machinery at every scale on both poles (debias at 1 plus the pole file at
 |scale|; scale 0 is the debias file alone). Per configuration it measures the mean propensity
 (log p(positive probe) - log p(negative probe), per token, over held-out prompts) and the mean
 KL(unsteered || steered) per token on neutral text. Per pole, the scale at which the KL reaches
@@ -43,9 +43,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cvgen.common.errors import CvgenError
-from cvgen.eval.backends import BACKENDS, Backend, HfBackend, LlamaCppBackend, Scored
-from cvgen.eval.evaluate import AxisFiles, EvalInputs, EvalSettings, measure, neutral_scores
-from cvgen.eval.evaluate import prepare_inputs as prepare_eval_inputs
+from cvgen.eval.backend import BACKENDS, Backend, Scored
+from cvgen.eval.controls import AxisFiles
+from cvgen.eval.hf_backend import HfBackend
+from cvgen.eval.inputs import EvalInputs
+from cvgen.eval.inputs import prepare_inputs as prepare_eval_inputs
+from cvgen.eval.llamacpp_backend import LlamaCppBackend
+from cvgen.eval.measurement import measure, neutral_scores
+from cvgen.eval.settings import EvalSettings
 from cvgen.extract.store import BlockStates, default_store_root
 from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
 from cvgen.solve.blocks import solve_blocks
@@ -652,8 +657,8 @@ def measure_variants(
     model_hint: str,
 ) -> tuple[dict[str, dict[str, AxisRun]], dict[str, float]]:
     """The unsteered reference once, then every variant x axis x signed scale."""
-    from cvgen.eval.backends import Steering
-    from cvgen.eval.evaluate import propensities
+    from cvgen.eval.backend import Steering
+    from cvgen.eval.measurement import propensities
 
     total = len(variants) * len(axes) * len(signed_scales(scales))
     clock = time.perf_counter()

@@ -21,7 +21,8 @@ import numpy as np
 
 from cvgen.data.eval_data import NeutralText, load_neutral_texts
 from cvgen.data.shipped import load_axis, load_stems
-from cvgen.eval.backends import HfBackend, Scored, Session, Steering
+from cvgen.eval.backend import Scored, Session, Steering
+from cvgen.eval.hf_backend import HfBackend
 
 DEFAULT_MODEL = Path.home() / ".cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 STEMS = (0, 7, 20)  # "You are an author", "You are a playwright", ... (3 distinct stems)

@@ -7,6 +7,7 @@ default suite never touches the network.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,7 +63,11 @@ def _train_tokenizer(template: str | None) -> object:
     corpus = (root / "writing_prompts.txt").read_text().splitlines()
     corpus += (root / "prompt_stems.json").read_text().splitlines()
     for axis in (root / "axes").glob("*.json"):
-        corpus += axis.read_text().splitlines()
+        # the axis texts as the golden packs' tokenizers saw them: without the `evaluation`
+        # field (cvgen eval's statistics), which the files gained later
+        raw = json.loads(axis.read_text())
+        raw.pop("evaluation", None)
+        corpus += json.dumps(raw, indent=2, ensure_ascii=False).splitlines()
     tokenizer.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cvgen.cli.common import F, one_line_errors, quiet_logging
 from cvgen.common.messages import plural
 
+if TYPE_CHECKING:
+    from cvgen.eval.records import EvalReport
+
 
 def eval_options(command: F) -> F:
     """One click option per `EvalSettings` field (flag, default and help from the field)."""
-    from cvgen.eval.evaluate import SETTING_HELP, EvalSettings
+    from cvgen.eval.settings import SETTING_HELP, EvalSettings
 
     for setting in reversed(dataclasses.fields(EvalSettings)):
         default = setting.default
@@ -108,7 +111,7 @@ def evaluate(
     """Measure each axis of PACK: propensity slope, text statistics, KL damage and controls,
     at a sweep of scales; write eval.json, eval.md and eval-<axis>.png into the pack and
     store a calibrated safe scale per pole (see the README's "Evaluating a pack")."""
-    from cvgen.eval.evaluate import EvalSettings
+    from cvgen.eval.settings import EvalSettings
 
     settings = EvalSettings.from_options(values)
     probe_files = {}
@@ -118,19 +121,15 @@ def evaluate(
             raise click.UsageError(f"--probes: '{assignment}' is not AXIS=FILE")
         probe_files[name] = Path(file)
     with quiet_logging(quiet=quiet):
-        from cvgen.eval.pack_eval import evaluate_pack
+        from cvgen.eval.pack_eval import ModelChoice, evaluate_pack
 
+        choice = ModelChoice(model, backend, device, dtype, trust_remote_code, threads)
         result = evaluate_pack(
             pack,
-            model=model,
-            backend=backend,
+            choice=choice,
             axes=axis_names,
             settings=settings,
             store=store,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            threads=threads,
             progress=not quiet,
             announce=lambda message: click.echo(message, err=True),
             probe_files=probe_files,
@@ -138,21 +137,17 @@ def evaluate(
     echo_eval_summary(result.report, pack, stored=store)
 
 
-def echo_eval_summary(report: dict[str, Any], pack: Path, *, stored: bool) -> None:
+def echo_eval_summary(report: EvalReport, pack: Path, *, stored: bool) -> None:
     """One line per evaluated axis (propensity slope, safe scales), then what was written."""
-    for name, axis in report["axes"].items():
-        slope = (axis["propensity"] or {}).get("slope")
-        safe = axis["safe_scale"]
+    for name, axis in report.axes.items():
+        slope = axis.propensity.slope if axis.propensity else None
+        safe = axis.safe_scale
         click.echo(
             f"{name}: propensity slope "
-            + (
-                f"{slope['slope']:+.3f} [{slope['low']:+.3f}, {slope['high']:+.3f}]"
-                if slope
-                else "n/a"
-            )
-            + f", safe scale -{safe['negative']['scale']:.2f} / +{safe['positive']['scale']:.2f}"
+            + (f"{slope.slope:+.3f} [{slope.low:+.3f}, {slope.high:+.3f}]" if slope else "n/a")
+            + f", safe scale -{safe['negative'].scale:.2f} / +{safe['positive'].scale:.2f}"
         )
     click.echo(
-        f"wrote {pack}/eval.md, eval.json and {plural(len(report['axes']), 'plot')} in "
-        f"{report['seconds']:.0f} s" + ("; safe scales stored in pack.json" if stored else "")
+        f"wrote {pack}/eval.md, eval.json and {plural(len(report.axes), 'plot')} in "
+        f"{report.seconds:.0f} s" + ("; safe scales stored in pack.json" if stored else "")
     )

@@ -82,14 +82,12 @@ def generate(
     click.echo(example_command(result.manifest, result.out))
     if run_eval:
         with quiet_logging(quiet=quiet):
-            from cvgen.eval.pack_eval import evaluate_pack
+            from cvgen.eval.pack_eval import ModelChoice, evaluate_pack
 
+            trust = settings.trust_remote_code
             report = evaluate_pack(
                 result.out,
-                model=settings.model,
-                backend=eval_backend,
-                device=settings.device,
-                trust_remote_code=settings.trust_remote_code,
+                choice=ModelChoice(settings.model, eval_backend, settings.device, "auto", trust),
                 progress=not quiet,
                 announce=lambda message: click.echo(message, err=True),
             ).report

@@ -24,6 +24,9 @@ from cvgen.data import prompt_files
 AXIS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 PROMPT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input")
+# The text statistics `cvgen eval` can measure (registered in `cvgen.eval.textstats`); an axis
+# file's `evaluation.statistics` names some of them.
+TEXT_STATISTIC_NAMES = ("quoted_fraction", "sentiment", "word_length", "zipf_frequency")
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,26 @@ class Stems:
 
 
 @dataclass(frozen=True)
+class AxisStatistic:
+    """A text statistic that shows an axis at work (from the axis file's `evaluation` field):
+    its name (one of `TEXT_STATISTIC_NAMES`) and the sign of its change, +1 or -1, as the
+    scale rises toward the axis's SECOND (positive) class."""
+
+    name: str
+    expected_sign: int
+
+
+@dataclass(frozen=True)
 class Axis:
-    """One axis: its two classes (negative first) and its continuation pairs."""
+    """One axis: its two classes (negative first), its continuation pairs, and the text
+    statistics `cvgen eval` measures on it (none when the file names none)."""
 
     name: str
     classes: tuple[str, str]
     pairs: tuple[tuple[str, str], ...]
     description: str = ""
     source: str = ""
+    statistics: tuple[AxisStatistic, ...] = ()
 
     @property
     def negative(self) -> str:
@@ -135,6 +150,53 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _check_statistic(path: Path, field: str, item: Any) -> AxisStatistic:
+    """One entry of `evaluation.statistics`: {"name": ..., "expected_sign": 1 or -1}."""
+    if not isinstance(item, dict) or set(item) != {"name", "expected_sign"}:
+        raise DataError(
+            f"{path}: field '{field}' is {json.dumps(item)}; expected an object with exactly "
+            "'name' and 'expected_sign'"
+        )
+    name, sign = item["name"], item["expected_sign"]
+    if name not in TEXT_STATISTIC_NAMES:
+        raise DataError(
+            f"{path}: field '{field}.name' is {json.dumps(name)}; "
+            f"choose one of: {', '.join(TEXT_STATISTIC_NAMES)}"
+        )
+    if isinstance(sign, bool) or sign not in (1, -1):
+        raise DataError(
+            f"{path}: field '{field}.expected_sign' is {json.dumps(sign)}; expected 1 (rises "
+            "toward the second class) or -1 (falls)"
+        )
+    return AxisStatistic(name, int(sign))
+
+
+def _axis_statistics(path: Path, raw: dict[str, Any]) -> tuple[AxisStatistic, ...]:
+    """The optional `evaluation` field: {"statistics": [{"name", "expected_sign"}, ...]}."""
+    if "evaluation" not in raw:
+        return ()
+    evaluation = raw["evaluation"]
+    if not isinstance(evaluation, dict) or set(evaluation) != {"statistics"}:
+        raise DataError(
+            f"{path}: field 'evaluation' is {json.dumps(evaluation)}; expected an object "
+            'with one field \'statistics\': [{"name": ..., "expected_sign": 1 or -1}, ...]'
+        )
+    items = evaluation["statistics"]
+    if not isinstance(items, list):
+        raise DataError(
+            f"{path}: field 'evaluation.statistics' is {_json_type(items)}, expected a list"
+        )
+    found: list[AxisStatistic] = []
+    for index, item in enumerate(items):
+        statistic = _check_statistic(path, f"evaluation.statistics[{index}]", item)
+        if statistic.name in [earlier.name for earlier in found]:
+            raise DataError(
+                f"{path}: field 'evaluation.statistics[{index}].name' repeats '{statistic.name}'"
+            )
+        found.append(statistic)
+    return tuple(found)
+
+
 def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
     """Validate the JSON content of an axis file and return the `Axis`."""
     if not isinstance(raw, dict):
@@ -184,6 +246,7 @@ def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
         pairs=tuple(pairs),
         description=description if isinstance(description, str) else "",
         source=str(path),
+        statistics=_axis_statistics(path, raw),
     )
 
 

@@ -10,19 +10,15 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from cvgen import __version__
-from cvgen.eval.backends import BACKENDS, Backend, HfBackend, LlamaCppBackend
-from cvgen.eval.evaluate import (
-    EvalError,
-    EvalInputs,
-    EvalSettings,
-    RawResults,
-    axis_probes,
-    run_evaluation,
-)
+from cvgen.eval.backend import BACKENDS, Backend
+from cvgen.eval.evaluate import RawResults, run_evaluation
+from cvgen.eval.inputs import EvalInputs, axis_probes
+from cvgen.eval.records import EvalReport, UnsteeredSummary
+from cvgen.eval.repetition import text_repetition
 from cvgen.eval.report import render_markdown, write_plots
+from cvgen.eval.settings import EvalError, EvalSettings
 from cvgen.eval.summary import summarise_axis
 from cvgen.llamacpp.binaries import LlamaCppError, find_binary
 from cvgen.llamacpp.commands import default_model_path
@@ -41,8 +37,22 @@ REPORT_JSON, REPORT_MARKDOWN = EVAL_REPORT_NAMES  # defined with the other pack 
 class EvalResult:
     """What `evaluate_pack` wrote: the report (eval.json's content) and the file paths."""
 
-    report: dict[str, Any]
+    report: EvalReport
     written: list[Path]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model an evaluation runs and how it is loaded: `model` None is the pack's own
+    (its .gguf for llama.cpp, its source for hf); `backend` "auto", "llama.cpp" or "hf";
+    `device`, `dtype` and `trust_remote_code` for hf; `threads` for both (None: default)."""
+
+    model: str | None = None
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    threads: int | None = None
 
 
 def choose_backend(choice: str, model: str) -> str:
@@ -72,23 +82,27 @@ def open_backend(
     model: str,
     *,
     settings: EvalSettings,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    threads: int | None = None,
+    choice: ModelChoice = ModelChoice(),
     log_dir: Path | None = None,
     decoder_blocks: str | None = None,
 ) -> Backend:
+    """Open `model` on `backend` ("llama.cpp" or "hf"), loaded as `choice` says."""
     if backend == "llama.cpp":
+        from cvgen.eval.llamacpp_backend import LlamaCppBackend
+
         if not Path(model).is_file():
             raise EvalError(f"--model: {model} is not a file (llama.cpp needs a .gguf model)")
-        return LlamaCppBackend(Path(model), top_k=settings.top_k, threads=threads, log_dir=log_dir)
+        return LlamaCppBackend(
+            Path(model), top_k=settings.top_k, threads=choice.threads, log_dir=log_dir
+        )
+    from cvgen.eval.hf_backend import HfBackend  # imports torch
+
     return HfBackend.load(
         model,
-        device=device,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        threads=threads,
+        device=choice.device,
+        dtype=choice.dtype,
+        trust_remote_code=choice.trust_remote_code,
+        threads=choice.threads,
         decoder_blocks=decoder_blocks,
     )
 
@@ -120,46 +134,38 @@ def build_report(
     inputs: EvalInputs,
     raw: RawResults,
     settings: EvalSettings,
-) -> dict[str, Any]:
+) -> EvalReport:
     """eval.json's content."""
-    from cvgen.eval.metrics import text_repetition
-
     texts = raw.unsteered.texts or []
-    return {
-        "format": "cvgen-eval",
-        "cvgen_version": __version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "pack_name": Path(pack).resolve().name,
-        "model": model,
-        "backend": backend.name,
-        "settings": settings.to_dict(),
-        "seconds": raw.seconds,
-        "estimate_seconds": raw.estimate_seconds,
-        "prompts": list(inputs.prompts),
-        "neutral_positions": sum(len(reply) for _, reply in inputs.neutral),
-        "unsteered": {
-            "repetition": sum(text_repetition(t) for t in texts) / max(1, len(texts)),
-            "examples": texts[:1],
-        },
-        "axes": {
+    return EvalReport(
+        cvgen_version=__version__,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        pack_name=Path(pack).resolve().name,
+        model=model,
+        backend=backend.name,
+        settings=settings,
+        seconds=raw.seconds,
+        estimate_seconds=raw.estimate_seconds,
+        prompts=list(inputs.prompts),
+        neutral_positions=sum(len(reply) for _, reply in inputs.neutral),
+        unsteered=UnsteeredSummary(
+            repetition=sum(text_repetition(t) for t in texts) / max(1, len(texts)),
+            examples=texts[:1],
+        ),
+        axes={
             axis: summarise_axis(axis, list(manifest.axes[axis].classes), inputs, raw, settings)
             for axis in axes
         },
-    }
+    )
 
 
 def evaluate_pack(
     pack: Path,
     *,
-    model: str | None = None,
-    backend: str = "auto",
+    choice: ModelChoice = ModelChoice(),
     axes: Sequence[str] = (),
     settings: EvalSettings | None = None,
     store: bool = True,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    threads: int | None = None,
     progress: bool = True,
     announce: Callable[[str], None] | None = None,
     probe_files: Mapping[str, Path] | None = None,
@@ -167,11 +173,12 @@ def evaluate_pack(
     """Evaluate `pack` and write eval.json, eval.md and eval-<axis>.png into it; with `store`,
     record each axis's calibrated safe scales (pack.json, file metadata, README, page).
 
-    `probe_files` maps an axis to its own probes file (else
-    the shipped probes of that axis, when its classes match).
+    `choice` names the model and backend; `probe_files` maps an axis to its own probes file
+    (else the shipped probes of that axis, when its classes match).
     Nothing is written unless the whole evaluation succeeded.
     """
     settings = settings or EvalSettings()
+    threads = choice.threads
     if threads is not None and threads < 1:
         raise EvalError(f"--threads: {threads} must be at least 1 (leave it out for the default)")
     pack = Path(pack)
@@ -183,16 +190,13 @@ def evaluate_pack(
                 f"--probes: axis '{name}' is not evaluated (axes: {', '.join(chosen_axes)})"
             )
         axis_probes(name, manifest.axes[name].classes, Path(path))  # fail fast
-    kind = choose_backend(backend, model or default_model(manifest, "llama.cpp"))
-    model = model or default_model(manifest, kind)
+    kind = choose_backend(choice.backend, choice.model or default_model(manifest, "llama.cpp"))
+    model = choice.model or default_model(manifest, kind)
     opened = open_backend(
         kind,
         model,
         settings=settings,
-        device=device,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        threads=threads,
+        choice=choice,
         decoder_blocks=manifest.settings.get("decoder_blocks"),
     )
     try:
@@ -216,17 +220,18 @@ def evaluate_pack(
     return EvalResult(report, written)
 
 
-def write_report(pack: Path, report: Mapping[str, Any]) -> list[Path]:
+def write_report(pack: Path, report: EvalReport) -> list[Path]:
     """eval.json, eval.md and the plots, each written atomically."""
     written = write_plots(report, pack)
     json_path = pack / REPORT_JSON
-    write_text_atomically(json_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    write_text_atomically(json_path, text)
     markdown_path = pack / REPORT_MARKDOWN
     write_text_atomically(markdown_path, render_markdown(report) + "\n")
     return [*written, json_path, markdown_path]
 
 
-def store_safe_scales(pack: Path, report: Mapping[str, Any]) -> list[Path]:
+def store_safe_scales(pack: Path, report: EvalReport) -> list[Path]:
     """Record the safe scales: `axes[name].safe_scale` in pack.json (absolute values, for the
     page's sliders), `cvgen.safe_scale.*` in each of the axis's files, the README and the page.
     A pole whose safe scale is 0 (the debias file alone already breaks the budget) leaves the
@@ -235,8 +240,8 @@ def store_safe_scales(pack: Path, report: Mapping[str, Any]) -> list[Path]:
 
     manifest = load_manifest(pack)
     written = []
-    for name, axis in report["axes"].items():
-        safe = {role: float(axis["safe_scale"][role]["scale"]) for role in ("negative", "positive")}
+    for name, axis in report.axes.items():
+        safe = {role: float(axis.safe_scale[role].scale) for role in ("negative", "positive")}
         entry = manifest.axes[name]
         if min(safe.values()) > 0:
             entry.safe_scale = SafeScale(negative=safe["negative"], positive=safe["positive"])
@@ -251,10 +256,10 @@ def store_safe_scales(pack: Path, report: Mapping[str, Any]) -> list[Path]:
             written.append(_rewrite_metadata(path, role, safe, suggested, report))
     manifest.extra["evaluation"] = {
         "file": REPORT_JSON,
-        "backend": report["backend"],
-        "date": report["date"],
-        "kl_budget": report["settings"]["kl_budget"],
-        "repetition_tolerance": report["settings"]["repetition_tolerance"],
+        "backend": report.backend,
+        "date": report.date,
+        "kl_budget": report.settings.kl_budget,
+        "repetition_tolerance": report.settings.repetition_tolerance,
     }
     readme = render_pack_readme(manifest, example_command(manifest, pack))
     save_manifest_and_page(pack, manifest)
@@ -267,7 +272,7 @@ def _rewrite_metadata(
     role: str,
     safe: Mapping[str, float],
     suggested: Mapping[str, float],
-    report: Mapping[str, Any],
+    report: EvalReport,
 ) -> Path:
     """Rewrite one control-vector file with the safe-scale keys added (atomically)."""
     current = ControlVector.from_gguf(path)
@@ -276,8 +281,8 @@ def _rewrite_metadata(
         {
             "cvgen.safe_scale.negative": safe["negative"],
             "cvgen.safe_scale.positive": safe["positive"],
-            "cvgen.safe_scale.kl_budget": float(report["settings"]["kl_budget"]),
-            "cvgen.safe_scale.backend": str(report["backend"]),
+            "cvgen.safe_scale.kl_budget": float(report.settings.kl_budget),
+            "cvgen.safe_scale.backend": str(report.backend),
         }
     )
     if role in suggested:

@@ -1,27 +1,32 @@
-"""The summaries of an evaluation: eval.json's entry per axis, from the raw measurements of
-`cvgen.eval.evaluate.run_evaluation` (propensity with its slope and band, text statistics, damage,
-controls, and the calibrated safe scale per pole)."""
+"""The summaries of an evaluation: eval.json's entry per axis (`cvgen.eval.records.AxisReport`),
+from the raw measurements of `cvgen.eval.evaluate.run_evaluation` (propensity with its slope and
+band, text statistics, damage, controls, and the calibrated safe scale per pole)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
-from cvgen.eval.evaluate import EvalInputs, EvalSettings, Measurement, RawResults
-from cvgen.eval.metrics import (
-    bootstrap_mean_band,
-    bootstrap_slope,
-    calibrate_safe_scale,
-    expected_sign,
-    get_statistic,
-    spearman,
-    statistics_for_axis,
-    text_repetition,
+from cvgen.eval.calibration import SafeScale, calibrate_safe_scale
+from cvgen.eval.evaluate import RawResults
+from cvgen.eval.inputs import EvalInputs
+from cvgen.eval.measurement import Measurement
+from cvgen.eval.records import (
+    AxisReport,
+    Controls,
+    ControlSummary,
+    Damage,
+    DebiasOnly,
+    PropensitySummary,
+    StatisticSummary,
 )
+from cvgen.eval.repetition import text_repetition
+from cvgen.eval.settings import EvalSettings
+from cvgen.eval.statistics import SlopeEstimate, bootstrap_mean_band, bootstrap_slope, spearman
+from cvgen.eval.textstats import get_statistic
 
 
 def summarise_axis(
@@ -30,23 +35,23 @@ def summarise_axis(
     inputs: EvalInputs,
     raw: RawResults,
     settings: EvalSettings,
-) -> dict[str, Any]:
+) -> AxisReport:
     """eval.json's entry for one axis (see the module docstring for what each part means)."""
     scales = list(settings.scales)
     main = [raw.measured[(axis, "axis", s)] for s in scales]
-    summary: dict[str, Any] = {
-        "classes": list(classes),
-        "scales": scales,
-        "kl": [_mean(m.kl) for m in main],
-        "repetition": [_mean_repetition(m.texts) for m in main],
-        "propensity": _propensity_summary(axis, inputs, raw, settings, main),
-        "statistics": _statistics_summary(axis, raw, scales, main),
-        "controls": _controls_summary(axis, raw, settings, main),
-        "damage": _damage_summary(axis, raw, settings),
-        "examples": {f"{s:g}": (m.texts or [""])[0] for s, m in zip(scales, main, strict=True)},
-    }
-    summary["safe_scale"] = _safe_scales(summary["damage"], settings)
-    return summary
+    damage = _damage_summary(axis, raw, settings)
+    return AxisReport(
+        classes=list(classes),
+        scales=scales,
+        kl=[_mean(m.kl) for m in main],
+        repetition=[_mean_repetition(m.texts) for m in main],
+        propensity=_propensity_summary(axis, inputs, raw, settings, main),
+        statistics=_statistics_summary(axis, inputs, raw, scales, main),
+        controls=_controls_summary(axis, raw, settings, main),
+        damage=damage,
+        examples={f"{s:g}": (m.texts or [""])[0] for s, m in zip(scales, main, strict=True)},
+        safe_scale=_safe_scales(damage, settings),
+    )
 
 
 def _mean(values: np.ndarray | None) -> float | None:
@@ -59,16 +64,13 @@ def _mean_repetition(texts: Sequence[str] | None) -> float | None:
     return float(np.mean([text_repetition(text) for text in texts]))
 
 
-def _slope_dict(
-    scales: Sequence[float], values: np.ndarray, settings: EvalSettings
-) -> dict[str, Any]:
-    estimate = bootstrap_slope(
+def _slope(scales: Sequence[float], values: np.ndarray, settings: EvalSettings) -> SlopeEstimate:
+    return bootstrap_slope(
         np.asarray(scales, dtype=np.float64),
         values,
         resamples=settings.bootstrap,
         seed=settings.seed,
     )
-    return asdict(estimate)
 
 
 def _propensity_summary(
@@ -77,38 +79,43 @@ def _propensity_summary(
     raw: RawResults,
     settings: EvalSettings,
     main: Sequence[Measurement],
-) -> dict[str, Any] | None:
+) -> PropensitySummary | None:
     probes = inputs.probes.get(axis)
     if probes is None or any(m.propensity is None for m in main):
         return None
     values = np.stack([m.propensity for m in main if m.propensity is not None], axis=1)
     low, high = bootstrap_mean_band(values, resamples=settings.bootstrap, seed=settings.seed)
-    return {
-        "probe_pairs": len(inputs.probe_ids[axis]),
-        "prompts": int(values.shape[0]),
-        "mean": [float(v) for v in values.mean(axis=0)],
-        "low": [float(v) for v in low],
-        "high": [float(v) for v in high],
-        "unsteered": float(np.mean(raw.unsteered_propensity[axis])),
-        "slope": _slope_dict(settings.scales, values, settings),
-    }
+    return PropensitySummary(
+        probe_pairs=len(inputs.probe_ids[axis]),
+        prompts=int(values.shape[0]),
+        mean=[float(v) for v in values.mean(axis=0)],
+        low=[float(v) for v in low],
+        high=[float(v) for v in high],
+        unsteered=float(np.mean(raw.unsteered_propensity[axis])),
+        slope=_slope(settings.scales, values, settings),
+    )
 
 
 def _statistics_summary(
-    axis: str, raw: RawResults, scales: Sequence[float], main: Sequence[Measurement]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in statistics_for_axis(axis):
-        function = get_statistic(name).function
+    axis: str,
+    inputs: EvalInputs,
+    raw: RawResults,
+    scales: Sequence[float],
+    main: Sequence[Measurement],
+) -> dict[str, StatisticSummary]:
+    """Each text statistic the axis file names, per scale, with its Spearman correlation."""
+    out: dict[str, StatisticSummary] = {}
+    for statistic in inputs.statistics.get(axis, ()):
+        function = get_statistic(statistic.name).function
         per_scale = [[function(text) for text in (m.texts or [])] for m in main]
         pooled_x = [s for s, values in zip(scales, per_scale, strict=True) for _ in values]
         pooled_y = [v for values in per_scale for v in values]
-        out[name] = {
-            "mean": [float(np.mean(values)) if values else None for values in per_scale],
-            "unsteered": float(np.mean([function(t) for t in raw.unsteered.texts or []])),
-            "spearman": _finite_or_none(spearman(pooled_x, pooled_y)),
-            "expected_sign": expected_sign(axis, name),
-        }
+        out[statistic.name] = StatisticSummary(
+            mean=[float(np.mean(values)) if values else None for values in per_scale],
+            unsteered=float(np.mean([function(t) for t in raw.unsteered.texts or []])),
+            spearman=_finite_or_none(spearman(pooled_x, pooled_y)),
+            expected_sign=statistic.expected_sign,
+        )
     return out
 
 
@@ -118,38 +125,42 @@ def _finite_or_none(value: float) -> float | None:
 
 def _controls_summary(
     axis: str, raw: RawResults, settings: EvalSettings, main: Sequence[Measurement]
-) -> dict[str, Any]:
+) -> Controls:
     debias = main[settings.scales.index(0.0)]
-    controls: dict[str, Any] = {
-        "debias_only": {
-            "kl": _mean(debias.kl),
-            "propensity_shift": (
-                float(np.mean(debias.propensity) - np.mean(raw.unsteered_propensity[axis]))
-                if debias.propensity is not None and axis in raw.unsteered_propensity
-                else None
-            ),
-        }
-    }
+    debias_only = DebiasOnly(
+        kl=_mean(debias.kl),
+        propensity_shift=(
+            float(np.mean(debias.propensity) - np.mean(raw.unsteered_propensity[axis]))
+            if debias.propensity is not None and axis in raw.unsteered_propensity
+            else None
+        ),
+    )
     if not settings.controls:
-        return controls
+        return Controls(debias_only)
     scales = sorted({0.0, *settings.control_scales})
+    found: dict[str, ControlSummary] = {}
     for kind in ("random", "negated"):
         runs = [debias if s == 0 else raw.measured.get((axis, kind, s)) for s in scales]
         present = [run for run in runs if run is not None]
-        if len(present) != len(runs):
-            continue
-        entry: dict[str, Any] = {"scales": scales}
-        if all(run.propensity is not None for run in present):
-            values = np.stack([run.propensity for run in present if run.propensity is not None], 1)
-            entry["slope"] = _slope_dict(scales, values, settings)
-            entry["mean"] = [float(v) for v in values.mean(axis=0)]
-        if all(run.kl is not None for run in present):
-            entry["kl"] = [_mean(run.kl) for run in present]
-        controls[kind] = entry
-    return controls
+        if len(present) == len(runs):
+            found[kind] = _control_summary(scales, present, settings)
+    return Controls(debias_only, found.get("random"), found.get("negated"))
 
 
-def _damage_summary(axis: str, raw: RawResults, settings: EvalSettings) -> dict[str, Any]:
+def _control_summary(
+    scales: list[float], runs: Sequence[Measurement], settings: EvalSettings
+) -> ControlSummary:
+    slope, mean, kl = None, None, None
+    if all(run.propensity is not None for run in runs):
+        values = np.stack([run.propensity for run in runs if run.propensity is not None], 1)
+        slope = _slope(scales, values, settings)
+        mean = [float(v) for v in values.mean(axis=0)]
+    if all(run.kl is not None for run in runs):
+        kl = [_mean(run.kl) for run in runs]
+    return ControlSummary(scales, slope, mean, kl)
+
+
+def _damage_summary(axis: str, raw: RawResults, settings: EvalSettings) -> Damage:
     """KL and repetition at every scale the axis ran at (the sweep and the calibration scales),
     with the repetition's rise over the unsteered model per prompt: its mean and the lower end
     of its 95% bootstrap interval (the safe-scale rule uses that lower end, so that the noise of
@@ -162,30 +173,30 @@ def _damage_summary(axis: str, raw: RawResults, settings: EvalSettings) -> dict[
         [np.array([text_repetition(t) for t in run.texts or []]) - unsteered for run in runs], 1
     )
     low, _ = bootstrap_mean_band(rise, resamples=settings.bootstrap, seed=settings.seed)
-    return {
-        "scales": scales,
-        "kl": [_mean(run.kl) for run in runs],
-        "repetition": [_mean_repetition(run.texts) for run in runs],
-        "repetition_rise": [float(v) for v in rise.mean(axis=0)],
-        "repetition_rise_low": [float(v) for v in low],
-    }
+    return Damage(
+        scales=scales,
+        kl=[_mean(run.kl) for run in runs],
+        repetition=[_mean_repetition(run.texts) for run in runs],
+        repetition_rise=[float(v) for v in rise.mean(axis=0)],
+        repetition_rise_low=[float(v) for v in low],
+    )
 
 
-def _safe_scales(damage: Mapping[str, Any], settings: EvalSettings) -> dict[str, Any]:
+def _safe_scales(damage: Damage, settings: EvalSettings) -> dict[str, SafeScale]:
     """Per pole, `calibrate_safe_scale` on the KL curve and on the lower bound of the
     repetition's rise (baseline 0, tolerance `repetition_tolerance`)."""
-    scales = damage["scales"]
+    scales = damage.scales
     out = {}
     for role, sign in (("negative", -1.0), ("positive", 1.0)):
         picked = [i for i, s in enumerate(scales) if s == 0 or s * sign > 0]
         picked.sort(key=lambda i: abs(scales[i]))
         result = calibrate_safe_scale(
             [abs(scales[i]) for i in picked],
-            [damage["kl"][i] for i in picked],
-            [max(0.0, damage["repetition_rise_low"][i]) for i in picked],
+            cast(list[float], [damage.kl[i] for i in picked]),  # every axis run has its KL
+            [max(0.0, damage.repetition_rise_low[i]) for i in picked],
             kl_budget=settings.kl_budget,
             repetition_baseline=0.0,
             repetition_tolerance=settings.repetition_tolerance,
         )
-        out[role] = {"scale": result.scale, "limited_by": result.limited_by}
+        out[role] = result
     return out

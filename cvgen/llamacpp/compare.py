@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cvgen.common.errors import CvgenError
+from cvgen.extract.chat import render_chat_prompt, template_of_model_file
 from cvgen.llamacpp.binaries import complete, find_binary
 from cvgen.llamacpp.commands import format_scale, vector_arguments
 from cvgen.vectors.model_header import ModelFileInfo, read_model_file_info
@@ -44,29 +45,6 @@ def check_pack_fits_model(manifest: Mapping[str, Any], model: Path, *, pack: Pat
 _GGUF_KEYS = {"n_embd": "embedding_length", "n_layer": "block_count"}
 
 
-def render_chat_prompt(info: ModelFileInfo, user_text: str) -> str:
-    """``user_text`` as one user turn in the model's own chat template (from its GGUF), ready
-    for the assistant's reply; the plain text when the model has no template."""
-    if not info.chat_template:
-        return user_text
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise CvgenError(f"{info.path}: chat template: {message}")
-
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    environment.globals["raise_exception"] = raise_exception
-    template = environment.from_string(info.chat_template)
-    return str(
-        template.render(
-            messages=[{"role": "user", "content": user_text}],
-            add_generation_prompt=True,
-            bos_token=info.bos_token or "",
-            eos_token=info.eos_token or "",
-        )
-    )
-
-
 @dataclass(frozen=True)
 class AxisOutputs:
     """One axis's greedy completions, one per scale, in scale order."""
@@ -95,7 +73,9 @@ def compare_scales(
     Scale 0 loads the axis's debias file alone, as ``cvgen commands`` would.
     """
     info = check_pack_fits_model(manifest, model, pack=pack)
-    text = render_chat_prompt(info, prompt) if chat else prompt
+    # a model without a chat template is given the bare prompt
+    use_template = chat and info.chat_template is not None
+    text = render_chat_prompt(template_of_model_file(info), prompt) if use_template else prompt
     binary = find_binary("llama-completion")
     results = []
     for axis in axes:

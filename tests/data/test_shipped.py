@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from cvgen.common.files import DataError
-from cvgen.data.shipped import load_axis, load_stems, load_writing_prompts, shipped_axis_names
+from cvgen.data.shipped import (
+    AxisStatistic,
+    load_axis,
+    load_stems,
+    load_writing_prompts,
+    shipped_axis_names,
+)
 
 EXPECTED_AXES = {
     "language": ("simple", "ornate"),
@@ -105,6 +111,56 @@ def test_user_axis_file_loads(tmp_path: Path) -> None:
     assert axis.name == "mine"
     assert axis.classes == ("calm", "angry")
     assert axis.pairs == (("who stays calm", "who rages"), ("a", "b"))
+
+
+def test_user_axis_names_its_evaluation_statistics(tmp_path: Path) -> None:
+    statistics = [
+        {"name": "sentiment", "expected_sign": -1},
+        {"name": "word_length", "expected_sign": 1},
+    ]
+    axis = load_axis(str(_axis_file(tmp_path, {**GOOD, "evaluation": {"statistics": statistics}})))
+    assert axis.statistics == (AxisStatistic("sentiment", -1), AxisStatistic("word_length", 1))
+    assert load_axis(str(_axis_file(tmp_path, GOOD))).statistics == ()
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "message"),
+    [
+        (
+            {"statistics": [{"name": "rhyme", "expected_sign": 1}]},
+            "field 'evaluation.statistics[0].name' is \"rhyme\"; choose one of: "
+            "quoted_fraction, sentiment, word_length, zipf_frequency",
+        ),
+        (
+            {"statistics": [{"name": "sentiment", "expected_sign": 0}]},
+            "field 'evaluation.statistics[0].expected_sign' is 0; expected 1",
+        ),
+        (
+            {"statistics": [{"name": "sentiment", "expected_sign": True}]},
+            "field 'evaluation.statistics[0].expected_sign' is true; expected 1",
+        ),
+        (
+            {"statistics": [{"name": "sentiment"}]},
+            'field \'evaluation.statistics[0]\' is {"name": "sentiment"}; expected an object '
+            "with exactly 'name' and 'expected_sign'",
+        ),
+        ({"statistics": "sentiment"}, "field 'evaluation.statistics' is a string, expected a list"),
+        ({"statistic": []}, "field 'evaluation' is {\"statistic\": []}; expected an object"),
+        (
+            {"statistics": [{"name": "sentiment", "expected_sign": 1}] * 2},
+            "field 'evaluation.statistics[1].name' repeats 'sentiment'",
+        ),
+    ],
+)
+def test_axis_evaluation_errors_name_file_field_and_value(
+    tmp_path: Path, evaluation: object, message: str
+) -> None:
+    path = _axis_file(tmp_path, {**GOOD, "evaluation": evaluation})
+    with pytest.raises(DataError) as caught:
+        load_axis(str(path))
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_unknown_axis_lists_shipped_ones() -> None:

@@ -23,9 +23,12 @@ import numpy as np
 import pytest
 from conftest import require_real_model
 
-from cvgen.eval.backends import HfBackend
-from cvgen.eval.evaluate import EvalSettings, axis_files, prepare_inputs, propensities
-from cvgen.eval.metrics import bootstrap_slope
+from cvgen.eval.controls import axis_files
+from cvgen.eval.hf_backend import HfBackend
+from cvgen.eval.inputs import prepare_inputs
+from cvgen.eval.measurement import propensities
+from cvgen.eval.settings import EvalSettings
+from cvgen.eval.statistics import bootstrap_slope
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings
 from cvgen.pack.manifest import load_manifest

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from conftest import CHATML_TEMPLATE, PICO_LAYERS
 
 from cvgen.cli import main
+from cvgen.extract.chat import render_chat_prompt, template_of_model_file
 from cvgen.llamacpp.binaries import (
     LLAMA_CPP_COMMIT,
     LlamaCppError,
@@ -30,7 +31,6 @@ from cvgen.llamacpp.compare import (
     PackModelMismatch,
     check_pack_fits_model,
     format_side_by_side,
-    render_chat_prompt,
 )
 from cvgen.vectors.format import ControlVectorError
 from cvgen.vectors.gguf_file import write_control_vector
@@ -183,11 +183,12 @@ def test_model_header_gives_width_depth_template_and_tokens(tmp_path: Path) -> N
     assert (info.architecture, info.n_embd, info.n_layer) == ("llama", 48, 7)
     assert info.name == "Pico Test Model"
     assert (info.bos_token, info.eos_token) == ("<|im_start|>", "<|im_end|>")
-    assert render_chat_prompt(info, "Tell me.") == (
+    assert render_chat_prompt(template_of_model_file(info), "Tell me.") == (
         "<|im_start|>user\nTell me.<|im_end|>\n<|im_start|>assistant\n"
     )
     bare = read_model_file_info(model_gguf(tmp_path / "b.gguf", n_embd=8, n_layer=2))
-    assert bare.chat_template is None and render_chat_prompt(bare, "Tell me.") == "Tell me."
+    assert bare.chat_template is None
+    assert render_chat_prompt(template_of_model_file(bare), "Tell me.") == "Tell me.\n"
 
 
 def test_model_header_errors_name_the_file(tmp_path: Path) -> None:

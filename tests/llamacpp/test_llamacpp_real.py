@@ -20,7 +20,8 @@ import pytest
 import torch
 from conftest import craft_gguf, require_llama_cpp, require_real_model
 
-from cvgen.eval.backends import Steering
+from cvgen.eval.backend import Steering
+from cvgen.extract.chat import render_chat_prompt, template_of_model_file
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings
 from cvgen.llamacpp.binaries import (
@@ -31,7 +32,6 @@ from cvgen.llamacpp.binaries import (
     supports_legacy_syntax,
 )
 from cvgen.llamacpp.commands import vector_arguments
-from cvgen.llamacpp.compare import render_chat_prompt
 from cvgen.vectors.control_vector import ControlVector
 from cvgen.vectors.gguf_file import write_control_vector
 from cvgen.vectors.model_header import read_model_file_info
@@ -193,9 +193,10 @@ def test_direction_k_in_llama_cpp_is_the_output_of_hf_block_k(
     ]
     token_lists = [
         list(
-            tokenizer(render_chat_prompt(read_model_file_info(model), p), add_special_tokens=False)[
-                "input_ids"
-            ]
+            tokenizer(
+                render_chat_prompt(template_of_model_file(read_model_file_info(model)), p),
+                add_special_tokens=False,
+            )["input_ids"]
         )
         for p in prompts
     ]
@@ -275,8 +276,9 @@ def test_eval_backends_agree_on_token_logprobs_and_kl(
     """The llama.cpp backend (grammar-forced tokens, full-vocabulary log-probabilities) and the
     transformers backend (hooks) give the same forced-token log-probabilities and KL, up to
     the Q4_1 arithmetic, unsteered and with language at +1; the top-k KL is a lower bound."""
-    from cvgen.eval.backends import HfBackend, LlamaCppBackend
-    from cvgen.eval.evaluate import AxisFiles
+    from cvgen.eval.controls import AxisFiles
+    from cvgen.eval.hf_backend import HfBackend
+    from cvgen.eval.llamacpp_backend import LlamaCppBackend
 
     monkeypatch.setenv("CVGEN_LLAMA_CPP", str(bins))
     llama = LlamaCppBackend(model, top_k=256)

@@ -18,6 +18,7 @@ from cvgen.llamacpp.commands import (
 )
 from cvgen.llamacpp.compare import (
     DEFAULT_PROMPT,
+    ComparePrompt,
     check_pack_fits_model,
     compare_scales,
     format_side_by_side,
@@ -196,9 +197,7 @@ def compare(
         model,
         axes=chosen,
         scales=values,
-        prompt=prompt,
-        n_predict=tokens,
-        chat=not raw,
+        prompt=ComparePrompt(prompt, n_predict=tokens, chat=not raw),
         progress=lambda what: click.echo(f"compare: {what}", err=True),
     )
     click.echo(format_side_by_side(results, width=width))

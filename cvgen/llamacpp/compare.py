@@ -55,6 +55,16 @@ class AxisOutputs:
     texts: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ComparePrompt:
+    """What each run completes: ``text`` in the model's chat template (``chat``; a model
+    without one gets the bare text), continued for ``n_predict`` greedy tokens."""
+
+    text: str = DEFAULT_PROMPT
+    n_predict: int = 64
+    chat: bool = True
+
+
 def compare_scales(
     pack: Path,
     manifest: Mapping[str, Any],
@@ -62,9 +72,7 @@ def compare_scales(
     *,
     axes: Sequence[str],
     scales: Sequence[float],
-    prompt: str = DEFAULT_PROMPT,
-    n_predict: int = 64,
-    chat: bool = True,
+    prompt: ComparePrompt = ComparePrompt(),
     progress: Callable[[str], None] | None = None,
 ) -> list[AxisOutputs]:
     """Complete ``prompt`` greedily with each axis of ``pack`` at each scale in llama.cpp.
@@ -73,9 +81,10 @@ def compare_scales(
     Scale 0 loads the axis's debias file alone, as ``cvgen commands`` would.
     """
     info = check_pack_fits_model(manifest, model, pack=pack)
-    # a model without a chat template is given the bare prompt
-    use_template = chat and info.chat_template is not None
-    text = render_chat_prompt(template_of_model_file(info), prompt) if use_template else prompt
+    use_template = prompt.chat and info.chat_template is not None
+    template = template_of_model_file(info)
+    text = render_chat_prompt(template, prompt.text) if use_template else prompt.text
+    n_predict = prompt.n_predict
     binary = find_binary("llama-completion")
     results = []
     for axis in axes:

@@ -110,7 +110,7 @@ def evaluate(
 ) -> None:
     """Measure each axis of PACK: propensity slope, text statistics, KL damage and controls,
     at a sweep of scales; write eval.json, eval.md and eval-<axis>.png into the pack and
-    store a calibrated safe scale per pole (see the README's "Evaluating a pack")."""
+    store a calibrated safe scale per pole (see docs/evaluation.md)."""
     from cvgen.eval.settings import EvalSettings
 
     settings = EvalSettings.from_options(values)

@@ -12,8 +12,8 @@ from cvgen.common.errors import CvgenError
 from cvgen.generate.settings import check_seed
 
 DEFAULT_SCALES = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
-# The KL budget (nats per token, unsteered || steered, on neutral factual text); see the
-# README's "Evaluating a pack" section for the measurements behind it.
+# The KL budget (nats per token, unsteered || steered, on neutral factual text); see
+# docs/evaluation.md ("The calibrated safe scale") for the measurements behind it.
 DEFAULT_KL_BUDGET = 0.1
 DEFAULT_REPETITION_TOLERANCE = 0.05
 
@@ -112,7 +112,7 @@ SETTING_HELP = {
     "max_tokens": "Tokens generated (greedy) per prompt and scale.",
     "neutral_texts": "Neutral texts used for the KL divergence (from eval/neutral.json).",
     "kl_tokens": "Tokens of each neutral reply at which the KL divergence is measured.",
-    "kl_budget": "KL budget (nats per token) for the safe scale; see the README.",
+    "kl_budget": "KL budget (nats per token) for the safe scale; see docs/evaluation.md.",
     "repetition_tolerance": "How far the repeated-4-gram rate may rise above the unsteered one "
     "within the safe scale.",
     "controls": "Also run the controls (random direction, negated vector).",

@@ -6,7 +6,7 @@ followed by a user turn holding the prompt. The model's own chat template is app
 generation prompt added, so the last token is the end of the assistant header: the position
 whose hidden state is read.
 
-Fallback for a model without a chat template (documented in the README): plain text
+Fallback for a model without a chat template (documented in docs/usage.md): plain text
 `"{system text} {prompt}\n"` (or `"{system text}\n\n{prompt}\n"` with a system turn),
 tokenised with the tokenizer's own special tokens (e.g. BOS) added. `prompt_format` names which
 of the two a tokenizer gets; a pack records it in `pack.json` as `prompt_format`.

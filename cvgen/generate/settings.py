@@ -186,7 +186,7 @@ class GenerateSettings:
     load_in: str = option(
         "none",
         "Load the weights quantised by bitsandbytes (installed separately). Saves memory but "
-        "distorts the states; see the README.",
+        "distorts the states; see docs/scaling.md.",
         choices=LOAD_IN,
     )
     batch_tokens: int = option(4096, "Padded tokens per forward batch.")

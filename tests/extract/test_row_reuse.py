@@ -5,33 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from small_arrays import distinct_states, open_array
 
 from cvgen.extract.row_reuse import reuse_stored_rows
 from cvgen.extract.store import StateArray
 from cvgen.extract.store_keys import ArrayFamily
-
-FAMILY = ArrayFamily(
-    model_identity="model-a", dtype="float32", quantization="none", blocks=(0, 2), width=3
-)
-
-
-def _open(
-    root: Path, key: str, texts: list[str], family: ArrayFamily | None = FAMILY
-) -> StateArray:
-    return StateArray.open(
-        root,
-        key,
-        n=len(texts),
-        blocks=FAMILY.blocks,
-        width=FAMILY.width,
-        texts=texts if family is not None else None,
-        family=family,
-    )
-
-
-def _states(rows: int, offset: float) -> np.ndarray:
-    """Distinct states (blocks, rows, width): value = offset + position."""
-    return offset + np.arange(2 * rows * 3, dtype=np.float32).reshape(2, rows, 3)
 
 
 def _array(array: StateArray) -> np.ndarray:
@@ -39,9 +17,9 @@ def _array(array: StateArray) -> np.ndarray:
 
 
 def test_pending_rows_are_copied_from_done_rows_of_the_same_text(tmp_path: Path) -> None:
-    first = _open(tmp_path, "first", ["a", "b", "c", "d"])
-    first.write_rows([0, 1, 2], _states(3, 100.0))  # "d" stays pending there
-    second = _open(tmp_path, "second", ["c", "x", "a", "d"])
+    first = open_array(tmp_path, "first", ["a", "b", "c", "d"])
+    first.write_rows([0, 1, 2], distinct_states(3, 100.0))  # "d" stays pending there
+    second = open_array(tmp_path, "second", ["c", "x", "a", "d"])
     assert reuse_stored_rows([second]) == 2
     assert second.pending_rows().tolist() == [1, 3]
     stored, copied = _array(first), _array(second)
@@ -54,11 +32,15 @@ def test_other_families_and_arrays_without_a_sidecar_are_not_sources(tmp_path: P
     other_dtype = ArrayFamily(
         model_identity="model-a", dtype="bfloat16", quantization="none", blocks=(0, 2), width=3
     )
-    _open(tmp_path, "bf16", ["a", "b"], other_dtype).write_rows([0, 1], _states(2, 1.0))
-    _open(tmp_path, "legacy", ["a", "b"], family=None).write_rows([0, 1], _states(2, 2.0))
+    open_array(tmp_path, "bf16", ["a", "b"], other_dtype).write_rows(
+        [0, 1], distinct_states(2, 1.0)
+    )
+    open_array(tmp_path, "legacy", ["a", "b"], family=None).write_rows(
+        [0, 1], distinct_states(2, 2.0)
+    )
     (tmp_path / "notes.json").write_text("{not json")  # a foreign or damaged file: skipped
     (tmp_path / "list.json").write_text("[1, 2]")
-    target = _open(tmp_path, "target", ["b", "a"])
+    target = open_array(tmp_path, "target", ["b", "a"])
     assert reuse_stored_rows([target]) == 0
     assert target.pending_rows().tolist() == [0, 1]
     assert not (tmp_path / "legacy.digests").exists()
@@ -72,7 +54,7 @@ def test_other_families_and_arrays_without_a_sidecar_are_not_sources(tmp_path: P
 
 
 def test_a_target_without_a_sidecar_is_left_alone(tmp_path: Path) -> None:
-    _open(tmp_path, "source", ["a"]).write_rows([0], _states(1, 5.0))
-    legacy = _open(tmp_path, "legacy", ["a"], family=None)
+    open_array(tmp_path, "source", ["a"]).write_rows([0], distinct_states(1, 5.0))
+    legacy = open_array(tmp_path, "legacy", ["a"], family=None)
     assert reuse_stored_rows([legacy]) == 0
     assert legacy.pending_rows().tolist() == [0]

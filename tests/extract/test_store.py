@@ -9,32 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from small_arrays import FAMILY, distinct_states, open_array
 
 from cvgen.extract.store import StateArray, StoreError
-from cvgen.extract.store_keys import ArrayFamily, row_digests
-
-FAMILY = ArrayFamily(
-    model_identity="model-a", dtype="float32", quantization="none", blocks=(0, 2), width=3
-)
-
-
-def _open(
-    root: Path, key: str, texts: list[str], family: ArrayFamily | None = FAMILY
-) -> StateArray:
-    return StateArray.open(
-        root,
-        key,
-        n=len(texts),
-        blocks=FAMILY.blocks,
-        width=FAMILY.width,
-        texts=texts if family is not None else None,
-        family=family,
-    )
-
-
-def _states(rows: int, offset: float) -> np.ndarray:
-    """Distinct states (blocks, rows, width): value = offset + position."""
-    return offset + np.arange(2 * rows * 3, dtype=np.float32).reshape(2, rows, 3)
+from cvgen.extract.store_keys import row_digests
 
 
 class _Recorder:
@@ -66,9 +44,9 @@ class _Recorder:
 def test_write_rows_fsyncs_the_data_before_the_first_done_marker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    array = _open(tmp_path, "k", ["a", "b", "c", "d"])
+    array = open_array(tmp_path, "k", ["a", "b", "c", "d"])
     recorder = _Recorder(monkeypatch)
-    array.write_rows([1, 3], _states(2, 0.0))
+    array.write_rows([1, 3], distinct_states(2, 0.0))
     events = recorder.events
     assert events.count(("write", "k.npy")) == 4  # 2 blocks x 2 rows
     first_done = events.index(("write", "k.done"))
@@ -90,7 +68,7 @@ def test_a_new_array_fsyncs_its_files_before_the_data_file_appears(
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", recording_replace)
-    _open(tmp_path, "k", ["a", "b"])
+    open_array(tmp_path, "k", ["a", "b"])
     events = recorder.events
     rename = events.index(("rename", "k.npy"))
     for name in ("k.npy.part", "k.digests", "k.json", "k.done"):
@@ -103,7 +81,7 @@ def test_a_new_array_fsyncs_its_files_before_the_data_file_appears(
 
 def test_a_damaged_array_is_named_and_recreated_and_a_whole_one_kept(tmp_path: Path) -> None:
     texts = ["a", "b", "c"]
-    array = _open(tmp_path, "k", texts)
+    array = open_array(tmp_path, "k", texts)
     array.write_rows([0, 1, 2], np.ones((2, 3, 3), dtype=np.float32))
     assert array.damage() is None
     whole = array.data_path.read_bytes()
@@ -118,7 +96,7 @@ def test_a_damaged_array_is_named_and_recreated_and_a_whole_one_kept(tmp_path: P
         StateArray.open_existing(tmp_path, "k", n=3, blocks=FAMILY.blocks, width=FAMILY.width)
     array.data_path.write_bytes(b"\x93NUMPY\x01\x00garbage")
     assert (array.damage() or "").startswith("its .npy header cannot be read")
-    reopened = _open(tmp_path, "k", texts)
+    reopened = open_array(tmp_path, "k", texts)
     assert reopened.damage() is None and reopened.pending_rows().tolist() == [0, 1, 2]
     assert reopened.row_digests() == row_digests(texts)
     reopened.done_path.write_bytes(b"\x01")

@@ -78,8 +78,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" >"$STAMP"
 else
   install_torch
-  # the checkout may have moved: make sure the editable install points at this one
-  if ! "$VENV/bin/python" -c "import cvgen, pathlib, sys; sys.exit(pathlib.Path(cvgen.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())" "$REPO" 2>/dev/null; then
+  # the checkout may have moved: make sure the editable install points at this one. -I keeps
+  # the current folder off sys.path, so the check sees what a script outside the checkout sees.
+  if ! "$VENV/bin/python" -I -c "import cvgen, pathlib, sys; sys.exit(pathlib.Path(cvgen.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())" "$REPO" 2>/dev/null; then
     step "installing cvgen (editable) from $REPO"
     pip_quietly install -q --no-deps --no-build-isolation -e "$REPO"
   fi

@@ -27,6 +27,7 @@ from cvgen.extract.row_reuse import reuse_stored_rows
 from cvgen.extract.shard_spec import ShardSpec
 from cvgen.extract.store import StateArray, store_bytes_needed
 from cvgen.extract.store_keys import ArrayFamily, content_key
+from cvgen.generate.engines import LLAMA_CPP, collect_with_llama_cpp
 from cvgen.generate.prepare import PreparedRun, pad_id, prepare_run, tokenize_pending
 from cvgen.generate.settings import GenerateSettings
 
@@ -188,29 +189,47 @@ def collect_pending(
     log.info("reused %d stored prompts, running %d new ones", stored, len(items))
     if not items:
         return 0
-    model, device, blocks = _load_model(run.settings, run.source, local_process, timings)
     targets = list(arrays.values())
     prompts_per_sample = len(arrays)  # the baseline plus two per axis
-    started = time.perf_counter()
     with tqdm(total=len(items), unit="prompt", desc="collecting", disable=not show_progress) as bar:
+        started = time.perf_counter()
 
         def advance(count: int) -> None:
             bar.update(count)
             rate = bar.n / prompts_per_sample / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix_str(f"{rate:.2f} samples/s", refresh=False)
 
-        run_collection(
-            model,
-            blocks,
-            run.stored_blocks,
-            items,
-            settings=CollectionSettings(
-                pad_id=pad_id(run.tokenizer), device=device, batch_tokens=run.settings.batch_tokens
-            ),
-            write=lambda target, rows, states: targets[target].write_rows(rows, states),
-            progress=advance,
-        )
-    timings["collect"] = time.perf_counter() - started
+        def write(target: int, rows: list[int], states: Any) -> None:
+            targets[target].write_rows(rows, states)
+
+        if run.engine == LLAMA_CPP:
+            collect_with_llama_cpp(
+                run.source,
+                run.settings,
+                run.stored_blocks,
+                items,
+                write=write,
+                progress=advance,
+                timings=timings,
+            )
+            started_collect = started + timings["load_model"]
+        else:
+            model, device, blocks = _load_model(run.settings, run.source, local_process, timings)
+            started = started_collect = time.perf_counter()
+            run_collection(
+                model,
+                blocks,
+                run.stored_blocks,
+                items,
+                settings=CollectionSettings(
+                    pad_id=pad_id(run.tokenizer),
+                    device=device,
+                    batch_tokens=run.settings.batch_tokens,
+                ),
+                write=write,
+                progress=advance,
+            )
+    timings["collect"] = time.perf_counter() - started_collect
     return len(items)
 
 

@@ -14,6 +14,13 @@ from cvgen.extract.decoder_blocks import config_dimensions, context_length
 from cvgen.extract.loading import load_config, load_tokenizer, resolve_device, resolve_dtype
 from cvgen.extract.model_source import ModelSource, resolve_model_source
 from cvgen.extract.store import StateArray
+from cvgen.generate.engines import (
+    ENGINE_DTYPE,
+    LLAMA_CPP,
+    engine_record,
+    open_tokenizer,
+    resolve_engine,
+)
 from cvgen.generate.inputs import RunInputs, check_context, load_inputs, render_all
 from cvgen.generate.manifest import draft_manifest
 from cvgen.generate.settings import GenerateSettings, select_blocks
@@ -36,9 +43,13 @@ class PreparedRun:
     manifest: PackManifest
     tokenizer: Any
     rendered: dict[str, list[str]]
+    engine: str = "transformers"
 
     def dtype_name(self) -> str:
-        """The dtype the weights load in on this machine ("float32", "bfloat16", ...)."""
+        """The dtype the weights load in on this machine ("float32", "bfloat16", ...), or
+        "llama.cpp" for the llama.cpp engine (the file's own types)."""
+        if self.engine == LLAMA_CPP:
+            return ENGINE_DTYPE
         device = resolve_device(self.settings.device)
         return str(resolve_dtype(self.settings.dtype, device)).removeprefix("torch.")
 
@@ -48,13 +59,21 @@ def prepare_run(settings: GenerateSettings) -> PreparedRun:
     manifest, check the prompts against the model's context and render every text."""
     inputs = load_inputs(settings)
     source = resolve_model_source(settings.model)
-    config = load_config(source, trust_remote_code=settings.trust_remote_code)
+    engine = resolve_engine(settings, source)
+    tokenizer: Any = None
+    if engine == LLAMA_CPP:
+        tokenizer = open_tokenizer(source)
+        config: Any = tokenizer.model.config()
+    else:
+        config = load_config(source, trust_remote_code=settings.trust_remote_code)
     n_layer, n_embd = config_dimensions(config, source)
     layers = select_blocks(n_layer, settings.skip_first, settings.skip_last)
     identity = source.identity(config)
     # built before any model work, so that bad class names fail fast
     manifest = draft_manifest(settings, source, config, n_layer, n_embd, layers, inputs, identity)
-    tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
+    manifest.extra["engine"] = engine_record(engine, settings)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(source, trust_remote_code=settings.trust_remote_code)
     manifest.prompt_format = prompt_format(tokenizer)
     if manifest.prompt_format == PLAIN_FORMAT:
         log.warning(
@@ -76,6 +95,7 @@ def prepare_run(settings: GenerateSettings) -> PreparedRun:
         manifest=manifest,
         tokenizer=tokenizer,
         rendered=rendered,
+        engine=engine,
     )
 
 

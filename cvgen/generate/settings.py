@@ -21,6 +21,7 @@ from cvgen.solve.blocks import FEATURES
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("none", "auto")
 LOAD_IN = ("none", "8bit", "4bit")
+ENGINES = ("auto", "llama.cpp", "transformers")
 _DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_0-9]\w*)*")
 MIN_SAMPLES = 2  # per class: the within-class spread of one sample is zero
 SEED_MAX = 2**63 - 1  # numpy takes any seed >= 0; the files' metadata stores it as int64
@@ -189,6 +190,21 @@ class GenerateSettings:
         "distorts the states; see docs/scaling.md.",
         choices=LOAD_IN,
     )
+    engine: str = option(
+        "auto",
+        "What runs the model: llama.cpp (a .gguf file as llama.cpp runs it, quantised, through "
+        "the cvgen[llama] binding) or transformers (any model; a .gguf is dequantised to "
+        "float). auto: llama.cpp for a .gguf when the binding is installed, else transformers.",
+        choices=ENGINES,
+    )
+    threads: int = option(
+        0, "CPU threads of the llama.cpp engine (0: every core). Transformers: torch's own."
+    )
+    gpu_layers: int = option(
+        0,
+        "Blocks the llama.cpp engine offloads to the GPU (0: none; a large number: all). "
+        "Needs a llama.cpp built with a GPU backend.",
+    )
     batch_tokens: int = option(4096, "Padded tokens per forward batch.")
     tau: float = option(0.5, "Fisher-ratio threshold of the cross-covariance method.")
     eigen_candidates: int = option(
@@ -227,6 +243,13 @@ class GenerateSettings:
                     f"{option_flag(name)}: unknown value '{value}'; choose one of: "
                     f"{', '.join(allowed)}"
                 )
+        if self.engine not in ENGINES:
+            raise SettingsError(
+                f"--engine: unknown value '{self.engine}'; choose one of: {', '.join(ENGINES)}"
+            )
+        for name in ("threads", "gpu_layers"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{option_flag(name)}: {getattr(self, name)} must be >= 0")
         if self.batch_tokens < 1:
             raise SettingsError(f"--batch-tokens: {self.batch_tokens} must be at least 1")
         if not math.isfinite(self.tau) or self.tau < 0:

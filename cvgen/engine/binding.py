@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from cvgen.common.errors import CvgenError
+from cvgen.llamacpp.binaries import ENV_BIN_DIR, shared_bin_dir
 
 BINDING_VERSION = "0.3.36"  # its vendored llama.cpp is the pinned commit
 LLAMA_CPP_COMMIT = "0c1e570"
@@ -68,11 +69,10 @@ def _has_library(folder: Path) -> bool:
 def library_folder() -> Path | None:
     """The folder holding libllama (see the module docstring for the order); None when only
     the binding's own folder is left."""
-    cache = Path(os.environ.get("CVGEN_CACHE") or Path.home() / ".cache" / "cvgen")
     candidates = [
         os.environ.get("LLAMA_CPP_LIB_PATH"),
-        os.environ.get("CVGEN_LLAMA_CPP"),
-        str(cache / "llama.cpp" / f"{LLAMA_CPP_COMMIT}-shared" / "bin"),
+        os.environ.get(ENV_BIN_DIR),
+        str(shared_bin_dir()),
     ]
     for candidate in candidates:
         if candidate and _has_library(Path(candidate)):

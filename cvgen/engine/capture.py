@@ -24,6 +24,17 @@ import numpy as np
 from cvgen.engine.binding import GGML_TYPE_F32, Binding, EngineError, TensorHead
 
 
+class MissingBlocks(EngineError):
+    """Blocks whose output the graph did not give exactly once (`blocks`)."""
+
+    def __init__(self, blocks: list[int]):
+        super().__init__(
+            f"blocks {blocks} were not read exactly once from the graph (l_out-N); this "
+            "architecture's graph does not name every block's output"
+        )
+        self.blocks = blocks
+
+
 class BlockCapture:
     """The eval callback of one context: when armed by `begin`, it copies the rows of the
     wanted blocks' `l_out-N` at the output tokens into a (len(wanted), outputs, n_embd)
@@ -36,7 +47,6 @@ class BlockCapture:
         self.names = {f"l_out-{block}".encode(): block for block in range(n_layer)}
         self.wanted: dict[int, int] = {}  # block -> its index in the output
         self.armed = False
-        self.seen_names: set[bytes] | None = None  # set() to record every node name
         self._error: BaseException | None = None
         self._token_rows: Sequence[int] = ()
         self._n_tokens = 0
@@ -62,10 +72,7 @@ class BlockCapture:
             raise error
         missing = [block for block, index in self.wanted.items() if self._counts[index] != 1]
         if missing:
-            raise EngineError(
-                f"blocks {missing} were not read exactly once from the graph (l_out-N); "
-                "this architecture's graph does not name every block's output"
-            )
+            raise MissingBlocks(missing)
         return self._states
 
     def abandon(self) -> None:
@@ -76,8 +83,6 @@ class BlockCapture:
     def _eval(self, tensor: int, ask: bool, user_data: Any) -> bool:
         try:
             name = self.ggml.ggml_get_name(tensor)
-            if self.seen_names is not None and ask and name:
-                self.seen_names.add(name)
             block = self.names.get(name)
             if ask:
                 return bool(self.armed and block is not None and block in self.wanted)

@@ -8,7 +8,7 @@ most `n_seq` prompts whose shared prefix plus their remaining tokens fit in `n_b
 `check_steerable` runs one short prompt with and without a probe vector on every wanted block
 and requires each block's `l_out-N` to have been read and to have moved by the vector. An
 architecture whose graph names no output for a block, or that ignores control vectors (at the
-pinned commit: mamba, rwkv, minicpm, plamo2, the BERT family and a few more), is refused in one
+pinned commit: plamo2, hy-v4, gemma4-assistant and the BERT family), is refused in one
 line naming the architecture and the blocks, before anything is written.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from cvgen.engine.binding import EngineError
+from cvgen.engine.capture import MissingBlocks
 from cvgen.engine.context import LlamaContext, shared_prefix_length
 from cvgen.extract.collect import WorkItem
 
@@ -88,20 +89,14 @@ def check_steerable(context: LlamaContext, wanted: Sequence[int], probe: Sequenc
     each move that block's output by the vector (nothing before it is steered); vectors on
     every block at once must move every block's output."""
     model = context.model
-    assert context.capture is not None
-    context.capture.seen_names = set()
     try:
         before = context.run([probe], wanted=wanted)
-    except EngineError:
-        seen = context.capture.seen_names or set()
-        missing = [block for block in wanted if f"l_out-{block}".encode() not in seen]
+    except MissingBlocks as missing:
         raise EngineError(
             f"{model.info.path}: architecture {model.architecture!r}: llama.cpp's graph names "
-            f"no output (l_out-N) for blocks {_ranges(missing or wanted)}; the llama.cpp engine "
+            f"no output (l_out-N) for blocks {_ranges(missing.blocks)}; the llama.cpp engine "
             "cannot collect it (try --engine transformers)"
         ) from None
-    finally:
-        context.capture.seen_names = None
     assert before is not None
     steerable = [block for block in wanted if block >= 1]
     vectors = _probe_vectors(before, wanted, steerable)

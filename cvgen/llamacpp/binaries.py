@@ -52,12 +52,22 @@ def llama_cpp_record() -> dict[str, str]:
     return {"commit": LLAMA_CPP_COMMIT, "source": LLAMA_CPP_SOURCE}
 
 
-def cache_bin_dirs() -> list[Path]:
-    """The cache's llama.cpp bin folders, the pinned commit's first."""
+def shared_bin_dir() -> Path:
+    """The cache's bin folder of the pinned commit's shared-library build (the binaries and
+    the libraries that the llama.cpp engine's binding loads)."""
     root = Path(os.environ.get("CVGEN_CACHE") or Path.home() / ".cache" / "cvgen") / "llama.cpp"
+    return root / f"{LLAMA_CPP_COMMIT[:7]}-shared" / "bin"
+
+
+def cache_bin_dirs() -> list[Path]:
+    """The cache's llama.cpp bin folders: the pinned commit's shared build first, then its
+    static build (older caches), then any other."""
+    shared = shared_bin_dir()
+    root = shared.parent.parent
     pinned = root / LLAMA_CPP_COMMIT[:7] / "bin"
-    others = sorted(p for p in root.glob("*/bin") if p != pinned) if root.is_dir() else []
-    return [pinned, *others]
+    first = [shared, pinned]
+    others = sorted(p for p in root.glob("*/bin") if p not in first) if root.is_dir() else []
+    return [*first, *others]
 
 
 def find_binary(name: str) -> Path:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from cvgen.common.preflight import check_free_space
@@ -166,6 +167,29 @@ def _load_model(
     return model, device, blocks
 
 
+def _collect_with_transformers(
+    run: PreparedRun,
+    items: Sequence[WorkItem],
+    write: Callable[[int, list[int], np.ndarray], None],
+    advance: Callable[[int], None],
+    local_process: tuple[int, int] | None,
+    timings: dict[str, float],
+) -> None:
+    """Load the weights with transformers and run every item (`run_collection`)."""
+    model, device, blocks = _load_model(run.settings, run.source, local_process, timings)
+    run_collection(
+        model,
+        blocks,
+        run.stored_blocks,
+        items,
+        settings=CollectionSettings(
+            pad_id=pad_id(run.tokenizer), device=device, batch_tokens=run.settings.batch_tokens
+        ),
+        write=write,
+        progress=advance,
+    )
+
+
 def collect_pending(
     run: PreparedRun,
     arrays: dict[str, StateArray],
@@ -212,24 +236,9 @@ def collect_pending(
                 progress=advance,
                 timings=timings,
             )
-            started_collect = started + timings["load_model"]
         else:
-            model, device, blocks = _load_model(run.settings, run.source, local_process, timings)
-            started = started_collect = time.perf_counter()
-            run_collection(
-                model,
-                blocks,
-                run.stored_blocks,
-                items,
-                settings=CollectionSettings(
-                    pad_id=pad_id(run.tokenizer),
-                    device=device,
-                    batch_tokens=run.settings.batch_tokens,
-                ),
-                write=write,
-                progress=advance,
-            )
-    timings["collect"] = time.perf_counter() - started_collect
+            _collect_with_transformers(run, items, write, advance, local_process, timings)
+    timings["collect"] = time.perf_counter() - started - timings.get("load_model", 0.0)
     return len(items)
 
 

@@ -25,9 +25,12 @@ def real_model() -> Path:
 
 @pytest.fixture(scope="module")
 def real_pack(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `language` pack from the real model, 12 samples per class."""
+    """A `language` pack from the real model, 12 samples per class, collected by transformers
+    (the llama.cpp engine's convention is tested in tests/engine/test_engine_capture.py)."""
     out = tmp_path_factory.mktemp("real") / "pack"
-    settings = GenerateSettings(model=str(real_model), axes=("language",), samples=12, seed=5)
+    settings = GenerateSettings(
+        model=str(real_model), axes=("language",), samples=12, seed=5, engine="transformers"
+    )
     generate_pack(settings, out, store_root=out.parent / "store", show_progress=False)
     return out
 

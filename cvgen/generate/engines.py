@@ -54,9 +54,15 @@ def resolve_engine(settings: GenerateSettings, source: ModelSource) -> str:
     """The engine of a run: `settings.engine`, with auto resolved (see the module docstring).
     Raises `SettingsError` for a combination that cannot run."""
     transformers_options = _transformers_only(settings)
+    automatic = settings.engine == "auto"
+    if automatic and source.kind == "gguf" and not transformers_options and not binding_available():
+        log.warning(
+            "the cvgen[llama] binding is not installed: %s is dequantised and run by "
+            "transformers (pip install 'cvgen[llama]' runs it in llama.cpp itself)",
+            source.location,
+        )
     if settings.engine == TRANSFORMERS or (
-        settings.engine == "auto"
-        and (source.kind != "gguf" or transformers_options or not binding_available())
+        automatic and (source.kind != "gguf" or transformers_options or not binding_available())
     ):
         if settings.gpu_layers:
             raise SettingsError(

@@ -85,11 +85,25 @@ def _header_lines(manifest: PackManifest) -> list[str]:
         f"{markdown_code(settings['method'])} method from {md(settings['samples'])} samples per "
         f"class (seed {md(settings['seed'])}), features: {markdown_code(settings['features'])}, blocks {md(layers[0])}..{md(layers[-1])} "
         f"of {md(model.n_layer)} (hidden size {md(model.extra['n_embd'])}).",
+        *_engine_line(manifest),
         "",
         "Block k's vector is stored as `direction.k`: llama.cpp adds it to the output of block k.",
         *_prompt_format_line(manifest),
         *_llama_cpp_line(manifest),
     ]
+
+
+def _engine_line(manifest: PackManifest) -> list[str]:
+    """Which engine read the states (packs from before the engine was recorded: nothing)."""
+    engine = manifest.extra.get("engine")
+    if not isinstance(engine, dict) or "name" not in engine:
+        return []
+    if engine["name"] == "llama.cpp":
+        return [
+            "The states were read by llama.cpp itself (the quantised model file, through "
+            f"{markdown_text(engine.get('binding', 'llama-cpp-python'))}).",
+        ]
+    return ["The states were read by transformers (a .gguf model dequantised to float)."]
 
 
 def _prompt_format_line(manifest: PackManifest) -> list[str]:

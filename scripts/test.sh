@@ -24,7 +24,7 @@ export CVGEN_REAL_MODEL
 CVGEN_SECOND_MODEL="$(PYTHON="$VENV/bin/python" bash scripts/fetch_second_model.sh)"
 export CVGEN_SECOND_MODEL
 export CVGEN_REQUIRE_REAL_MODEL="${CVGEN_REQUIRE_REAL_MODEL:-1}"
-echo "test: llama.cpp (built once, ~10 min on 2 cores, then cached)" >&2
+echo "test: llama.cpp (built once, about 21 min on 2 cores, then cached)" >&2
 CVGEN_LLAMA_CPP="$(PYTHON="$VENV/bin/python" bash scripts/build_llama_cpp.sh)"
 export CVGEN_LLAMA_CPP
 export CVGEN_REQUIRE_LLAMA_CPP="${CVGEN_REQUIRE_LLAMA_CPP:-1}"

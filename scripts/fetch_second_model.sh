@@ -15,7 +15,7 @@ VERSION="1.0.0"
 EXPECTED_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 PY="${PYTHON:-python3}"
 mkdir -p "$DEST"
-if [ -f "$DEST/$NAME" ] && echo "$EXPECTED_SHA256  $DEST/$NAME" | sha256sum -c --quiet - 2>/dev/null; then
+if [ -f "$DEST/$NAME" ] && echo "$EXPECTED_SHA256  $DEST/$NAME" | sha256sum -c --quiet - >/dev/null 2>&1; then
   echo "$DEST/$NAME"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp" "$DEST/$NAME.part"' EXIT

@@ -21,6 +21,10 @@ BIN="$PREFIX/bin"
 LOG="$PREFIX/build.log"
 PY="${PYTHON:-python3}"
 TARGETS=(llama ggml ggml-base ggml-cpu llama-completion llama-server llama-cli)
+case "${1:-}" in
+  "" | --bench) ;;
+  *) echo "build_llama_cpp: unknown argument $1 (the only one is --bench)" >&2; exit 2 ;;
+esac
 if [ "${1:-}" = "--bench" ] || [ "${CVGEN_LLAMA_BENCH_TOOLS:-0}" = "1" ]; then
   TARGETS+=(llama-cvector-generator llama-batched-bench)
 fi

@@ -1,45 +1,88 @@
 #!/usr/bin/env bash
 # Build a pinned, CPU-only llama.cpp (the source vendored in the llama-cpp-python 0.3.36 sdist, MIT)
-# into $CVGEN_CACHE/llama.cpp/<commit>/bin. Idempotent; uses ccache when present; logs to a file.
-# Prints the bin directory on stdout.
+# as shared libraries, once, for both the binaries (llama-completion, llama-server, llama-cli) and
+# the Python binding (cvgen[llama], which loads libllama.so from LLAMA_CPP_LIB_PATH), into
+# $CVGEN_CACHE/llama.cpp/<commit>-shared/bin. The libraries and tools there find each other
+# through RUNPATH $ORIGIN, so the folder works wherever it lies.
+#
+# `--bench` (or CVGEN_LLAMA_BENCH_TOOLS=1) also builds llama-cvector-generator and
+# llama-batched-bench, which scripts/bench.py compares against (an incremental build in the same
+# build folder). Idempotent; uses ccache when present; logs to a file, with the configure and
+# build seconds. Prints the bin directory on stdout.
 set -euo pipefail
 CACHE="${CVGEN_CACHE:-$HOME/.cache/cvgen}"
 SDIST_VERSION="0.3.36"
 COMMIT="0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 SHORT="${COMMIT:0:7}"
-PREFIX="$CACHE/llama.cpp/$SHORT"
+PREFIX="$CACHE/llama.cpp/$SHORT-shared"
+# the static build of earlier cvgen versions: its source is reused, the folder is left alone
+STATIC_SRC="$CACHE/llama.cpp/$SHORT/src"
 BIN="$PREFIX/bin"
 LOG="$PREFIX/build.log"
 PY="${PYTHON:-python3}"
-TARGETS=(llama-completion llama-server llama-cli)
+TARGETS=(llama ggml ggml-base ggml-cpu llama-completion llama-server llama-cli)
+case "${1:-}" in
+  "" | --bench) ;;
+  *) echo "build_llama_cpp: unknown argument $1 (the only one is --bench)" >&2; exit 2 ;;
+esac
+if [ "${1:-}" = "--bench" ] || [ "${CVGEN_LLAMA_BENCH_TOOLS:-0}" = "1" ]; then
+  TARGETS+=(llama-cvector-generator llama-batched-bench)
+fi
 JOBS="${CVGEN_BUILD_JOBS:-$(nproc)}"
 
-have_all() { for t in "${TARGETS[@]}"; do [ -x "$BIN/$t" ] || return 1; done; }
+have_all() {
+  local t
+  for t in "${TARGETS[@]}"; do
+    case "$t" in
+      llama-*) [ -x "$BIN/$t" ] || return 1 ;;
+    esac
+  done
+  [ -f "$BIN/libllama.so" ] && [ -f "$BIN/libggml-base.so" ]
+}
 if have_all; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$PREFIX"
-echo "build_llama_cpp: building llama.cpp $SHORT (CPU) into $BIN; log: $LOG" >&2
+echo "build_llama_cpp: building llama.cpp $SHORT (CPU, shared libraries) into $BIN; log: $LOG" >&2
 SRC="$PREFIX/src"
 if [ ! -f "$SRC/CMakeLists.txt" ]; then
-  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-  "$PY" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$SDIST_VERSION" -d "$tmp" >>"$LOG" 2>&1
-  tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
-  got=$(cat "$tmp/llama_cpp_python-$SDIST_VERSION/.git/modules/vendor/llama.cpp/HEAD" 2>/dev/null || echo unknown)
-  if [ "$got" != "$COMMIT" ]; then echo "build_llama_cpp: sdist carries llama.cpp $got, expected $COMMIT" >&2; exit 1; fi
-  rm -rf "$SRC"; mv "$tmp/llama_cpp_python-$SDIST_VERSION/vendor/llama.cpp" "$SRC"
-  rm -f "$SRC/.git"
+  rm -rf "$SRC.part"
+  if [ -f "$STATIC_SRC/CMakeLists.txt" ]; then
+    echo "build_llama_cpp: reusing the source of $STATIC_SRC" >>"$LOG"
+    cp -a "$STATIC_SRC" "$SRC.part"
+  else
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    "$PY" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$SDIST_VERSION" -d "$tmp" >>"$LOG" 2>&1
+    tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
+    got=$(cat "$tmp/llama_cpp_python-$SDIST_VERSION/.git/modules/vendor/llama.cpp/HEAD" 2>/dev/null || echo unknown)
+    if [ "$got" != "$COMMIT" ]; then echo "build_llama_cpp: sdist carries llama.cpp $got, expected $COMMIT" >&2; exit 1; fi
+    mv "$tmp/llama_cpp_python-$SDIST_VERSION/vendor/llama.cpp" "$SRC.part"
+    rm -f "$SRC.part/.git"
+  fi
+  mv "$SRC.part" "$SRC"
 fi
 launcher=()
 if command -v ccache >/dev/null 2>&1; then
   launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   export CCACHE_DIR="${CCACHE_DIR:-$CACHE/ccache}"
 fi
-cmake -S "$SRC" -B "$PREFIX/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+t0=$SECONDS
+# RUNPATH $ORIGIN (not the build tree's absolute path), so the copied bin folder is self-contained
+cmake -S "$SRC" -B "$PREFIX/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+  -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN' \
   -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=ON \
-  -DLLAMA_BUILD_COMMIT="$SHORT" "${launcher[@]}" >>"$LOG" 2>&1
+  -DLLAMA_BUILD_COMMIT="$SHORT" "${launcher[@]}" >>"$LOG" 2>&1 \
+  || { echo "build_llama_cpp: configure failed; last lines of $LOG:" >&2; tail -20 "$LOG" >&2; exit 1; }
+t1=$SECONDS
 cmake --build "$PREFIX/build" -j"$JOBS" --target "${TARGETS[@]}" >>"$LOG" 2>&1 \
   || { echo "build_llama_cpp: build failed; last lines of $LOG:" >&2; tail -20 "$LOG" >&2; exit 1; }
-mkdir -p "$BIN"
-for t in "${TARGETS[@]}"; do cp "$PREFIX/build/bin/$t" "$BIN/$t.part" && mv "$BIN/$t.part" "$BIN/$t"; done
-echo "$COMMIT" > "$PREFIX/COMMIT"
+t2=$SECONDS
+echo "build_llama_cpp: configure_s=$((t1 - t0)) build_s=$((t2 - t1)) jobs=$JOBS targets=${TARGETS[*]}" | tee -a "$LOG" >&2
+# the tools are thin executables over shared impl libraries (libllama-completion-impl.so, ...):
+# the whole folder goes, symlinks kept, swapped in as one piece
+rm -rf "$BIN.part" "$BIN.old"
+cp -a "$PREFIX/build/bin" "$BIN.part"
+if [ -d "$BIN" ]; then mv "$BIN" "$BIN.old"; fi
+mv "$BIN.part" "$BIN"
+rm -rf "$BIN.old"
+echo "$COMMIT" >"$PREFIX/COMMIT"
 echo "$BIN"

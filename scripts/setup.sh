@@ -13,9 +13,18 @@
 # Latest (CVGEN_LATEST=1, or `scripts/test.sh --latest`): the newest release of everything
 # pyproject.toml allows (torch held at the build $CVGEN_TORCH_SPEC installed), in a venv of its own,
 # $CVGEN_LATEST_VENV or <venv>-latest, to find drift on purpose before it reaches the lock.
+#
+# Both then install the llama.cpp engine's binding (the `llama` extra, llama-cpp-python 0.3.36,
+# pinned to the llama.cpp commit scripts/build_llama_cpp.sh builds) from its sdist, hash-checked
+# against requirements-llama.lock, with CMAKE_ARGS=-DLLAMA_BUILD=OFF: nothing is compiled, and
+# the package loads libllama.so from $LLAMA_CPP_LIB_PATH (the shared build's bin folder). The
+# sdist is kept in $CVGEN_CACHE/sdists; no built wheel goes to pip's cache (a wheel without the
+# library would be a trap for another venv).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCK="$REPO/requirements.lock"
+LLAMA_LOCK="$REPO/requirements-llama.lock"
+CACHE="${CVGEN_CACHE:-$HOME/.cache/cvgen}"
 VENV="${CVGEN_VENV:-$REPO/.venv}"
 if [ "${CVGEN_LATEST:-0}" = "1" ]; then
   VENV="${CVGEN_LATEST_VENV:-$VENV-latest}"
@@ -42,6 +51,27 @@ install_torch() {
     pip_quietly install -q "$TORCH_SPEC"
   fi
 }
+install_binding() {
+  # $1: "locked" (no dependency resolved) or "latest" (its dependencies at their newest)
+  local want spec
+  want="$(sha256sum "$LLAMA_LOCK" | cut -d' ' -f1)"
+  spec="$(grep -oE '^llama-cpp-python==[0-9.]+' "$LLAMA_LOCK")"
+  if [ "$(cat "$VENV/.cvgen-llama.sha256" 2>/dev/null)" = "$want" ] \
+    && "$VENV/bin/python" -c "import sys; from importlib.metadata import version; sys.exit(version('llama_cpp_python') != sys.argv[1])" "${spec#*==}" 2>/dev/null; then
+    return 0
+  fi
+  step "installing $spec (the llama extra) from its sdist, LLAMA_BUILD=OFF: no compile"
+  pip_quietly download -q --no-deps --no-binary :all: --require-hashes -r "$LLAMA_LOCK" -d "$CACHE/sdists"
+  if [ "$1" = "locked" ]; then
+    CMAKE_ARGS="-DLLAMA_BUILD=OFF" pip_quietly install -q --no-deps --no-build-isolation \
+      --require-hashes --no-index --find-links "$CACHE/sdists" --no-cache-dir -r "$LLAMA_LOCK"
+  else
+    CMAKE_ARGS="-DLLAMA_BUILD=OFF" pip_quietly install -q --no-build-isolation -c "$held" \
+      --find-links "$CACHE/sdists" --no-binary llama-cpp-python --no-cache-dir "$spec"
+  fi
+  pip_quietly check
+  echo "$want" >"$VENV/.cvgen-llama.sha256"
+}
 
 if [ ! -x "$VENV/bin/python" ]; then
   step "creating virtualenv $VENV"
@@ -58,6 +88,7 @@ if [ "${CVGEN_LATEST:-0}" = "1" ]; then
   held="$(mktemp)"
   "$VENV/bin/python" -c "from importlib.metadata import version; print('torch==' + version('torch'))" >"$held"
   pip_quietly install -q -U --upgrade-strategy eager -c "$held" -e "$REPO[dev]"
+  install_binding latest
   rm -f "$held"
   "$VENV/bin/python" -m pip freeze --exclude-editable >"$VENV/cvgen-latest-freeze.txt"
   step "resolved versions: $VENV/cvgen-latest-freeze.txt"
@@ -76,6 +107,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   pip_quietly install -q --no-deps --no-build-isolation -e "$REPO"
   pip_quietly check
   echo "$WANT" >"$STAMP"
+  install_binding locked
 else
   install_torch
   # the checkout may have moved: make sure the editable install points at this one. -I keeps
@@ -84,5 +116,6 @@ else
     step "installing cvgen (editable) from $REPO"
     pip_quietly install -q --no-deps --no-build-isolation -e "$REPO"
   fi
+  install_binding locked
 fi
 echo "$VENV"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up and run the checks: lint, format, types, and the whole test suite
-# (including the slow tests on the real SmolLM2-135M model and the real llama.cpp, which this
+# (including the slow tests on the real SmolLM2-135M model, the second model Gemma 3 270M and
+# the real llama.cpp, one shared-library build for the binaries and the binding, which this
 # script fetches and builds into ~/.cache/cvgen, and the browser tests on Debian's chromium,
 # which it installs with apt-get when missing). Extra arguments go to pytest.
 #
@@ -20,8 +21,10 @@ if [ "${CVGEN_LATEST:-0}" = "1" ]; then
 fi
 CVGEN_REAL_MODEL="$(PYTHON="$VENV/bin/python" bash scripts/fetch_model.sh)"
 export CVGEN_REAL_MODEL
+CVGEN_SECOND_MODEL="$(PYTHON="$VENV/bin/python" bash scripts/fetch_second_model.sh)"
+export CVGEN_SECOND_MODEL
 export CVGEN_REQUIRE_REAL_MODEL="${CVGEN_REQUIRE_REAL_MODEL:-1}"
-echo "test: llama.cpp (built once, ~10 min on 2 cores, then cached)" >&2
+echo "test: llama.cpp (built once, about 21 min on 2 cores, then cached)" >&2
 CVGEN_LLAMA_CPP="$(PYTHON="$VENV/bin/python" bash scripts/build_llama_cpp.sh)"
 export CVGEN_LLAMA_CPP
 export CVGEN_REQUIRE_LLAMA_CPP="${CVGEN_REQUIRE_LLAMA_CPP:-1}"

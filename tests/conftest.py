@@ -179,6 +179,29 @@ def require_real_model() -> Path:
     return path
 
 
+def second_model_path() -> Path | None:
+    """The second architecture, Gemma 3 270M Q4_K_M (a base model, no chat template):
+    $CVGEN_SECOND_MODEL (scripts/test.sh sets it to what scripts/fetch_second_model.sh
+    printed), else the default cache location, if the file is there."""
+    import os
+
+    default = Path.home() / ".cache" / "cvgen" / "models" / "gemma-3-270m-q4_k_m.gguf"
+    path = Path(os.environ.get("CVGEN_SECOND_MODEL") or default)
+    return path if path.is_file() else None
+
+
+def require_second_model() -> Path:
+    """The second model, or a failure (CI: CVGEN_REQUIRE_REAL_MODEL=1) or a skip."""
+    import os
+
+    path = second_model_path()
+    if path is None:
+        if os.environ.get("CVGEN_REQUIRE_REAL_MODEL") == "1":
+            pytest.fail("the second model is required here: run scripts/fetch_second_model.sh")
+        pytest.skip("second model not cached; run scripts/fetch_second_model.sh")
+    return path
+
+
 def folder_snapshot(folder: Path) -> dict[str, str]:
     """Relative path -> SHA-256 of every regular file below `folder`: take one before and one
     after a command to prove that it changed or removed nothing there."""

@@ -230,7 +230,7 @@ def require_llama_cpp() -> Path:
 
     from cvgen.llamacpp.binaries import LLAMA_CPP_COMMIT
 
-    default = Path.home() / ".cache" / "cvgen" / "llama.cpp" / LLAMA_CPP_COMMIT[:7] / "bin"
+    default = Path.home() / ".cache" / "cvgen" / "llama.cpp" / f"{LLAMA_CPP_COMMIT[:7]}-shared" / "bin"
     folder = Path(os.environ.get("CVGEN_LLAMA_CPP") or default)
     missing = [n for n in ("llama-completion", "llama-server") if not (folder / n).is_file()]
     if missing:

@@ -195,6 +195,8 @@ class EngineSession:
     def generate(self, prompts: Sequence[Sequence[int]], *, max_tokens: int) -> list[str]:
         if any(not prompt for prompt in prompts):
             raise BackendError("cannot generate from an empty prompt")
+        # a group's prompts and every token they may generate must fit in the KV cache (n_batch
+        # cells): plan each prompt as if it were already `max_tokens` longer, with no prefix
         groups = plan_score_decodes(
             [[*prompt, *([0] * max_tokens)] for prompt in prompts],
             [0] * len(prompts),

@@ -49,8 +49,10 @@ def plan_score_decodes(
 ) -> list[list[int]]:
     """Cut sequence indices, in their order, into decodes of at most `n_seq` sequences,
     `n_batch` tokens (a shared prefix, no longer than any sequence's first output position,
-    counted once) and `max_outputs` outputs. A sequence that alone exceeds a limit raises
-    `BackendError`."""
+    counted once) and `max_outputs` outputs. A decode of several sequences also ends where the
+    next sequence would shorten its shared prefix: the continuations of one prompt share a
+    decode and the prompt is computed once (a probe's prompt is most of its tokens). A
+    sequence that alone exceeds a limit raises `BackendError`."""
     decodes: list[list[int]] = []
     current: list[int] = []
     for index, sequence in enumerate(sequences):
@@ -64,6 +66,11 @@ def plan_score_decodes(
             len(trial) > n_seq
             or sum(output_counts[i] for i in trial) > max_outputs
             or _cells(sequences, first_outputs, trial) > n_batch
+            or (
+                len(current) > 1
+                and _prefix(sequences, first_outputs, trial)
+                < _prefix(sequences, first_outputs, current)
+            )
         ):
             decodes.append(current)
             trial = [index]
@@ -73,13 +80,20 @@ def plan_score_decodes(
     return decodes
 
 
+def _prefix(
+    sequences: Sequence[Sequence[int]], first_outputs: Sequence[int], indices: Sequence[int]
+) -> int:
+    """The prefix `LlamaContext.run` decodes once for `indices` (0 for one sequence)."""
+    chosen = [sequences[index] for index in indices]
+    return min(shared_prefix_length(chosen), *(first_outputs[index] for index in indices))
+
+
 def _cells(
     sequences: Sequence[Sequence[int]], first_outputs: Sequence[int], indices: Sequence[int]
 ) -> int:
     """Tokens a decode of `indices` takes, as `LlamaContext.run` lays it out."""
-    chosen = [sequences[index] for index in indices]
-    skip = min(shared_prefix_length(chosen), *(first_outputs[index] for index in indices))
-    return skip + sum(len(sequence) - skip for sequence in chosen)
+    skip = _prefix(sequences, first_outputs, indices)
+    return skip + sum(len(sequences[index]) - skip for index in indices)
 
 
 def log_softmax_rows(logits: np.ndarray) -> np.ndarray:

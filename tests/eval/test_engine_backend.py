@@ -264,3 +264,20 @@ def test_auto_chooses_the_engine_for_a_gguf_and_the_server_without_the_binding(
     assert pack_eval.choose_backend("auto", "m.gguf") == "llama-server"
     with pytest.raises(pack_eval.EvalError, match="not one of auto, llama.cpp, llama-server, hf"):
         pack_eval.choose_backend("server", "m.gguf")
+
+
+def test_plan_gives_each_prompt_its_own_decode_and_batches_distinct_prompts() -> None:
+    """Continuations of one prompt share a decode (the prompt once); prompts that share only
+    the template's prefix are batched together."""
+    template, prompts = [1, 2, 3], [[10, 11, 12, 13], [20, 21, 22, 23]]
+    sequences, firsts = [], []
+    for prompt in prompts:
+        for reply in ([30, 31], [40, 41]):
+            sequences.append([*template, *prompt, *reply][:-1])
+            firsts.append(len(template) + len(prompt) - 1)
+    counts = [2] * 4
+    plan = plan_score_decodes(sequences, firsts, counts, n_batch=64, n_seq=8, max_outputs=64)
+    assert plan == [[0, 1], [2, 3]]
+    alone = [[*template, *prompt] for prompt in prompts]
+    plan = plan_score_decodes(alone, [6, 6], [1, 1], n_batch=64, n_seq=8, max_outputs=64)
+    assert plan == [[0, 1]]

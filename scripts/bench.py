@@ -582,6 +582,137 @@ def solver_section(dims: Sequence[int]) -> list[dict[str, Any]]:
 # --- report --------------------------------------------------------------------------------
 
 
+# --- eval: the engine scorer against the llama-server path ------------------------------------
+
+
+def _eval_pack(args: argparse.Namespace, scratch: Path) -> Path:
+    """A one-axis pack of `args.axis` for the real model: `--eval-pack` copied, else generated
+    (`--eval-samples` samples, the default engine)."""
+    import shutil
+
+    if args.eval_pack:
+        target = scratch / "source-pack"
+        shutil.copytree(args.eval_pack, target)
+        return target
+    settings = GenerateSettings(model=args.model, axes=(args.axis,), samples=args.eval_samples)
+    generate_pack(settings, scratch / "source-pack", store_root=scratch / "store")
+    return scratch / "source-pack"
+
+
+def _open_eval_backend(kind: str, args: argparse.Namespace) -> Any:
+    from cvgen.eval.pack_eval import ModelChoice, open_backend
+    from cvgen.eval.settings import EvalSettings
+
+    choice = ModelChoice(model=args.model, backend=kind, threads=args.eval_threads)
+    return open_backend(kind, args.model, settings=EvalSettings(), choice=choice)
+
+
+def time_steered_configurations(kind: str, pack: Path, args: argparse.Namespace) -> dict:
+    """Seconds per steered configuration on backend `kind` with `cvgen eval`'s defaults: the
+    unsteered reference first (not timed per configuration), then `--eval-configs` sweep
+    configurations of the axis (probes, KL and generations, session start included)."""
+    from cvgen.eval.controls import axis_files
+    from cvgen.eval.inputs import prepare_inputs
+    from cvgen.eval.measurement import measure, neutral_scores
+    from cvgen.eval.settings import EvalSettings
+    from cvgen.pack.manifest import load_manifest
+
+    settings = EvalSettings()
+    manifest = load_manifest(pack)
+    files = axis_files(pack, manifest, args.axis, controls_dir=None, seed=0)
+    clock = time.perf_counter()
+    backend = _open_eval_backend(kind, args)
+    try:
+        opened = time.perf_counter() - clock
+        inputs = prepare_inputs(backend, {args.axis: manifest.axes[args.axis].classes}, settings)
+        with backend.session(files.steering("axis", 0.0)) as session:
+            reference = neutral_scores(session, inputs)
+        scales = [scale for scale in settings.scales if scale != 0][: args.eval_configs]
+        seconds = []
+        for scale in scales:
+            clock = time.perf_counter()
+            with backend.session(files.steering("axis", scale)) as session:
+                measure(
+                    session,
+                    inputs,
+                    settings,
+                    probe_pairs=inputs.probe_ids[args.axis],
+                    reference=reference,
+                    generate=True,
+                )
+            seconds.append(time.perf_counter() - clock)
+    finally:
+        backend.close()
+    return {"open_seconds": opened, "scales": scales, "seconds": seconds}
+
+
+def time_full_eval(kind: str, pack: Path, scratch: Path, args: argparse.Namespace) -> float:
+    """Wall seconds of a default `cvgen eval` of a copy of `pack` on backend `kind`."""
+    import shutil
+
+    from cvgen.eval.pack_eval import ModelChoice, evaluate_pack
+
+    target = scratch / f"eval-{kind}"
+    shutil.copytree(pack, target)
+    choice = ModelChoice(model=args.model, backend=kind, threads=args.eval_threads)
+    clock = time.perf_counter()
+    evaluate_pack(target, choice=choice, progress=False)
+    return time.perf_counter() - clock
+
+
+def eval_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine (`--backend llama.cpp`) against the server path (`--backend llama-server`):
+    seconds per steered configuration, side by side on the same pack, probes and model, and
+    (unless `--eval-no-full`) the wall time of a whole default `cvgen eval` on each."""
+    with tempfile.TemporaryDirectory(prefix="cvgen-bench-eval-") as folder:
+        scratch = Path(folder)
+        pack = _eval_pack(args, scratch)
+        result: dict[str, Any] = {"axis": args.axis, "threads": args.eval_threads}
+        result["per_configuration"] = {
+            kind: time_steered_configurations(kind, pack, args)
+            for kind in ("llama-server", "llama.cpp")
+        }
+        means = {
+            kind: float(np.mean(run["seconds"]))
+            for kind, run in result["per_configuration"].items()
+        }
+        result["seconds_per_configuration"] = means
+        result["ratio"] = means["llama-server"] / means["llama.cpp"]
+        if not args.eval_no_full:
+            result["full_eval_seconds"] = {
+                kind: time_full_eval(kind, pack, scratch, args)
+                for kind in ("llama-server", "llama.cpp")
+            }
+    return result
+
+
+def render_eval(e: dict[str, Any]) -> list[str]:
+    """The eval section's lines."""
+    runs = e["per_configuration"]
+    lines = [
+        "",
+        f"Eval: axis {e['axis']}, cvgen eval's defaults, threads {e['threads'] or 'default'}; "
+        "seconds per steered configuration (probes + KL + generations, session start included)",
+    ]
+    for kind, label in (("llama-server", "llama-server, one per config"), ("llama.cpp", "engine")):
+        run = runs[kind]
+        each = ", ".join(
+            f"{s:+g}: {t:.1f}" for s, t in zip(run["scales"], run["seconds"], strict=True)
+        )
+        lines.append(
+            f"  {label:<30}{e['seconds_per_configuration'][kind]:>8.1f} s  ({each}; "
+            f"open {run['open_seconds']:.1f} s)"
+        )
+    lines.append(f"  ratio {e['ratio']:.1f}x   [target >= 5x: {_target(e['ratio'] >= 5)}]")
+    if "full_eval_seconds" in e:
+        full = e["full_eval_seconds"]
+        lines.append(
+            f"  default cvgen eval of the one-axis pack: llama-server {full['llama-server']:.0f} s, "
+            f"engine {full['llama.cpp']:.0f} s ({full['llama-server'] / full['llama.cpp']:.1f}x)"
+        )
+    return lines
+
+
 def _target(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "NOT met")
 
@@ -590,8 +721,11 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"cvgen bench  model={results['model']}  device={results['device']}  "
         f"dtype={results['dtype']}  threads={results['threads']}",
-        f"matmul peak ({results['matmul_shape']}): {results['matmul_peak_gflops']:.1f} GFLOP/s",
     ]
+    if "matmul_shape" in results:
+        lines.append(
+            f"matmul peak ({results['matmul_shape']}): {results['matmul_peak_gflops']:.1f} GFLOP/s"
+        )
     if "collection" in results:
         c = results["collection"]
         r, s, g = c["tokens_per_s"], c["seconds"], c["gflops"]
@@ -680,6 +814,8 @@ def render(results: dict[str, Any]) -> str:
         last = results["solver"][-1]
         ok = last["abs_cos"] is not None and last["speedup"] >= 20 and last["abs_cos"] > 0.9999
         lines.append(f"  at d={last['d']}: [target >= 20x, |cos| > 0.9999: {_target(ok)}]")
+    if "eval" in results:
+        lines += render_eval(results["eval"])
     lines.append(f"\ntotal {results['total_seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -718,7 +854,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="collection,memory,pack,solver",
-        help="comma-separated sections to run",
+        help="comma-separated sections to run (also: eval, on a .gguf model: the engine "
+        "against llama-server)",
     )
     parser.add_argument(
         "--threads",
@@ -726,6 +863,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="CPU threads for torch and BLAS (default: theirs); on a machine shared with other "
         "work, fewer threads than cores avoids oversubscription",
     )
+    parser.add_argument("--eval-pack", type=Path, help="eval: a one-axis pack (default: make one)")
+    parser.add_argument("--eval-samples", type=int, default=32, help="eval: samples of that pack")
+    parser.add_argument("--eval-configs", type=int, default=2, help="eval: steered configs timed")
+    parser.add_argument("--eval-threads", type=int, help="eval: llama.cpp threads (-t)")
+    parser.add_argument("--eval-no-full", action="store_true", help="eval: skip the full runs")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a pico model")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -771,12 +913,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch": torch.__version__,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    work = build_workload(args.model, samples=args.samples, axis=args.axis)
-    config = load_config(resolve_model_source(args.model), trust_remote_code=False)
-    text_config = getattr(config, "text_config", None) or config
-    ffn = int(getattr(text_config, "intermediate_size", 4 * work.width))
-    results["matmul_shape"] = f"{args.batch_tokens}x{work.width} @ {work.width}x{ffn}"
-    results["matmul_peak_gflops"] = matmul_peak(device, dtype, args.batch_tokens, work.width, ffn)
+    if sections - {"eval"}:
+        work = build_workload(args.model, samples=args.samples, axis=args.axis)
+        config = load_config(resolve_model_source(args.model), trust_remote_code=False)
+        text_config = getattr(config, "text_config", None) or config
+        ffn = int(getattr(text_config, "intermediate_size", 4 * work.width))
+        results["matmul_shape"] = f"{args.batch_tokens}x{work.width} @ {work.width}x{ffn}"
+        results["matmul_peak_gflops"] = matmul_peak(
+            device, dtype, args.batch_tokens, work.width, ffn
+        )
     if "collection" in sections:
         say(f"collection: {len(work.token_ids)} prompts, routes (a), (b), (b'), (c)")
         model = load_model(args.model, device, dtype)
@@ -791,6 +936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "solver" in sections:
         say(f"solver: d = {args.solver_dims}")
         results["solver"] = solver_section([int(d) for d in args.solver_dims.split(",")])
+    if "eval" in sections:
+        say("eval: the engine against llama-server, per configuration and whole runs")
+        results["eval"] = eval_section(args)
     results["total_seconds"] = time.perf_counter() - started
     print(render(results))
     if args.json:

@@ -50,10 +50,12 @@ def eval_options(command: F) -> F:
 )
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "llama.cpp", "hf"]),
+    type=click.Choice(["auto", "llama.cpp", "llama-server", "hf"]),
     default="auto",
     show_default=True,
-    help="auto: llama.cpp for a .gguf model when llama-server is found, else hf (transformers).",
+    help="llama.cpp: one model and context through llama-cpp-python (the cvgen[llama] extra); "
+    "llama-server: one server per configuration (slower); hf: transformers. auto: llama.cpp for "
+    "a .gguf model, llama-server when the extra is missing, else hf.",
 )
 @click.option(
     "--axis",
@@ -90,7 +92,15 @@ def eval_options(command: F) -> F:
     "--threads",
     type=int,
     default=None,
-    help="CPU threads (llama.cpp: -t; hf: torch). Use fewer than the free cores on a busy machine.",
+    help="CPU threads (llama.cpp and llama-server: -t; hf: torch). Use fewer than the free cores "
+    "on a busy machine.",
+)
+@click.option(
+    "--gpu-layers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="llama.cpp and llama-server: blocks offloaded to the GPU (needs a GPU build of llama.cpp).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @one_line_errors
@@ -105,6 +115,7 @@ def evaluate(
     dtype: str,
     trust_remote_code: bool,
     threads: int | None,
+    gpu_layers: int,
     quiet: bool,
     **values: Any,
 ) -> None:
@@ -123,7 +134,15 @@ def evaluate(
     with quiet_logging(quiet=quiet):
         from cvgen.eval.pack_eval import ModelChoice, evaluate_pack
 
-        choice = ModelChoice(model, backend, device, dtype, trust_remote_code, threads)
+        choice = ModelChoice(
+            model=model,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            threads=threads,
+            gpu_layers=gpu_layers,
+        )
         result = evaluate_pack(
             pack,
             choice=choice,

@@ -1,21 +1,24 @@
 """What an evaluation backend is: the records and protocols that `cvgen eval` measures through.
-A backend runs a model with control vectors applied, either real llama.cpp
-(`cvgen.eval.llamacpp_backend`: a long-lived `llama-server` per steering configuration) or
-transformers (`cvgen.eval.hf_backend`: forward hooks from `cvgen.steer` that add the vectors to
-the blocks' outputs, as llama.cpp's `direction.k` does). Both answer the same three questions,
-so the metrics cannot tell them apart:
+A backend runs a model with control vectors applied: llama.cpp's own library
+(`cvgen.eval.engine_backend`: one model and one context for the whole evaluation, the vectors
+set on the live context, many sequences a decode), real `llama-server` processes
+(`cvgen.eval.llamacpp_backend`: one per steering configuration, the slow path kept as the real
+consumer), or transformers (`cvgen.eval.hf_backend`: forward hooks from `cvgen.steer` that add
+the vectors to the blocks' outputs, as llama.cpp's `direction.k` does). All answer the same
+three questions, so the metrics cannot tell them apart:
 
 - `score`: the log-probability of each token of a forced continuation after a prompt, and
   (optionally) the next-token distribution at each of those positions, for the KL divergence;
 - `generate`: greedy completions of fixed maximum length;
 - tokenisation of chat-formatted prompts and of bare continuations.
 
-llama.cpp forces a continuation with a token-level grammar (`root ::= <[id]> <[id]> ...`) and
-reports, per forced token, its log-probability under the full-vocabulary softmax of the raw
-logits (`n_probs` with `post_sampling_probs: false`), plus the top-k alternatives. It
-therefore gives the exact token log-probabilities, and a KL divergence that is exact up to the
-mass outside the top-k lists (`cvgen.eval.divergence.coarse_kl`, a lower bound). Transformers gives
-the full distributions, so its KL is exact.
+The engine and transformers read the logits of every forced position, so they give the full
+distributions and an exact KL (`FullDistributions`). `llama-server` forces a continuation with
+a token-level grammar (`root ::= <[id]> <[id]> ...`) and reports, per forced token, its
+log-probability under the full-vocabulary softmax of the raw logits (`n_probs` with
+`post_sampling_probs: false`), plus the top-k alternatives: exact token log-probabilities, and
+a KL that is exact up to the mass outside the top-k lists (`cvgen.eval.divergence.coarse_kl`,
+a lower bound; `TopDistributions`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from cvgen.common.errors import CvgenError
 from cvgen.eval.divergence import coarse_kl, kl_divergence
 from cvgen.vectors.control_vector import ControlVector
 
-BACKENDS = ("llama.cpp", "hf")
+BACKENDS = ("llama.cpp", "llama-server", "hf")
+LLAMA_CPP_BACKENDS = ("llama.cpp", "llama-server")  # both run a .gguf file
 
 
 class BackendError(CvgenError, RuntimeError):
@@ -74,7 +78,7 @@ class Distributions(Protocol):
 
 @dataclass(frozen=True)
 class FullDistributions:
-    """Full log-probability rows, (positions, vocab) float32 (transformers)."""
+    """Full log-probability rows, (positions, vocab) float32 (the engine, transformers)."""
 
     log_probs: np.ndarray
 
@@ -86,7 +90,7 @@ class FullDistributions:
 
 @dataclass(frozen=True)
 class TopDistributions:
-    """Per position, the top-k token ids and their log-probabilities (llama.cpp)."""
+    """Per position, the top-k token ids and their log-probabilities (llama-server)."""
 
     tops: tuple[Mapping[int, float], ...]
 

@@ -1,7 +1,10 @@
-"""The llama.cpp evaluation backend: real `llama-server` processes, one per steering
-configuration (`--control-vector-scaled`), each checked from its log to have applied the
-vectors. Prompts and continuations are sent as token ids; a continuation is forced with a
-token-level grammar and scored from the reported log-probabilities (see `cvgen.eval.backend`)."""
+"""The `llama-server` evaluation backend (`--backend llama-server`): real `llama-server`
+processes, one per steering configuration (`--control-vector-scaled`), each checked from its
+log to have applied the vectors. Prompts and continuations are sent as token ids; a
+continuation is forced with a token-level grammar and scored from the reported
+log-probabilities (see `cvgen.eval.backend`). It scores one forced token at a time, so
+`cvgen eval` uses the engine (`cvgen.eval.engine_backend`) for llama.cpp; this path stays as
+the real consumer that the engine is checked against."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ class LlamaCppBackend:
     """Real llama.cpp: one `llama-server` per steering configuration, each checked from its
     log to have applied the vectors; prompts and continuations are sent as token ids."""
 
-    name = "llama.cpp"
+    name = "llama-server"
 
     def __init__(
         self,
@@ -29,6 +32,7 @@ class LlamaCppBackend:
         *,
         top_k: int = 256,
         threads: int | None = None,
+        gpu_layers: int = 0,
         log_dir: Path | None = None,
     ) -> None:
         self.model = Path(model)
@@ -43,6 +47,7 @@ class LlamaCppBackend:
         self.n_embd = self.info.n_embd
         self.top_k = top_k
         self.threads = threads
+        self.extra = ["--n-gpu-layers", str(gpu_layers)] if gpu_layers else []
         self.log_dir = log_dir
         self._tokenizer: LlamaServer | None = None
 
@@ -52,6 +57,7 @@ class LlamaCppBackend:
                 self.model,
                 binary=self.binary,
                 threads=self.threads,
+                extra=self.extra,
                 log_path=self._log("tokenizer"),
             ).start()
         return self._tokenizer
@@ -90,6 +96,7 @@ class LlamaCppBackend:
             vectors=steering.arguments(),
             binary=self.binary,
             threads=self.threads,
+            extra=self.extra,
             log_path=self._log(steering.label),
         )
         with server:

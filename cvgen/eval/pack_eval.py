@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cvgen import __version__
-from cvgen.eval.backend import BACKENDS, Backend
+from cvgen.engine.binding import binding_available
+from cvgen.eval.backend import BACKENDS, LLAMA_CPP_BACKENDS, Backend
 from cvgen.eval.evaluate import RawResults, run_evaluation
 from cvgen.eval.inputs import EvalInputs, axis_probes
 from cvgen.eval.records import EvalReport, UnsteeredSummary
@@ -44,8 +45,9 @@ class EvalResult:
 @dataclass(frozen=True)
 class ModelChoice:
     """Which model an evaluation runs and how it is loaded: `model` None is the pack's own
-    (its .gguf for llama.cpp, its source for hf); `backend` "auto", "llama.cpp" or "hf";
-    `device`, `dtype` and `trust_remote_code` for hf; `threads` for both (None: default)."""
+    (its .gguf for llama.cpp, its source for hf); `backend` "auto", "llama.cpp" (the engine),
+    "llama-server" or "hf"; `device`, `dtype` and `trust_remote_code` for hf; `threads` for
+    all (None: default); `gpu_layers` blocks offloaded by llama.cpp (0: CPU)."""
 
     model: str | None = None
     backend: str = "auto"
@@ -53,26 +55,40 @@ class ModelChoice:
     dtype: str = "auto"
     trust_remote_code: bool = False
     threads: int | None = None
+    gpu_layers: int = 0
+
+
+def check_choice(choice: ModelChoice) -> None:
+    """Refuse a thread count below 1 or a negative number of offloaded blocks."""
+    threads = choice.threads
+    if threads is not None and threads < 1:
+        raise EvalError(f"--threads: {threads} must be at least 1 (leave it out for the default)")
+    if choice.gpu_layers < 0:
+        raise EvalError(f"--gpu-layers: {choice.gpu_layers} must be 0 (CPU) or a number of blocks")
 
 
 def choose_backend(choice: str, model: str) -> str:
-    """`auto` -> llama.cpp for a .gguf model when llama-server is found, else hf."""
+    """`auto` -> for a .gguf model, llama.cpp (the engine) when its binding is installed, else
+    llama-server when that binary is found; hf for anything else."""
     if choice not in (*BACKENDS, "auto"):
         raise EvalError(f"--backend: '{choice}' is not one of auto, {', '.join(BACKENDS)}")
     if choice != "auto":
         return choice
     if model.lower().endswith(".gguf"):
+        if binding_available():
+            return "llama.cpp"
         try:
             find_binary("llama-server")
-            return "llama.cpp"
+            log.info("llama-cpp-python not installed; evaluating with llama-server")
+            return "llama-server"
         except LlamaCppError:
-            log.info("llama-server not found; evaluating with transformers (--backend hf)")
+            log.info("llama.cpp not found; evaluating with transformers (--backend hf)")
     return "hf"
 
 
 def default_model(manifest: PackManifest, backend: str) -> str:
     """The model a pack was made from: its .gguf file for llama.cpp, its source for hf."""
-    if backend == "llama.cpp":
+    if backend in LLAMA_CPP_BACKENDS:
         return default_model_path(manifest.to_json())
     return str(manifest.model.source or manifest.model.extra.get("spec"))
 
@@ -86,14 +102,25 @@ def open_backend(
     log_dir: Path | None = None,
     decoder_blocks: str | None = None,
 ) -> Backend:
-    """Open `model` on `backend` ("llama.cpp" or "hf"), loaded as `choice` says."""
+    """Open `model` on `backend` ("llama.cpp", "llama-server" or "hf"), loaded as `choice`
+    says."""
+    if backend in LLAMA_CPP_BACKENDS and not Path(model).is_file():
+        raise EvalError(f"--model: {model} is not a file ({backend} needs a .gguf model)")
+    if choice.gpu_layers and backend == "hf":
+        raise EvalError("--gpu-layers: llama.cpp only; the hf backend takes --device")
     if backend == "llama.cpp":
+        from cvgen.eval.engine_backend import EngineBackend
+
+        return EngineBackend(Path(model), threads=choice.threads, gpu_layers=choice.gpu_layers)
+    if backend == "llama-server":
         from cvgen.eval.llamacpp_backend import LlamaCppBackend
 
-        if not Path(model).is_file():
-            raise EvalError(f"--model: {model} is not a file (llama.cpp needs a .gguf model)")
         return LlamaCppBackend(
-            Path(model), top_k=settings.top_k, threads=choice.threads, log_dir=log_dir
+            Path(model),
+            top_k=settings.top_k,
+            threads=choice.threads,
+            gpu_layers=choice.gpu_layers,
+            log_dir=log_dir,
         )
     from cvgen.eval.hf_backend import HfBackend  # imports torch
 
@@ -178,9 +205,7 @@ def evaluate_pack(
     Nothing is written unless the whole evaluation succeeded.
     """
     settings = settings or EvalSettings()
-    threads = choice.threads
-    if threads is not None and threads < 1:
-        raise EvalError(f"--threads: {threads} must be at least 1 (leave it out for the default)")
+    check_choice(choice)
     pack = Path(pack)
     manifest = load_manifest(pack)
     chosen_axes = select_axes(manifest, axes, pack)

@@ -31,12 +31,15 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 @dataclass(frozen=True)
 class ContextSettings:
     """`n_batch` tokens a decode (also the KV cache's size), at most `n_seq` sequences a
-    decode, `threads` CPU threads (None: all cores), and whether block capture is set up."""
+    decode, `threads` CPU threads (None: all cores), whether block capture is set up, and at
+    most `n_outputs` outputs a decode (0: n_batch), which sizes llama.cpp's logits buffer
+    (n_outputs x n_vocab floats: 2 GiB for 2048 outputs of a 262k vocabulary)."""
 
     n_batch: int = 2048
     n_seq: int = 64
     threads: int | None = None
     capture: bool = True
+    n_outputs: int = 0
 
 
 def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
@@ -65,6 +68,7 @@ class LlamaContext:
         params = llama.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = settings.n_batch
         params.n_seq_max = settings.n_seq
+        params.n_outputs_max = settings.n_outputs
         threads = settings.threads or os.cpu_count() or 1
         params.n_threads = params.n_threads_batch = threads
         params.kv_unified = True
@@ -112,6 +116,11 @@ class LlamaContext:
             raise EngineError(f"llama_decode failed (status {status}) on {len(tokens)} tokens")
         self._outputs = outputs
         return outputs
+
+    def append(self, tokens: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Decode (token, position, sequence, wants output) rows on top of the cache as it
+        is (e.g. one generated token per sequence); read the outputs with `logits`."""
+        self._decode(tokens)
 
     def run(
         self,

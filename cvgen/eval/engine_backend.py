@@ -121,10 +121,17 @@ class EngineBackend:
     ) -> None:
         self.model_path = Path(model)
         self.model: LlamaModel = open_model(self.model_path, gpu_layers=gpu_layers)
+        self.max_outputs = min(n_batch, max(1, output_bytes // (4 * self.model.n_vocab)))
         try:
             self.context = LlamaContext(
                 self.model,
-                ContextSettings(n_batch=n_batch, n_seq=n_seq, threads=threads, capture=False),
+                ContextSettings(
+                    n_batch=n_batch,
+                    n_seq=n_seq,
+                    threads=threads,
+                    capture=False,
+                    n_outputs=self.max_outputs,
+                ),
             )
         except BaseException:
             self.model.close()
@@ -133,7 +140,6 @@ class EngineBackend:
         self.n_layer = self.model.n_layer
         self.n_embd = self.model.n_embd
         self.template = template_of_model_file(self.info)
-        self.max_outputs = max(1, output_bytes // (4 * self.model.n_vocab))
         self._active: str | None = None
 
     def prompt_text(self, user_text: str) -> str:
@@ -246,8 +252,7 @@ class EngineSession:
                 rows = [
                     (tokens[s][-1], len(prompts[s]) + len(tokens[s]) - 1, s, True) for s in live
                 ]
-                # appends to each sequence's cache (LlamaContext.run always starts empty)
-                self.context._decode(rows)
+                self.context.append(rows)
         return tokens
 
 

@@ -125,10 +125,12 @@ def collect_with_llama_cpp(
     path = model_file(source)
     log.info("loading %s in llama.cpp (%d blocks offloaded)", path, settings.gpu_layers)
     longest = max(len(item.token_ids) for item in items)
+    sequences = min(SEQUENCES_PER_DECODE, len(items))
     context_settings = ContextSettings(
         n_batch=max(settings.batch_tokens, longest),
-        n_seq=min(SEQUENCES_PER_DECODE, len(items)),
+        n_seq=sequences,
         threads=settings.threads or None,
+        n_outputs=sequences,  # one output a prompt: its last token
     )
     with (
         open_model(path, gpu_layers=settings.gpu_layers) as model,

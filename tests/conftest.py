@@ -222,6 +222,20 @@ def real_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("real-store")
 
 
+def require_binding() -> None:
+    """The llama.cpp engine's binding (cvgen[llama]) with its library, or a failure
+    (CI: CVGEN_REQUIRE_LLAMA_CPP=1) or a skip."""
+    import os
+
+    from cvgen.engine.binding import binding_available
+
+    if binding_available():
+        return
+    if os.environ.get("CVGEN_REQUIRE_LLAMA_CPP") == "1":
+        pytest.fail("the cvgen[llama] binding is required here: run scripts/setup.sh")
+    pytest.skip("llama-cpp-python (cvgen[llama]) or its library is not installed")
+
+
 def require_llama_cpp() -> Path:
     """The folder of the llama.cpp binaries that scripts/build_llama_cpp.sh built: from
     $CVGEN_LLAMA_CPP (scripts/test.sh sets it), else the default cache; a failure when
@@ -230,7 +244,9 @@ def require_llama_cpp() -> Path:
 
     from cvgen.llamacpp.binaries import LLAMA_CPP_COMMIT
 
-    default = Path.home() / ".cache" / "cvgen" / "llama.cpp" / f"{LLAMA_CPP_COMMIT[:7]}-shared" / "bin"
+    default = (
+        Path.home() / ".cache" / "cvgen" / "llama.cpp" / f"{LLAMA_CPP_COMMIT[:7]}-shared" / "bin"
+    )
     folder = Path(os.environ.get("CVGEN_LLAMA_CPP") or default)
     missing = [n for n in ("llama-completion", "llama-server") if not (folder / n).is_file()]
     if missing:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import require_real_model
+from conftest import require_binding, require_real_model
 
-from cvgen.engine.binding import EngineError, binding_available
+from cvgen.engine.binding import EngineError
 from cvgen.engine.collect import check_steerable
 from cvgen.engine.context import ContextSettings, LlamaContext
 from cvgen.engine.model import EngineTokenizer, LlamaModel, open_model
@@ -28,15 +28,6 @@ TEXTS = [
     "Tell me plainly what you had for breakfast.",
     "Explain why the sky looks blue.",
 ]
-
-
-def require_binding() -> None:
-    """A failure in CI (CVGEN_REQUIRE_LLAMA_CPP=1) when the binding is missing, else a skip."""
-    if binding_available():
-        return
-    if os.environ.get("CVGEN_REQUIRE_LLAMA_CPP") == "1":
-        pytest.fail("the cvgen[llama] binding is required here: run scripts/setup.sh")
-    pytest.skip("llama-cpp-python (cvgen[llama]) or its library is not installed")
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import require_llama_cpp, require_second_model
+from conftest import require_binding, require_llama_cpp, require_second_model
 
 from cvgen.cli import main
-from cvgen.engine.binding import binding_available
 from cvgen.engine.context import ContextSettings, LlamaContext
 from cvgen.engine.model import EngineTokenizer, open_model
 from cvgen.llamacpp.binaries import complete
@@ -27,10 +26,7 @@ PROMPT = "The old lighthouse keeper climbed the stairs and"
 
 @pytest.fixture(scope="module")
 def gemma() -> Path:
-    if not binding_available():
-        if os.environ.get("CVGEN_REQUIRE_LLAMA_CPP") == "1":
-            pytest.fail("the cvgen[llama] binding is required here: run scripts/setup.sh")
-        pytest.skip("llama-cpp-python (cvgen[llama]) or its library is not installed")
+    require_binding()
     return require_second_model()
 
 

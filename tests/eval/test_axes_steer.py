@@ -1,6 +1,7 @@
 """Which shipped axes steer the small model: a statistical check with `cvgen eval`'s machinery.
 
-For each axis of a pack made from the real SmolLM2-135M-Instruct (32 samples per class), the
+For each axis of a pack made from the real SmolLM2-135M-Instruct (32 samples per class, collected
+and scored in llama.cpp through the engine), the
 propensity (held-out probe pairs: mean log-probability of the positive text minus the
 negative one, per prompt) is measured at scales -1, 0 and +1 of the axis and of its
 random-direction control (same per-block norms as the positive file, seeded), on the same
@@ -23,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import require_real_model
+from conftest import require_binding, require_real_model
 
 from cvgen.eval.controls import axis_files
-from cvgen.eval.hf_backend import HfBackend
+from cvgen.eval.engine_backend import EngineBackend
 from cvgen.eval.inputs import prepare_inputs
 from cvgen.eval.measurement import propensities
 from cvgen.eval.settings import EvalSettings
@@ -56,6 +57,7 @@ def measured(
 ) -> dict[str, dict[str, Any]]:
     """Per axis: the axis's and the random control's slope, and their paired difference."""
     model = require_real_model()
+    require_binding()
     out = tmp_path_factory.mktemp("steer") / "pack"
     axes = STEERING_AXES
     generate_pack(
@@ -65,7 +67,8 @@ def measured(
         show_progress=False,
     )
     manifest = json.loads((out / "pack.json").read_text())
-    backend = HfBackend.load(str(model), device="cpu", dtype="float32", threads=2)
+    # measured where the pack is used: in llama.cpp, through the engine's batched scorer
+    backend = EngineBackend(model, threads=int(os.environ.get("CVGEN_TEST_THREADS", "2")))
     settings = EvalSettings(prompts=10, probe_pairs=3, probe_tokens=16, neutral_texts=1)
     classes = {axis: tuple(manifest["axes"][axis]["classes"]) for axis in axes}
     inputs = prepare_inputs(backend, classes, settings)

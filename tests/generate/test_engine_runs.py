@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import craft_gguf, require_real_model
+from conftest import craft_gguf, require_binding, require_real_model
 
 from cvgen.cli import main
 from cvgen.engine import binding
-from cvgen.engine.binding import binding_available
 from cvgen.engine.context import LlamaContext
 from cvgen.vectors.control_vector import ControlVector
 
@@ -25,10 +24,7 @@ RUN = ["--axis", "language", "--samples", "8", "--seed", "2", "--threads", THREA
 
 @pytest.fixture(scope="module")
 def model() -> Path:
-    if not binding_available():
-        if os.environ.get("CVGEN_REQUIRE_LLAMA_CPP") == "1":
-            pytest.fail("the cvgen[llama] binding is required here: run scripts/setup.sh")
-        pytest.skip("llama-cpp-python (cvgen[llama]) or its library is not installed")
+    require_binding()
     return require_real_model()
 
 

@@ -689,6 +689,14 @@ def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
+def engine_sections() -> Any:
+    """scripts/bench_engine.py, the llama.cpp engine's sections (`--only engine`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_engine
+
+    return bench_engine
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=os.environ.get("CVGEN_REAL_MODEL") or str(DEFAULT_MODEL))
@@ -718,7 +726,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="collection,memory,pack,solver",
-        help="comma-separated sections to run",
+        help="comma-separated sections to run (also: engine, the llama.cpp engine's sections "
+        "of scripts/bench_engine.py)",
     )
     parser.add_argument(
         "--threads",
@@ -726,6 +735,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="CPU threads for torch and BLAS (default: theirs); on a machine shared with other "
         "work, fewer threads than cores avoids oversubscription",
     )
+    engine_sections().add_arguments(parser, model_default=None)  # the options of --only engine
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a pico model")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -791,8 +801,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "solver" in sections:
         say(f"solver: d = {args.solver_dims}")
         results["solver"] = solver_section([int(d) for d in args.solver_dims.split(",")])
+    if "engine" in sections:
+        say("engine: the llama.cpp engine's sections (scripts/bench_engine.py)")
+        chosen = set(args.engine_sections.split(","))
+        results["engine"] = engine_sections().run_sections(args, chosen)
     results["total_seconds"] = time.perf_counter() - started
     print(render(results))
+    if "engine" in results:
+        print("\n" + engine_sections().render(results["engine"]))
     if args.json:
         tmp = args.json.with_name(args.json.name + ".part")
         tmp.write_text(json.dumps(results, indent=1))

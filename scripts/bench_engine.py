@@ -167,9 +167,7 @@ def engine_collect(
     context: LlamaContext, work: EngineWorkload, store: Path, key: str
 ) -> StateArray:
     """The engine's collection of the workload into a fresh store array."""
-    array = StateArray.open(
-        store, key, n=work.prompts, blocks=work.stored_blocks, width=work.width
-    )
+    array = StateArray.open(store, key, n=work.prompts, blocks=work.stored_blocks, width=work.width)
     items = [WorkItem(0, row, ids) for row, ids in enumerate(work.engine_ids)]
     run_engine_collection(
         context,
@@ -255,7 +253,6 @@ def transformers_section(work: EngineWorkload, *, batch_tokens: int) -> dict[str
         collect(warm)
         states: list[np.ndarray] = []
         wall, cpu = clocked(lambda: states.append(collect(full)))
-    del model
     return {
         "load_s": load_seconds,
         "collect": {"wall_s": wall, "cpu_s": cpu},
@@ -316,8 +313,12 @@ def cvector_generator_section(work: EngineWorkload, *, threads: int, bin_dir: Pa
     binary = bin_dir / "llama-cvector-generator"
     pairs = sample_pairs(work)
     with tempfile.TemporaryDirectory(prefix="cvgen-bench-cvector-") as folder:
-        one = cvector_generator_run(binary, work.model, pairs[:1], threads=threads, folder=Path(folder))
-        every = cvector_generator_run(binary, work.model, pairs, threads=threads, folder=Path(folder))
+        one = cvector_generator_run(
+            binary, work.model, pairs[:1], threads=threads, folder=Path(folder)
+        )
+        every = cvector_generator_run(
+            binary, work.model, pairs, threads=threads, folder=Path(folder)
+        )
     extra_prompts = 2 * (len(pairs) - 1)
     return {
         "pairs": len(pairs),
@@ -359,7 +360,9 @@ def batched_bench_section(
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"llama-batched-bench failed (rc {done.returncode}):\n{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"llama-batched-bench failed (rc {done.returncode}):\n{done.stderr[-2000:]}"
+        )
     # its JSON row holds a bare nan for the generation speed when -ntg is 0: read one field
     speeds = re.findall(r'"speed_pp": ([0-9.]+)', done.stdout + done.stderr)
     if not speeds:
@@ -498,7 +501,12 @@ def render(results: dict[str, Any]) -> str:
     if "transformers" in results:
         hf = results["transformers"]
         lines.append(
-            _row("transformers engine (float32 CPU)", hf["collect"]["wall_s"], hf["collect"]["cpu_s"], prompts)
+            _row(
+                "transformers engine (float32 CPU)",
+                hf["collect"]["wall_s"],
+                hf["collect"]["cpu_s"],
+                prompts,
+            )
             + f"   (load {hf['load_s']:.0f} s)"
         )
     if "cvector_generator" in results:
@@ -540,7 +548,10 @@ def render(results: dict[str, Any]) -> str:
         )
     if "memory" in results:
         m = results["memory"]
-        lines += ["", f"Memory (peak RSS of engine collection in a child; GGUF {m['gguf_mib']:.0f} MiB)"]
+        lines += [
+            "",
+            f"Memory (peak RSS of engine collection in a child; GGUF {m['gguf_mib']:.0f} MiB)",
+        ]
         for run in m["runs"]:
             ok = run["peak_mib"] <= m["limit_mib"]
             lines.append(
@@ -567,11 +578,12 @@ def _row(label: str, wall: float, cpu: float, prompts: int) -> str:
 def run_sections(args: argparse.Namespace, sections: set[str]) -> dict[str, Any]:
     """Measure `sections` (collection, transformers, cvector, limit, memory) on one workload."""
     started = time.perf_counter()
+    threads = args.threads or DEFAULT_THREADS
     model_path = Path(args.model)
     bin_dir = Path(os.environ.get("CVGEN_LLAMA_CPP") or shared_bin_dir())
     results: dict[str, Any] = {
         "model": str(model_path),
-        "threads": args.threads,
+        "threads": threads,
         "load_average": {"start": list(os.getloadavg())},
     }
     work = build_engine_workload(model_path, samples=args.samples, axis=args.axis)
@@ -581,7 +593,7 @@ def run_sections(args: argparse.Namespace, sections: set[str]) -> dict[str, Any]
     say(f"engine: {work.prompts} prompts, capture and plain decode, best of {args.repeats}")
     with open_model(model_path) as model:
         results["engine"] = engine_section(
-            model, work, threads=args.threads, batch_tokens=args.batch_tokens, repeats=args.repeats
+            model, work, threads=threads, batch_tokens=args.batch_tokens, repeats=args.repeats
         )
     if "transformers" in sections:
         say("transformers: loading the dequantised GGUF")
@@ -589,21 +601,21 @@ def run_sections(args: argparse.Namespace, sections: set[str]) -> dict[str, Any]
     if "cvector" in sections:
         say("llama-cvector-generator: one pair, then every pair")
         results["cvector_generator"] = cvector_generator_section(
-            work, threads=args.threads, bin_dir=bin_dir
+            work, threads=threads, bin_dir=bin_dir
         )
     if "limit" in sections:
         say("llama-batched-bench")
         results["batched_bench"] = batched_bench_section(
-            results["engine"], work, threads=args.threads, bin_dir=bin_dir
+            results["engine"], work, threads=threads, bin_dir=bin_dir
         )
     if "memory" in sections:
-        counts = [int(count) for count in args.memory_samples.split(",")]
+        counts = [int(count) for count in args.rss_samples.split(",")]
         say(f"memory: child processes at {counts} samples")
         results["memory"] = memory_section(
             model_path,
             axis=args.axis,
             counts=counts,
-            threads=args.threads,
+            threads=threads,
             batch_tokens=args.batch_tokens,
         )
     results["ratios"] = ratios(results)
@@ -627,7 +639,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, model_default: str | None)
     )
     parser.add_argument("--repeats", type=int, default=2, help="engine bench: best of N")
     parser.add_argument(
-        "--memory-samples", default="8,64", help="engine bench: sample counts of the RSS runs"
+        "--rss-samples", default="8,64", help="engine bench: sample counts of the RSS runs"
     )
 
 
@@ -638,8 +650,8 @@ def say(message: str) -> None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def pin_threads(threads: int, argv: Sequence[str]) -> None:
-    """Re-run this script with the BLAS thread variables set to `threads` (read at load)."""
+def pin_threads(threads: int, argv: Sequence[str], *, script: str = __file__) -> None:
+    """Re-run `script` with the BLAS thread variables set to `threads` (read at load)."""
     wanted = str(threads)
     if all(os.environ.get(name) == wanted for name in THREAD_VARIABLES):
         import torch
@@ -647,7 +659,7 @@ def pin_threads(threads: int, argv: Sequence[str]) -> None:
         torch.set_num_threads(threads)
         return
     os.environ.update({name: wanted for name in THREAD_VARIABLES})
-    os.execv(sys.executable, [sys.executable, __file__, *argv])
+    os.execv(sys.executable, [sys.executable, script, *argv])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -437,7 +437,12 @@ def memory_section(
             raise RuntimeError(f"memory child failed:\n{done.stderr[-2000:]}")
         runs.append({"samples": samples, **json.loads(done.stdout.strip().splitlines()[-1])})
     size = model.stat().st_size / 2**20
-    return {"gguf_mib": size, "limit_mib": size + TARGETS["rss_headroom_mib"], "runs": runs}
+    return {
+        "gguf_mib": size,
+        "limit_mib": size + TARGETS["rss_headroom_mib"],
+        "batch_tokens": batch_tokens,
+        "runs": runs,
+    }
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -550,7 +555,8 @@ def render(results: dict[str, Any]) -> str:
         m = results["memory"]
         lines += [
             "",
-            f"Memory (peak RSS of engine collection in a child; GGUF {m['gguf_mib']:.0f} MiB)",
+            f"Memory (peak RSS of engine collection in a child, decodes of "
+            f"{m.get('batch_tokens', '?')} tokens; GGUF {m['gguf_mib']:.0f} MiB)",
         ]
         for run in m["runs"]:
             ok = run["peak_mib"] <= m["limit_mib"]
@@ -616,7 +622,7 @@ def run_sections(args: argparse.Namespace, sections: set[str]) -> dict[str, Any]
             axis=args.axis,
             counts=counts,
             threads=threads,
-            batch_tokens=args.batch_tokens,
+            batch_tokens=args.rss_batch_tokens,
         )
     results["ratios"] = ratios(results)
     results["load_average"]["end"] = list(os.getloadavg())
@@ -640,6 +646,14 @@ def add_arguments(parser: argparse.ArgumentParser, *, model_default: str | None)
     parser.add_argument("--repeats", type=int, default=2, help="engine bench: best of N")
     parser.add_argument(
         "--rss-samples", default="8,64", help="engine bench: sample counts of the RSS runs"
+    )
+    parser.add_argument(
+        "--rss-batch-tokens",
+        type=int,
+        default=1024,
+        help="engine bench: tokens a decode in the RSS runs, small enough that both counts "
+        "fill whole decodes (llama.cpp touches more of its compute buffer for a larger decode, "
+        "so a partly filled decode would show as growth with the sample count)",
     )
 
 

@@ -44,7 +44,7 @@ def test_ratios_from_seconds() -> None:
             "plain": {"wall_s": 2.0, "cpu_s": 4.0},
         },
         "transformers": {"collect": {"wall_s": 6.6, "cpu_s": 8.8}},
-        "cvector_generator": {"seconds_per_prompt": 0.5},
+        "cvector_generator": {"seconds_per_prompt": 0.5, "cpu_seconds_per_prompt": 0.25},
         "batched_bench": {"tokens_per_s": 400.0},
     }
     figures = ratios(results)
@@ -53,6 +53,7 @@ def test_ratios_from_seconds() -> None:
     assert figures["over_transformers"] == pytest.approx(3.0)
     assert figures["over_transformers_cpu"] == pytest.approx(2.0)
     assert figures["over_cvector_generator"] == pytest.approx(15 / 2.2)
+    assert figures["over_cvector_generator_cpu"] == pytest.approx(7.5 / 4.4)
     assert figures["engine_over_batched_bench"] == pytest.approx(600 / 2.2 / 400)
     alone = ratios({"prompts": 30, "engine": results["engine"]})
     assert "over_transformers" not in alone and "over_cvector_generator" not in alone

@@ -825,6 +825,14 @@ def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
+def engine_sections() -> Any:
+    """scripts/bench_engine.py, the llama.cpp engine's sections (`--only engine`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_engine
+
+    return bench_engine
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=os.environ.get("CVGEN_REAL_MODEL") or str(DEFAULT_MODEL))
@@ -855,7 +863,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         default="collection,memory,pack,solver",
         help="comma-separated sections to run (also: eval, on a .gguf model: the engine "
-        "against llama-server)",
+        "against llama-server; engine, the llama.cpp engine's collection sections of "
+        "scripts/bench_engine.py)",
     )
     parser.add_argument(
         "--threads",
@@ -868,6 +877,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-configs", type=int, default=2, help="eval: steered configs timed")
     parser.add_argument("--eval-threads", type=int, help="eval: llama.cpp threads (-t)")
     parser.add_argument("--eval-no-full", action="store_true", help="eval: skip the full runs")
+    engine_sections().add_arguments(parser, model_default=None)  # the options of --only engine
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a pico model")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -939,8 +949,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "eval" in sections:
         say("eval: the engine against llama-server, per configuration and whole runs")
         results["eval"] = eval_section(args)
+    if "engine" in sections:
+        say("engine: the llama.cpp engine's sections (scripts/bench_engine.py)")
+        chosen = set(args.engine_sections.split(","))
+        results["engine"] = engine_sections().run_sections(args, chosen)
     results["total_seconds"] = time.perf_counter() - started
     print(render(results))
+    if "engine" in results:
+        print("\n" + engine_sections().render(results["engine"]))
     if args.json:
         tmp = args.json.with_name(args.json.name + ".part")
         tmp.write_text(json.dumps(results, indent=1))

@@ -31,6 +31,9 @@ LLAMA_CPP = "llama.cpp"
 TRANSFORMERS = "transformers"
 ENGINE_DTYPE = "llama.cpp"  # the dtype name of the llama.cpp engine's states in the store
 SEQUENCES_PER_DECODE = 128
+# tokens of one engine decode at most: llama.cpp's compute buffer and KV cache grow with it
+# (peak RSS of a SmolLM2 run measured 457 MiB at 1024, 649 MiB at 4096; docs/performance.md)
+ENGINE_DECODE_TOKENS = 1024
 
 
 def _transformers_only(settings: GenerateSettings) -> list[str]:
@@ -127,7 +130,7 @@ def collect_with_llama_cpp(
     longest = max(len(item.token_ids) for item in items)
     sequences = min(SEQUENCES_PER_DECODE, len(items))
     context_settings = ContextSettings(
-        n_batch=max(settings.batch_tokens, longest),
+        n_batch=max(min(settings.batch_tokens, ENGINE_DECODE_TOKENS), longest),
         n_seq=sequences,
         threads=settings.threads or None,
         n_outputs=sequences,  # one output a prompt: its last token

@@ -205,7 +205,11 @@ class GenerateSettings:
         "Blocks the llama.cpp engine offloads to the GPU (0: none; a large number: all). "
         "Needs a llama.cpp built with a GPU backend.",
     )
-    batch_tokens: int = option(4096, "Padded tokens per forward batch.")
+    batch_tokens: int = option(
+        4096,
+        "Padded tokens per forward batch (transformers); the llama.cpp engine decodes at most "
+        "1024 tokens at once (a longer prompt gets a decode of its own).",
+    )
     tau: float = option(0.5, "Fisher-ratio threshold of the cross-covariance method.")
     eigen_candidates: int = option(
         0,

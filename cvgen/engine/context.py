@@ -33,13 +33,16 @@ class ContextSettings:
     """`n_batch` tokens a decode (also the KV cache's size), at most `n_seq` sequences a
     decode, `threads` CPU threads (None: all cores), whether block capture is set up, and at
     most `n_outputs` outputs a decode (0: n_batch), which sizes llama.cpp's logits buffer
-    (n_outputs x n_vocab floats: 2 GiB for 2048 outputs of a 262k vocabulary)."""
+    (n_outputs x n_vocab floats: 2 GiB for 2048 outputs of a 262k vocabulary). `n_ubatch`
+    (0: n_batch) cuts a decode into passes of that many tokens, as llama-server's 512 does;
+    block capture needs the whole decode in one pass."""
 
     n_batch: int = 2048
     n_seq: int = 64
     threads: int | None = None
     capture: bool = True
     n_outputs: int = 0
+    n_ubatch: int = 0
 
 
 def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
@@ -66,7 +69,11 @@ class LlamaContext:
         self.settings = settings
         self.n_batch = settings.n_batch
         params = llama.llama_context_default_params()
+        if settings.capture and settings.n_ubatch not in (0, settings.n_batch):
+            raise EngineError("block capture reads a decode in one pass: n_ubatch must be n_batch")
         params.n_ctx = params.n_batch = params.n_ubatch = settings.n_batch
+        if settings.n_ubatch:
+            params.n_ubatch = min(settings.n_ubatch, settings.n_batch)
         params.n_seq_max = settings.n_seq
         params.n_outputs_max = settings.n_outputs
         threads = settings.threads or os.cpu_count() or 1

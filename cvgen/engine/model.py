@@ -114,6 +114,17 @@ class LlamaModel:
             )
         return out.raw[:count].decode("utf-8", errors="replace")
 
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token as llama.cpp renders it (`llama_token_to_piece`): a piece
+        may hold part of a UTF-8 character, so streamed text joins pieces before decoding."""
+        room = 64
+        while True:
+            out = ctypes.create_string_buffer(room)
+            count = self.llama.llama_token_to_piece(self.vocab, token, out, room, 0, special)
+            if count >= 0:
+                return out.raw[:count]
+            room = -count
+
     def is_end_of_generation(self, token: int) -> bool:
         return bool(self.llama.llama_vocab_is_eog(self.vocab, token))
 

@@ -2,7 +2,7 @@
 one line (`cvgen.cli.common.one_line_errors`), and `main`, the group that holds them all.
 
 Commands: generate, collect, solve (`cli.generate`), eval (`cli.evaluate`), inspect, axes
-(`cli.inspect`), commands, compare (`cli.commands`), html, preset add/list/remove (`cli.page`).
+(`cli.inspect`), commands, compare (`cli.commands`), html, preset add/list/remove (`cli.page`), serve (`cli.serve`).
 Library errors become `click.ClickException` here and only here, so every failure prints
 `Error: <one line>` and exits non-zero.
 """
@@ -17,6 +17,7 @@ from cvgen.cli.evaluate import evaluate
 from cvgen.cli.generate import collect, generate, solve
 from cvgen.cli.inspect import axes, inspect
 from cvgen.cli.page import html_page, preset
+from cvgen.cli.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,7 +30,7 @@ def main() -> None:
     """
 
 
-for command in (generate, collect, solve, evaluate, inspect, commands, compare, axes):
+for command in (generate, collect, solve, evaluate, inspect, commands, compare, axes, serve):
     main.add_command(command)
 main.add_command(html_page)
 main.add_command(preset)

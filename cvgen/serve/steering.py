@@ -87,6 +87,20 @@ class PackSteering:
             )
         self._cache: dict[Selection, dict[int, np.ndarray]] = {}
 
+    def check_model(self, path: Path, n_embd: int, n_layer: int) -> None:
+        """Refuse a model whose width or depth the pack's vectors do not fit."""
+        for name, axis in self.axes.items():
+            for role, vectors in zip(
+                ROLES, (axis.debias, axis.negative, axis.positive), strict=True
+            ):
+                for block, vector in vectors.items():
+                    if vector.size != n_embd or not 1 <= block < n_layer:
+                        raise CvgenError(
+                            f"--model {path}: axis '{name}' {role} file has direction.{block} "
+                            f"of {vector.size} floats, but the model has n_embd {n_embd} and "
+                            f"blocks 1..{n_layer - 1}"
+                        )
+
     # --- selections --------------------------------------------------------------------------
 
     def select(

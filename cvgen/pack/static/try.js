@@ -138,11 +138,11 @@
     });
   }
 
-  // One side of the comparison: a label, the streamed text, a status line and an error line.
-  function Column(parent, key, heading) {
+  // One side of the comparison: its label (the selection, or "unsteered"), the streamed text,
+  // a status line and an error line.
+  function Column(parent, key) {
     var box = element("section", { class: "try-column", id: "try-" + key, "aria-labelledby": "try-" + key + "-label" });
-    box.appendChild(element("h3", { class: "try-heading" }, heading));
-    this.label = element("p", { class: "try-label", id: "try-" + key + "-label" });
+    this.label = element("h3", { class: "try-label", id: "try-" + key + "-label" });
     this.output = element("pre", { class: "try-output", id: "try-" + key + "-text", tabindex: "0", "aria-live": "polite" });
     this.status = element("p", { class: "hint try-status", id: "try-" + key + "-status", role: "status" });
     this.error = element("p", { class: "error", id: "try-" + key + "-error", role: "alert" });
@@ -224,11 +224,13 @@
     error.hidden = true;
     section.appendChild(error);
     this.columns = element("div", { class: "try-columns" });
-    this.steered = new Column(this.columns, "steered", "Steered");
-    this.unsteered = new Column(this.columns, "unsteered", "Unsteered");
+    this.steered = new Column(this.columns, "steered");
+    this.unsteered = new Column(this.columns, "unsteered");
     this.columns.hidden = true;
     section.appendChild(this.columns);
-    document.querySelector("main").appendChild(section);
+    // right under the axes it runs, before the command's options
+    var axes = byId("axes-heading").parentNode;
+    axes.parentNode.insertBefore(section, axes.nextSibling);
     this.bind();
   };
 

@@ -174,8 +174,7 @@ class PackSteering:
                 raise SteeringError(
                     where,
                     f"scale {rounded} of axis '{axis}' is beyond its safe {pole} scale "
-                    f"{format_scale(limit)} (|scale| <= {format_scale(limit)}); the server "
-                    "refuses it unless started with --allow-unsafe-scales",
+                    f"{format_scale(limit)}; it is refused unless --allow-unsafe-scales is given",
                 )
             out.append((axis, rounded))
         return tuple(out)

@@ -239,6 +239,7 @@ def test_a_preset_runs_as_the_builder_shows_it_and_a_refusal_is_shown(
     page.select_option("#preset", "vivid-dialogue")
     page.click("#try-run")
     wait_finished(page, "steered")
+    wait_finished(page, "unsteered")
     sent = sorted((body["control_vectors"] for body in server.bodies), key=len)
     assert sent == [{}, {"dialogue": 0.4, "language": 0.5}]
     assert list(sent[1]) == ["dialogue", "language"]  # in the preset's order, as the command

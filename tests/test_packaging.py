@@ -85,7 +85,13 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
     assert facts["eval_prompts"] == 48 and facts["neutral"] == 12
     assert facts["probe_axes"] == facts["axes"] == shipped_axes
     assert facts["probe_classes"][facts["axes"].index("optimism")] == ["optimism", "nihilism"]
-    assert sorted(facts["page"]) == ["builder.js", "index.html.template", "style.css"]
+    assert sorted(facts["page"]) == [
+        "builder.js",
+        "index.html.template",
+        "style.css",
+        "try.css",
+        "try.js",
+    ]
     axes = subprocess.run(
         [sys.executable, "-c", "from cvgen.cli import main; main()", "axes"],
         cwd=elsewhere,

@@ -12,6 +12,12 @@ anything: the page sets it with `textContent` only. Fields the command logic rel
 classes and files, `model.n_layer`, `safe_scale`, presets) were checked when the manifest was
 read (`cvgen.pack.manifest.parse_manifest`, the one validation every command shares), and a bad
 one was refused with a one-line `PackError` naming the file, field and value.
+
+`cvgen serve` answers `GET /` with the same page plus a "try it" panel (`render_page(...,
+serve={...})`): the panel's script and style (`try.js`, `try.css`) are appended to the builder's,
+the embedded data gains a `serve` key, and the policy allows `connect-src 'self'`, so the
+panel can post the builder's selection to the server's `/v1/chat/completions`. Without
+`serve` none of that is in the page: it holds no code that connects anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,7 @@ __all__ = [
     "page_defaults",
     "render_page",
     "save_manifest_and_page",
+    "serve_data",
     "write_page",
 ]
 
@@ -76,27 +84,61 @@ def _csp_hash(content: str) -> str:
     return "sha256-" + base64.b64encode(digest).decode("ascii")
 
 
+def serve_data(serve: Mapping[str, Any]) -> dict[str, Any]:
+    """The `serve` entry of a served page's data, checked: `{"model": model id (non-empty
+    text), "auth": whether the server asks for a key (bool), "max_tokens": the largest
+    completion a request may ask (int >= 1)}`. Any other key, or a value of the wrong type, is
+    a `ValueError` naming the field."""
+    expected = {"model", "auth", "max_tokens"}
+    if set(serve) != expected:
+        raise ValueError(
+            f"serve: expected the keys {sorted(expected)}, got {sorted(map(str, serve))}"
+        )
+    model, auth, max_tokens = serve["model"], serve["auth"], serve["max_tokens"]
+    if not isinstance(model, str) or model == "":
+        raise ValueError(f"serve.model: {model!r} is not a non-empty model id")
+    if not isinstance(auth, bool):
+        raise ValueError(f"serve.auth: {auth!r} is not true or false")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"serve.max_tokens: {max_tokens!r} is not an integer >= 1")
+    return {"model": model, "auth": auth, "max_tokens": max_tokens}
+
+
 def render_page(
-    manifest: PackManifest, *, model_path: str, vector_dir: str, pack_label: str
+    manifest: PackManifest,
+    *,
+    model_path: str,
+    vector_dir: str,
+    pack_label: str,
+    serve: Mapping[str, Any] | None = None,
 ) -> str:
     """The whole page for `manifest`, as one HTML string.
 
     `model_path` and `vector_dir` fill the page's fields at first; `pack_label` is the pack
-    path the page shows in its `cvgen commands PACK ...` equivalent.
+    path the page shows in its `cvgen commands PACK ...` equivalent. `serve` (see
+    `serve_data`) makes the page `cvgen serve` answers: with the "try it" panel, which may
+    connect to the page's own origin. Without it the page connects nowhere.
     """
     style = _page_file("style.css")
     script = _page_file("builder.js")
-    data = {
+    data: dict[str, Any] = {
         "manifest": manifest.to_json(),
         "defaults": {"model_path": model_path, "vector_dir": vector_dir, "pack": pack_label},
         "generator": f"cvgen {__version__}",
     }
+    connect = ""
+    if serve is not None:
+        data["serve"] = serve_data(serve)
+        style += _page_file("try.css")
+        script += _page_file("try.js")
+        connect = "; connect-src 'self'"
     model_name = manifest.model.name or "a model"
     values = {
         "STYLE": style,
         "SCRIPT": script,
         "STYLE_HASH": _csp_hash(style),
         "SCRIPT_HASH": _csp_hash(script),
+        "CONNECT": connect,
         "DATA": embed_json(data),
         "TITLE": _escape_text(f"{model_name}: llama.cpp command builder (cvgen)"),
         "MODEL_NAME": _escape_text(model_name),

@@ -20,7 +20,7 @@ from cvgen.llamacpp.commands import build_command
 from cvgen.pack.errors import PackError
 from cvgen.pack.manifest import load_manifest, parse_manifest
 from cvgen.pack.names import PAGE_NAME
-from cvgen.pack.page import embed_json, page_defaults, render_page, write_page
+from cvgen.pack.page import embed_json, page_defaults, render_page, serve_data, write_page
 
 
 def embedded_data(page: str) -> dict[str, Any]:
@@ -92,6 +92,74 @@ def test_hostile_text_reaches_the_page_only_as_escaped_data() -> None:
         in page
     )
     assert embedded_data(page)["manifest"] == manifest
+
+
+# ---------------------------------------------------------------- the page cvgen serve answers
+
+SERVE = {"model": "smollm2", "auth": True, "max_tokens": 256}
+
+
+def _page(serve: Any = None, **keywords: Any) -> str:
+    return render_page(
+        parse_manifest(sample_manifest(), "pack.json"),
+        model_path="m.gguf",
+        vector_dir="/v",
+        pack_label="/p",
+        **({"serve": serve} if serve is not None else keywords),
+    )
+
+
+def _policy(page: str) -> str:
+    found = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page)
+    assert found is not None
+    return found.group(1)
+
+
+def test_without_serve_the_page_is_the_static_page_and_connects_nowhere() -> None:
+    static = _page()
+    assert _page(serve=None) == static == _page(**{"serve": None})
+    assert "serve" not in embedded_data(static)
+    assert "connect-src" not in static and "fetch(" not in static and "try-run" not in static
+    assert _policy(static).startswith("default-src 'none'; ")  # no connection is allowed
+
+
+def test_with_serve_the_page_embeds_it_and_may_connect_to_its_own_origin() -> None:
+    static, served = _page(), _page(serve=SERVE)
+    data = embedded_data(served)
+    assert data == {**embedded_data(static), "serve": SERVE}
+    policy = _policy(served)
+    # the same policy (for other hashes) plus connections to the page's own origin
+    unhashed = re.sub(r"'sha256-[^']+'", "'HASH'", policy)
+    assert unhashed == re.sub(r"'sha256-[^']+'", "'HASH'", _policy(static)) + "; connect-src 'self'"
+    assert policy.startswith("default-src 'none'; ")
+    # still two scripts, the second (builder + panel) allowed by its hash; no external resource
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", served, re.S)
+    assert len(scripts) == 2 and "function TryPanel" in scripts[1][1]
+    digest = base64.b64encode(hashlib.sha256(scripts[1][1].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy
+    style = re.findall(r"<style>(.*?)</style>", served, re.S)
+    digest = base64.b64encode(hashlib.sha256(style[0].encode()).digest()).decode()
+    assert ".try-columns" in style[0] and f"style-src 'sha256-{digest}'" in policy
+    assert not re.search(r"\b(src|href)\s*=", served) and "http://" not in served
+
+
+@pytest.mark.parametrize(
+    ("serve", "message"),
+    [
+        ({"model": "m", "auth": False}, "serve: expected the keys ['auth', 'max_tokens', 'model']"),
+        ({**SERVE, "key": "secret"}, "serve: expected the keys"),
+        ({**SERVE, "model": ""}, "serve.model: '' is not a non-empty model id"),
+        ({**SERVE, "auth": "yes"}, "serve.auth: 'yes' is not true or false"),
+        ({**SERVE, "max_tokens": 0}, "serve.max_tokens: 0 is not an integer >= 1"),
+        ({**SERVE, "max_tokens": True}, "serve.max_tokens: True is not an integer >= 1"),
+    ],
+)
+def test_serve_data_refuses_what_the_panel_cannot_use(serve: Any, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        serve_data(serve)
+    assert str(caught.value).startswith(message)
+    with pytest.raises(ValueError):
+        _page(serve=serve)
 
 
 # ---------------------------------------------------------------- refusals

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -13,6 +14,7 @@ import click
 from cvgen.cli.common import one_line_errors
 from cvgen.llamacpp.commands import default_model_path
 from cvgen.llamacpp.compare import check_pack_fits_model
+from cvgen.pack.page import render_page
 from cvgen.serve.service import ServeSettings
 from cvgen.serve.steering import PackSteering, Selection, selection_object
 from cvgen.vectors.model_header import read_model_file_info
@@ -185,7 +187,19 @@ def run_server(
 
     service = Service(steering, model_path, settings, default=default)
     try:
-        app = create_app(service, api_key=api_key)
+        page = functools.partial(
+            render_page,
+            steering.manifest,
+            model_path=str(model_path),
+            vector_dir=str(steering.pack),
+            pack_label=str(steering.pack),
+            serve={
+                "model": service.model_id,
+                "auth": api_key is not None,
+                "max_tokens": settings.max_tokens,
+            },
+        )
+        app = create_app(service, api_key=api_key, page=page)
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
             access_log=False,

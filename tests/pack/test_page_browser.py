@@ -18,7 +18,6 @@ import random
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +36,6 @@ from cvgen.llamacpp.commands import (
 )
 from cvgen.pack.names import PAGE_NAME
 
-CHROMIUM = Path(os.environ.get("CVGEN_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SELECTIONS = 64
 SEED = 20261124
 # scale texts: exact ±1 and 0, ties and near-ties of the 2-decimal rounding, every number form
@@ -79,31 +67,6 @@ SCALE_TEXTS = [
 BAD_SCALE_TEXTS = ["abc", "1e999", " 1", "0x10", "", "1e21", "-2e21"]
 MODEL_PATHS = ["/models/pico llama.Q4_1.gguf", "m.gguf", '/models/it\'s "here".gguf']
 VECTOR_DIRS = ["", ".", "/srv/my packs/", "/srv/packs", "rel dir", "ü/ß", "/srv/a:b", "/srv/a,b"]
-
-
-def _unavailable() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[dev]')"
-    if not CHROMIUM.is_file():
-        return f"no browser at {CHROMIUM} (apt-get install chromium)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    reason = _unavailable()
-    if reason is not None:
-        if os.environ.get("CVGEN_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"browser tests are required (CVGEN_REQUIRE_BROWSER=1): {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class Tab:

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from manifests import sample_manifest
 from test_page_browser import Tab, make_pack
-from test_page_browser import browser as browser  # the module's browser fixture, shared
 
 from cvgen.pack.manifest import parse_manifest
 from cvgen.pack.page import render_page

@@ -332,3 +332,38 @@ def test_basic_auth_and_the_description_of_the_pack(served: Served, pack: Path) 
     assert description["default"] == {} and description["allow_unsafe_scales"] is False
     status, _ = served.call("/", key=None)
     assert status == 401
+
+
+def test_the_page_s_try_panel_streams_the_selection_and_the_unsteered_model(
+    served: Served, references: dict[tuple[str, str], str], browser: Any
+) -> None:
+    """The real page from the real server in headless Chromium, the key sent as HTTP Basic:
+    the panel's two columns are the fresh llama-server's texts at language=+1 and unsteered."""
+    context = browser.new_context(
+        viewport={"width": 1200, "height": 800},
+        http_credentials={"username": "cvgen", "password": KEY},
+    )
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(f"{served.url}/")
+        page.fill("#axis-0-scale", "1")  # language, the pack's first axis
+        page.fill("#try-prompt", PROMPTS[0])
+        page.fill("#try-max-tokens", str(TOKENS))
+        page.click("#try-run")
+        done = " && ".join(
+            f"document.getElementById('try-{column}-status').textContent.startsWith('finished')"
+            for column in ("steered", "unsteered")
+        )
+        deadline = time.monotonic() + 60
+        while not page.evaluate(done):
+            failed = page.evaluate("document.getElementById('try-steered-error').textContent")
+            assert not failed and time.monotonic() < deadline, failed
+            time.sleep(0.1)
+        assert page.text_content("#try-steered-label") == "language=+1"
+        assert page.text_content("#try-steered-text") == references["ornate", PROMPTS[0]]
+        assert page.text_content("#try-unsteered-text") == references["plain", PROMPTS[0]]
+    finally:
+        context.close()
+    assert errors == []

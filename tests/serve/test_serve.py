@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 THREADS = os.environ.get("CVGEN_TEST_THREADS", "2")
 KEY = "test-key-15"
 TOKENS = 24
+LOAD_TOKENS = 8  # the load test's requests: 64 of them, so short
 CTX = 1024
 PROMPTS = (
     "Describe a harbour town in two sentences.",
@@ -106,12 +107,14 @@ class Served:
         except json.JSONDecodeError:
             return status, text
 
-    def chat(self, prompt: str, setting: str, **extra: Any) -> tuple[int, Any]:
+    def chat(
+        self, prompt: str, setting: str, tokens: int = TOKENS, **extra: Any
+    ) -> tuple[int, Any]:
         body = {
             "model": "m",
             "messages": [{"role": "user", "content": prompt}],
             "temperature": 0,
-            "max_tokens": TOKENS,
+            "max_tokens": tokens,
             **SETTINGS[setting],
             **extra,
         }
@@ -160,24 +163,27 @@ def _healthy(server: Served) -> bool:
 
 @pytest.fixture(scope="module")
 def references(pack: Path, model: Path) -> dict[tuple[str, str], str]:
-    """(setting, prompt) -> a fresh llama-server's greedy reply with the setting's flags, for
-    every setting and prompt, plus ("ornate"|"plain", COMPLETION_PROMPT) for /v1/completions."""
+    """(setting, prompt) -> a fresh llama-server's greedy reply of TOKENS tokens with the
+    setting's flags, for every setting and prompt ((setting, prompt + "/short"): LOAD_TOKENS
+    tokens), plus ("ornate"|"plain", COMPLETION_PROMPT) for /v1/completions."""
     manifest = load_manifest(pack).to_json()
     out = {}
     for label, selection in SELECTIONS.items():
         vectors = vector_arguments(manifest, selection, vector_dir=str(pack))
         with LlamaServer(model, vectors=vectors, threads=int(THREADS)) as server:
             for prompt in PROMPTS:
-                reply = server.post(
-                    "/v1/chat/completions",
-                    {
-                        "messages": [{"role": "user", "content": prompt}],
-                        "temperature": 0,
-                        "max_tokens": TOKENS,
-                        "cache_prompt": False,
-                    },
-                )
-                out[label, prompt] = reply["choices"][0]["message"]["content"]
+                for tokens in (TOKENS, LOAD_TOKENS):
+                    reply = server.post(
+                        "/v1/chat/completions",
+                        {
+                            "messages": [{"role": "user", "content": prompt}],
+                            "temperature": 0,
+                            "max_tokens": tokens,
+                            "cache_prompt": False,
+                        },
+                    )
+                    key = (label, prompt) if tokens == TOKENS else (label, f"{prompt}/short")
+                    out[key] = reply["choices"][0]["message"]["content"]
             if label in ("ornate", "plain"):
                 reply = server.post(
                     "/v1/completions",
@@ -247,12 +253,17 @@ def test_64_requests_from_8_clients_all_equal_their_references(
     rss_before = served.rss_kib()
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        replies = list(pool.map(lambda draw: served.chat(draw[1], draw[0]), draws))
+        replies = list(
+            pool.map(lambda draw: served.chat(draw[1], draw[0], tokens=LOAD_TOKENS), draws)
+        )
     seconds = time.monotonic() - start
     rss_after = served.rss_kib()
     for (label, prompt), (status, reply) in zip(draws, replies, strict=True):
         assert status == 200, reply
-        assert reply["choices"][0]["message"]["content"] == references[label, prompt], label
+        text = reply["choices"][0]["message"]["content"]
+        assert text == references[label, f"{prompt}/short"], label
+    for prompt in PROMPTS:  # the 8-token texts still tell (nearly) every setting apart
+        assert len({references[label, f"{prompt}/short"] for label in SETTINGS}) >= 4
     tokens = sum(reply["usage"]["completion_tokens"] for _, reply in replies)
     print(
         f"load: 64 requests, 8 clients: {seconds:.1f} s, {tokens / seconds:.1f} tokens/s, "

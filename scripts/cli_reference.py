@@ -27,6 +27,8 @@ COMMANDS = (
     "preset add",
     "preset list",
     "preset remove",
+    "serve",
+    "chat",
 )
 HEADER = """# CLI reference
 

@@ -1,3 +1,5 @@
-"""`cvgen serve` (issue 15, not built yet): one OpenAI-compatible server that applies a pack's
-control vectors per request. It will use `cvgen.vectors` for the arithmetic, `cvgen.pack` for the
-manifest and `cvgen.llamacpp` for the server process."""
+"""Per-request steering on llama.cpp's own library: a pack's vectors read once (`steering`),
+prompts made as llama-server makes them (`prompts`), generation on one live context whose
+vectors change per request (`generation`), the worker that serialises requests (`service`), the
+OpenAI-compatible HTTP API of `cvgen serve` (`requests`, `api`) and the loop of `cvgen chat`
+(`chat`)."""

@@ -248,6 +248,8 @@ class LlamaServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.start_timeout = start_timeout
+        # a log of our own making is removed on a clean stop, and kept when it explains a failure
+        self._own_log = log_path is None
         if log_path is None:
             handle, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
             os.close(handle)
@@ -280,6 +282,7 @@ class LlamaServer:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def _failure(self, why: str) -> LlamaCppError:
+        self._own_log = False  # the error names the log: it stays
         tail = "\n".join(self.log().strip().splitlines()[-15:])
         return LlamaCppError(f"llama-server {why}; log {self.log_path}:\n{tail}")
 
@@ -302,6 +305,7 @@ class LlamaServer:
             try:
                 check_applied(self.log(), what="llama-server")
             except LlamaCppError:
+                self._own_log = False
                 self.stop()
                 raise
         return self
@@ -316,14 +320,15 @@ class LlamaServer:
     def stop(self) -> None:
         """Stop the server by its own PID: SIGTERM, then SIGKILL after 10 s."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> LlamaServer:
         return self.start()

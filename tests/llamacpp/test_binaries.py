@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,35 @@ def test_a_server_that_fails_to_start_is_reported_with_its_log(tmp_path: Path) -
         server.start()
     assert "failed to load model /nowhere.gguf" in str(caught.value)
     assert server.process is None or server.process.poll() is not None
+
+
+def test_a_server_s_own_log_goes_with_a_clean_stop_and_stays_after_a_failure(
+    tmp_path: Path,
+) -> None:
+    """A log LlamaServer made itself (no log_path) is removed when the server stops cleanly,
+    and kept when an error names it."""
+    # a stand-in llama-server: answers /health on the port it is given
+    serving = fake_binary(
+        tmp_path / "ok",
+        "llama-server",
+        f'exec {sys.executable} -c "import sys, http.server as h; '
+        "p = int(sys.argv[sys.argv.index('--port') + 1]); "
+        "R = type('R', (h.BaseHTTPRequestHandler,), {'do_GET': lambda s: (s.send_response(200), "
+        "s.end_headers()), 'log_message': lambda s, *a: None}); "
+        'h.HTTPServer((\'127.0.0.1\', p), R).serve_forever()" "$@"\n',
+    )
+    server = LlamaServer(tmp_path / "model.gguf", binary=serving).start()
+    log = server.log_path
+    assert log.is_file()
+    server.stop()
+    assert not log.exists()
+    failing = fake_binary(tmp_path / "bad", "llama-server", "echo 'error: no model'\nexit 1\n")
+    server = LlamaServer(tmp_path / "model.gguf", binary=failing)
+    with pytest.raises(LlamaCppError, match=str(server.log_path)):
+        server.start()
+    server.stop()
+    assert "error: no model" in server.log_path.read_text()
+    server.log_path.unlink()
 
 
 # ------------------------------------------------------------------ model GGUF headers

@@ -271,7 +271,11 @@ def _reason(exc: SteeringError) -> str:
 
 
 def enable_line_editing() -> None:
-    """Line editing and history for `input` when the standard input is a terminal."""
+    """Line editing and history for `input` when the standard input is a terminal, and Ctrl-C
+    as KeyboardInterrupt there even when the chat was started with SIGINT ignored (as a
+    background job's children are)."""
     if sys.stdin.isatty():
         with suppress(ImportError):  # not on every platform
             import readline  # noqa: F401  (importing it is what enables it)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -35,7 +35,11 @@ export CVGEN_REQUIRE_BROWSER="${CVGEN_REQUIRE_BROWSER:-1}"
 echo "test: ruff check, ruff format --check, mypy" >&2
 "$VENV/bin/ruff" check cvgen tests scripts
 "$VENV/bin/ruff" format --check cvgen tests scripts
-"$VENV/bin/mypy" cvgen
+# mypy's incremental cache lives with the other caches, one per mypy version: a warm run
+# re-checks only what changed (measured: 69 s cold, 2 s warm on 2 cores), and mypy validates
+# each cached module against its source
+MYPY_VERSION="$("$VENV/bin/mypy" --version | cut -d' ' -f2)"
+"$VENV/bin/mypy" --cache-dir "${CVGEN_CACHE:-$HOME/.cache/cvgen}/mypy/$MYPY_VERSION" cvgen
 # measured tables from the integration tests (layer-index KL, sign figures) are kept here
 export CVGEN_ARTIFACTS="${CVGEN_ARTIFACTS:-${CVGEN_CACHE:-$HOME/.cache/cvgen}/artifacts}"
 echo "test: pytest (measured tables go to $CVGEN_ARTIFACTS)" >&2

@@ -128,8 +128,10 @@ def serve(
     model_path = _model_path(steering, model)
     info = check_pack_fits_model(steering.data, model_path, pack=pack)
     steering.check_model(model_path, info.n_embd, info.n_layer)
-    if api_key is not None and not api_key.strip():
-        raise click.BadParameter("the key is empty", param_hint="--api-key")
+    if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
+        raise click.BadParameter(
+            "the key is empty or begins or ends with a space", param_hint="--api-key"
+        )
     settings = ServeSettings(
         ctx_size=ctx_size,
         max_tokens=max_tokens,
@@ -199,7 +201,7 @@ def run_server(
                 "max_tokens": settings.max_tokens,
             },
         )
-        app = create_app(service, api_key=api_key, page=page)
+        app = create_app(service, api_key=api_key, page=page, loopback=_loopback(host))
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
             access_log=False,

@@ -7,32 +7,34 @@ Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (a JSON answer
 server's default), `GET /health`, and `GET /`, the pack's page with its "try it" panel.
 
 Every refusal is OpenAI's error object, `{"error": {"message", "type", "param", "code"}}`,
-its message naming the field: 400 for a bad field or body, 401 for a missing or wrong key,
-404 for an unknown path, 413 for a body over the bound, 503 when the queue is full. `Guard`, an
-ASGI middleware, checks the key and bounds the body before anything is parsed, so a wrong key
-never reaches the JSON reader and an oversized body is never read whole.
+its message naming the field: 400 for a bad field or body, 401 for a missing or wrong key, 403
+for another site's page, 404 for an unknown path, 413 for a body over the bound, 503 when the
+queue is full. `cvgen.serve.guard` checks the key, the origin and the body's size before
+anything is parsed. Prompts are built off the event loop; a client that goes away cancels its
+job, streamed or not.
 """
 
 from __future__ import annotations
 
-import base64
-import hmac
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cvgen import __version__
 from cvgen.common.errors import CvgenError
 from cvgen.engine.binding import EngineError
 from cvgen.serve.generation import Finished
+from cvgen.serve.guard import ASGIApp, BodyTooLarge, Guard, error_response
 from cvgen.serve.prompts import PromptFieldError
 from cvgen.serve.requests import (
     ChatRequest,
@@ -43,100 +45,19 @@ from cvgen.serve.requests import (
     completion_prompt,
     make_job,
 )
-from cvgen.serve.service import Busy, Service
+from cvgen.serve.service import Busy, Service, Ticket
 from cvgen.serve.steering import Selection, SteeringError, selection_object
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def error_response(
-    status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error"
-) -> JSONResponse:
-    """OpenAI's error object with `status`."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return JSONResponse(body, status_code=status)
-
-
-class Guard:
-    """The API key (a bearer token, or HTTP Basic with the key as password, which is how a
-    browser sends it to the page) and the body bound, before the app sees a request."""
-
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int):
-        self.app = app
-        self.api_key = api_key
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {key.decode("latin-1").lower(): value for key, value in scope["headers"]}
-        if self.api_key is not None and not self._authorised(headers.get("authorization")):
-            page = scope.get("path") == "/"
-            response = error_response(
-                401,
-                "authorization: a missing or wrong API key; send 'Authorization: Bearer KEY'",
-                param="authorization",
-                kind="authentication_error",
-            )
-            if page:  # the browser asks for the key (any user name, the key as password)
-                response.headers["WWW-Authenticate"] = 'Basic realm="cvgen serve"'
-            await response(scope, receive, send)
-            return
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await self._too_large(scope, receive, send)
-            return
-        await self.app(scope, self._bounded(receive), send)
-
-    def _authorised(self, header: bytes | None) -> bool:
-        if not header:
-            return False
-        scheme, _, value = header.decode("latin-1").partition(" ")
-        value = value.strip()
-        if scheme.lower() == "basic":
-            try:
-                value = base64.b64decode(value, validate=True).decode("utf-8").partition(":")[2]
-            except ValueError:
-                return False
-        elif scheme.lower() != "bearer":
-            return False
-        assert self.api_key is not None
-        return hmac.compare_digest(value.encode(), self.api_key.encode())
-
-    def _bounded(self, receive: Receive) -> Receive:
-        seen = 0
-
-        async def bounded() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise BodyTooLarge()
-            return message
-
-        return bounded
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413, f"body: larger than {self.max_body_bytes} bytes (--max-body-bytes)", param="body"
-        )
-        await response(scope, receive, send)
-
-
-class BodyTooLarge(Exception):
-    """A chunked body went past the bound while being read."""
 
 
 def create_app(
-    service: Service, *, api_key: str | None, page: Callable[[], str] | None = None
+    service: Service,
+    *,
+    api_key: str | None,
+    page: Callable[[], str] | None = None,
+    loopback: bool = True,
 ) -> ASGIApp:
-    """The ASGI app of `service` (see the module docstring); `page` renders `GET /`."""
+    """The ASGI app of `service` (see the module docstring); `page` renders `GET /`;
+    `loopback`: the server listens on a loopback address, so only loopback Host names pass."""
     app = FastAPI(title="cvgen serve", version=__version__, docs_url=None, redoc_url=None)
     _add_error_handlers(app)
 
@@ -156,14 +77,14 @@ def create_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(http: Request) -> Response:
         request = await _parsed(http, ChatRequest)
-        prompt = chat_prompt(service, request)
-        return await _answer(service, request, prompt, chat=True)
+        prompt = await run_in_threadpool(chat_prompt, service, request)
+        return await _answer(service, http, request, prompt, chat=True)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(http: Request) -> Response:
         request = await _parsed(http, CompletionRequest)
-        prompt = completion_prompt(service, request)
-        return await _answer(service, request, prompt, chat=False)
+        prompt = await run_in_threadpool(completion_prompt, service, request)
+        return await _answer(service, http, request, prompt, chat=False)
 
     if page is not None:
         html = page()
@@ -172,7 +93,9 @@ def create_app(
         async def index() -> HTMLResponse:
             return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
-    guard = Guard(app, api_key=api_key, max_body_bytes=service.settings.max_body_bytes)
+    guard = Guard(
+        app, api_key=api_key, max_body_bytes=service.settings.max_body_bytes, loopback=loopback
+    )
     return guard
 
 
@@ -195,6 +118,14 @@ def _add_error_handlers(app: FastAPI) -> None:
             return error_response(500, str(exc), kind="server_error")
         return error_response(400, str(exc))
 
+    @app.exception_handler(ClientGone)
+    async def gone(_: Request, exc: ClientGone) -> JSONResponse:
+        return error_response(499, "the client went away", kind="client_closed")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"{type(exc).__name__}: {exc}", kind="server_error")
+
     @app.exception_handler(BodyTooLarge)
     async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
         return error_response(413, "body: larger than the server's --max-body-bytes", param="body")
@@ -209,10 +140,16 @@ async def _parsed(http: Request, kind: type[Parsed]) -> Parsed:
     body = await http.body()
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise RequestFieldError("body", "not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of over 4300 digits
         raise RequestFieldError("body", f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise RequestFieldError("body", "must be a JSON object")
+    try:  # JSON may spell a lone UTF-16 surrogate ("\ud800"), which no UTF-8 text holds
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestFieldError("body", "holds an unpaired UTF-16 surrogate") from None
     try:
         return kind.model_validate(data)
     except ValidationError as exc:
@@ -245,14 +182,16 @@ def _jsonable(value: Any) -> bool:
 
 
 async def _answer(
-    service: Service, request: CommonRequest, prompt: list[int], *, chat: bool
+    service: Service, http: Request, request: CommonRequest, prompt: list[int], *, chat: bool
 ) -> Response:
     limit = request.max_completion_tokens if isinstance(request, ChatRequest) else None
-    job, selection = make_job(service, request, prompt, limit or request.max_tokens)
+    job, selection = make_job(
+        service, request, prompt, limit if limit is not None else request.max_tokens
+    )
     ticket = service.submit(job)
     shape = _Shape(service.model_id, chat=chat, selection=selection)
     if not request.stream:
-        finished = await ticket.result()
+        finished = await _unless_gone(http, ticket)
         return JSONResponse(shape.whole(finished))
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
 
@@ -267,13 +206,39 @@ async def _answer(
                         yield shape.event(shape.usage_chunk(item))
                 else:
                     yield shape.event(shape.chunk({"content": item} if chat else item, None))
-        except CvgenError as exc:  # the stream has begun: the error is its last event
-            error = {"message": str(exc), "type": "server_error", "param": None, "code": None}
+        except Exception as exc:  # the stream has begun: the error is its last event
+            message = str(exc) if isinstance(exc, CvgenError) else f"{type(exc).__name__}: {exc}"
+            error = {"message": message, "type": "server_error", "param": None, "code": None}
             yield shape.event({"error": error})
         yield "data: [DONE]\n\n"
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+async def _unless_gone(http: Request, ticket: Ticket) -> Finished:
+    """The job's result; a client that disconnects first cancels the job (a stream's client
+    is watched by Starlette; a plain request's, here)."""
+
+    async def gone() -> None:
+        while (await http.receive())["type"] != "http.disconnect":
+            pass
+
+    result = asyncio.ensure_future(ticket.result())
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not result.done():
+        ticket.job.cancelled.set()
+        result.cancel()
+        raise ClientGone()
+    return result.result()
+
+
+class ClientGone(Exception):
+    """The client of a plain request went away before its answer."""
 
 
 class _Shape:
@@ -339,7 +304,7 @@ class _Shape:
 
     def usage_chunk(self, finished: Finished) -> dict[str, Any]:
         answer = self._head("chat.completion.chunk" if self.chat else "text_completion")
-        answer.update(choices=[], usage=self.usage(finished))
+        answer.update(choices=[], usage=self.usage(finished), cvgen=self.cvgen)
         return answer
 
     @staticmethod

@@ -14,7 +14,8 @@ be the start of a stop string is held back until it is known not to be one.
 
 Temperature 0 is greedy (`llama_sampler_init_greedy`), which is what `llama-server` does at
 temperature 0. Otherwise the chain is llama-server's default order: repetition penalties,
-top-k, top-p, min-p, temperature, then a seeded draw.
+top-k, top-p, min-p, temperature, then a seeded draw. Repetition penalties, when asked, come
+first at any temperature and count the prompt's last tokens too.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Generator:
                 f"the prompt is {len(prompt)} tokens; the context holds {self.ctx_size}"
             )
         self.context.set_vectors(dict(job.vectors) or None)
-        sampler = self._sampler(job.sampling)
+        sampler = self._sampler(job.sampling, prompt)
         text = _TextAssembler(job.stop, emit)
         count, reason = 0, "length"
         try:
@@ -134,12 +135,11 @@ class Generator:
             self.context.set_vectors(None)
         return Finished(text.finish(), reason, len(prompt), count)
 
-    def _sampler(self, sampling: Sampling) -> object:
+    def _sampler(self, sampling: Sampling, prompt: Sequence[int]) -> object:
+        """The chain for `sampling`; repetition penalties (at any temperature) count the
+        prompt's last `penalty_last_n` tokens too."""
         llama = self.llama
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-        if sampling.temperature <= 0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
-            return chain
         if (
             sampling.repeat_penalty != 1.0
             or sampling.frequency_penalty != 0.0
@@ -154,6 +154,11 @@ class Generator:
                     sampling.presence_penalty,
                 ),
             )
+            for token in prompt[-sampling.penalty_last_n :]:
+                llama.llama_sampler_accept(chain, token)
+        if sampling.temperature <= 0:
+            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+            return chain
         if sampling.top_k > 0:
             llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_k(sampling.top_k))
         if sampling.top_p < 1.0:

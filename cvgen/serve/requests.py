@@ -84,13 +84,14 @@ _REFUSED = {
     "suffix": "suffixes (fill-in-the-middle) are not supported",
     "best_of": "best_of is not supported",
 }
+_HARMLESS = {"response_format": {"type": "text"}, "tool_choice": "none"}  # what is done anyway
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "cache_prompt"}
 
 
 def check_extras(request: CommonRequest) -> None:
     """Refuse a supported-nowhere field that would change the answer (see the docstring)."""
     for name, value in (request.model_extra or {}).items():
-        if name in _IGNORED or value in (None, False, 0, [], {}):
+        if name in _IGNORED or value in (None, False, 0, [], {}) or _HARMLESS.get(name) == value:
             continue
         reason = _REFUSED.get(name)
         raise RequestFieldError(name, reason or "is not a field this server knows")

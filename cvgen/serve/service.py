@@ -49,8 +49,11 @@ class Ticket:
         self.events_queue: asyncio.Queue[str | Finished | BaseException] = asyncio.Queue()
 
     def put(self, item: str | Finished | BaseException) -> None:
-        """Called from the worker thread."""
-        self.loop.call_soon_threadsafe(self.events_queue.put_nowait, item)
+        """Called from the worker thread; a loop already closed (shutting down) drops it."""
+        try:
+            self.loop.call_soon_threadsafe(self.events_queue.put_nowait, item)
+        except RuntimeError:
+            self.job.cancelled.set()
 
     async def events(self) -> AsyncIterator[str | Finished]:
         """The job's text pieces, then its `Finished`; an error in the job is raised here.
@@ -101,6 +104,7 @@ class Service:
         self.queue: queue.Queue[tuple[Job, Ticket] | None] = queue.Queue()
         self.waiting = 0
         self.served = 0
+        self.current: Job | None = None
         self._lock = threading.Lock()
         self.worker = threading.Thread(target=self._work, name="cvgen-serve-worker", daemon=True)
         self.worker.start()
@@ -124,16 +128,32 @@ class Service:
                 self.waiting -= 1
             if job.cancelled.is_set():
                 continue
+            self.current = job
             try:
                 finished = self.generator.generate(job, ticket.put)
             except BaseException as exc:  # reported to the request, the worker goes on
                 ticket.put(exc)
                 continue
+            finally:
+                self.current = None
             self.served += 1
             ticket.put(finished)
 
     def close(self) -> None:
+        """Cancel the queued jobs and the running one, stop the worker, then free the model
+        (only once the worker has stopped: it may be inside a decode)."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancelled.set()
+        running = self.current
+        if running is not None:
+            running.cancelled.set()
         self.queue.put(None)
-        self.worker.join(timeout=60)
-        self.generator.close()
-        self.model.close()
+        self.worker.join(timeout=120)
+        if not self.worker.is_alive():
+            self.generator.close()
+            self.model.close()

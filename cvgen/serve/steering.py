@@ -15,6 +15,7 @@ Every file is read at start-up; a request names axes and presets of the pack, ne
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from cvgen.vectors.control_vector import ControlVector
 
 Selection = tuple[tuple[str, str], ...]  # (axis, rounded scale text) pairs, in request order
 _SCALE_LIMIT = 1e21  # what `cvgen commands` formats
+CACHED_SELECTIONS = 16  # the summed vectors of the last selections, kept (least recent out)
 
 
 class SteeringError(CvgenError, ValueError):
@@ -85,7 +87,7 @@ class PackSteering:
                 float(safe.negative) if safe else None,
                 float(safe.positive) if safe else None,
             )
-        self._cache: dict[Selection, dict[int, np.ndarray]] = {}
+        self._cache: OrderedDict[Selection, dict[int, np.ndarray]] = OrderedDict()
 
     def check_model(self, path: Path, n_embd: int, n_layer: int) -> None:
         """Refuse a model whose width or depth the pack's vectors do not fit."""
@@ -184,6 +186,7 @@ class PackSteering:
     def block_vectors(self, selection: Selection) -> dict[int, np.ndarray]:
         """block -> the float32 sum llama.cpp would add for `selection` (empty: none)."""
         if selection in self._cache:
+            self._cache.move_to_end(selection)
             return self._cache[selection]
         total: dict[int, np.ndarray] = {}
 
@@ -199,8 +202,9 @@ class PackSteering:
             if value != 0:
                 pole = vectors.positive if value > 0 else vectors.negative
                 add(pole, np.float32(abs(value)))
-        if len(self._cache) < 1024:
-            self._cache[selection] = total
+        self._cache[selection] = total
+        if len(self._cache) > CACHED_SELECTIONS:  # a whole model's vectors each: keep a few
+            self._cache.popitem(last=False)
         return total
 
     # --- description -------------------------------------------------------------------------

@@ -310,6 +310,10 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_keeps_serving(
         (MESSAGES + b', "control_vectors": {"language": 1e309}}', "control_vectors.language", 400),
         (MESSAGES + b', "temperature": NaN}', "temperature", 400),
         (b"[1, 2]", "body", 400),
+        (b"[" * 3000, "body", 400),
+        (MESSAGES + b', "max_tokens": 1' + b"0" * 5000 + b"}", "body", 400),
+        (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "body", 400),
+        ({**good, "max_completion_tokens": 0}, "max_completion_tokens", 400),
         (b"x" * 70000, "body", 413),
     ]  # fmt: skip
     for body, field, code in cases:
@@ -322,6 +326,12 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_keeps_serving(
         status, reply = served.call(chat, good, key=key)
         _refused(status, reply, "authorization", 401)
         _refused(*served.call("/health", key=key), "authorization", 401)
+    foreign = {"Origin": "http://elsewhere.example"}
+    _refused(*served.call(chat, good, headers=foreign), "origin", 403)
+    rebound = {"Host": f"elsewhere.example:{served.url.rsplit(':', 1)[1]}"}
+    _refused(*served.call(chat, good, headers=rebound), "host", 403)
+    status, reply = served.call(chat, good, headers={"Origin": served.url})  # its own page
+    assert status == 200, reply
     status, reply = served.call("/v1/nothing-here")
     assert status == 404 and "error" in reply
     status, reply = served.call(chat, {**good, "control_vectors": {}})

@@ -104,7 +104,7 @@ class EngineWorkload:
 
 def build_engine_workload(model: Path, *, samples: int, axis: str, seed: int = 0) -> EngineWorkload:
     """The texts of `bench.build_workload`, tokenised by both engines."""
-    import bench  # scripts/bench.py: the prompts of a real run
+    import bench_workload as bench  # scripts/bench_workload.py: the prompts of a real run
 
     work = bench.build_workload(str(model), samples=samples, axis=axis, seed=seed)
     with open_model(model, vocab_only=True) as vocabulary:
@@ -226,14 +226,17 @@ def engine_section(
 def transformers_section(work: EngineWorkload, *, batch_tokens: int) -> dict[str, Any]:
     """Seconds of cvgen's transformers collection (float32, CPU, prefix reuse) after a warm-up
     on two prompts; the model's load is timed apart."""
-    import bench
+    import bench_workload as bench
     import torch
+
+    from cvgen.extract.collect import CollectionSettings
+    from cvgen.extract.decoder_blocks import find_decoder_blocks
 
     device, dtype = torch.device("cpu"), torch.float32
     started = time.perf_counter()
     model = bench.load_model(str(work.model), device, dtype)
     load_seconds = time.perf_counter() - started
-    blocks = bench.find_decoder_blocks(model, work.n_layer)
+    blocks = find_decoder_blocks(model, work.n_layer)
     facts = (work.stored_blocks, work.n_layer, work.width, work.pad_id)
     full = bench.Workload(work.texts, work.hf_ids, *facts)
     warm = bench.Workload(work.texts[:2], work.hf_ids[:2], *facts)
@@ -248,7 +251,7 @@ def transformers_section(work: EngineWorkload, *, batch_tokens: int) -> dict[str
                 batch_tokens=batch_tokens,
                 store=Path(folder),
                 reuse_prefix=True,
-                max_padding=bench.CollectionSettings.max_padding,
+                max_padding=CollectionSettings.max_padding,
             )
 
         collect(warm)
@@ -702,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["--rss-child"]:
         print(json.dumps(rss_child(Path(arguments[1]))))
         return 0
-    import bench
+    import bench_workload as bench
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, model_default=str(bench.DEFAULT_MODEL))

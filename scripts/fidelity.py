@@ -68,12 +68,15 @@ def engine_states(
 def transformers_states(work: bench_engine.EngineWorkload, *, batch_tokens: int) -> np.ndarray:
     """(blocks, prompts, d) states of cvgen's transformers collection (float32, CPU) of the
     same token ids."""
-    import bench
+    import bench_workload as bench
     import torch
+
+    from cvgen.extract.collect import CollectionSettings
+    from cvgen.extract.decoder_blocks import find_decoder_blocks
 
     device = torch.device("cpu")
     model = bench.load_model(str(work.model), device, torch.float32)
-    blocks = bench.find_decoder_blocks(model, work.n_layer)
+    blocks = find_decoder_blocks(model, work.n_layer)
     same_tokens = bench.Workload(
         work.texts, work.engine_ids, work.stored_blocks, work.n_layer, work.width, work.pad_id
     )
@@ -86,7 +89,7 @@ def transformers_states(work: bench_engine.EngineWorkload, *, batch_tokens: int)
             batch_tokens=batch_tokens,
             store=Path(folder),
             reuse_prefix=True,
-            max_padding=bench.CollectionSettings.max_padding,
+            max_padding=CollectionSettings.max_padding,
         )
         return np.array(states)
 
@@ -203,7 +206,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import bench
+    import bench_workload as bench
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(bench.DEFAULT_MODEL))

@@ -188,7 +188,7 @@ async def _answer(
     job, selection = make_job(
         service, request, prompt, limit if limit is not None else request.max_tokens
     )
-    ticket = service.submit(job)
+    ticket = service.submit(job, stream=request.stream)
     shape = _Shape(service.model_id, chat=chat, selection=selection)
     if not request.stream:
         finished = await _unless_gone(http, ticket)

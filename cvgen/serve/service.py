@@ -43,9 +43,10 @@ class ServeSettings:
 class Ticket:
     """One queued job as the event loop sees it."""
 
-    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop):
+    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop, *, stream: bool = True):
         self.job = job
         self.loop = loop
+        self.stream = stream  # False: only the result is sent (no wake-up of the loop a token)
         self.events_queue: asyncio.Queue[str | Finished | BaseException] = asyncio.Queue()
 
     def put(self, item: str | Finished | BaseException) -> None:
@@ -109,8 +110,9 @@ class Service:
         self.worker = threading.Thread(target=self._work, name="cvgen-serve-worker", daemon=True)
         self.worker.start()
 
-    def submit(self, job: Job) -> Ticket:
-        ticket = Ticket(job, asyncio.get_running_loop())
+    def submit(self, job: Job, *, stream: bool = True) -> Ticket:
+        """Queue `job`; its text pieces reach the ticket only when `stream`."""
+        ticket = Ticket(job, asyncio.get_running_loop(), stream=stream)
         with self._lock:
             if self.waiting >= self.settings.max_queue:
                 raise Busy(f"{self.waiting} requests are waiting (--max-queue); try again later")
@@ -130,7 +132,7 @@ class Service:
                 continue
             self.current = job
             try:
-                finished = self.generator.generate(job, ticket.put)
+                finished = self.generator.generate(job, ticket.put if ticket.stream else None)
             except BaseException as exc:  # reported to the request, the worker goes on
                 ticket.put(exc)
                 continue

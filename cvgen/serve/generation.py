@@ -137,7 +137,8 @@ class Generator:
 
     def _sampler(self, sampling: Sampling, prompt: Sequence[int]) -> object:
         """The chain for `sampling`; repetition penalties (at any temperature) count the
-        prompt's last `penalty_last_n` tokens too."""
+        prompt's last `penalty_last_n` tokens too, as llama-server's sampler is fed the prompt
+        (`init_sampler` in tools/server/server-context.cpp at 0c1e570)."""
         llama = self.llama
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         if (
@@ -148,6 +149,7 @@ class Generator:
             llama.llama_sampler_chain_add(
                 chain,
                 llama.llama_sampler_init_penalties(
+                    self.model.n_vocab,
                     sampling.penalty_last_n,
                     sampling.repeat_penalty,
                     sampling.frequency_penalty,

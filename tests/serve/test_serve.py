@@ -42,6 +42,14 @@ PROMPTS = (
     "Tell me about your favourite season.",
 )
 COMPLETION_PROMPT = "The old lighthouse keeper opened the door and"
+PENALISED = {
+    "messages": [{"role": "user", "content": "Describe a harbour town in two sentences."}],
+    "temperature": 0,
+    "max_tokens": 24,
+    "repeat_penalty": 1.5,
+    "frequency_penalty": 0.5,
+    "presence_penalty": 0.4,
+}
 # (label, request fields): the settings requests are drawn from
 SETTINGS: dict[str, dict[str, Any]] = {
     "plain": {"control_vectors": {}},
@@ -184,6 +192,9 @@ def references(pack: Path, model: Path) -> dict[tuple[str, str], str]:
                     )
                     key = (label, prompt) if tokens == TOKENS else (label, f"{prompt}/short")
                     out[key] = reply["choices"][0]["message"]["content"]
+            if label == "ornate":  # a penalised greedy reply: llama-server's chain at temperature 0
+                reply = server.post("/v1/chat/completions", {**PENALISED, "cache_prompt": False})
+                out[label, "penalised"] = reply["choices"][0]["message"]["content"]
             if label in ("ornate", "plain"):
                 reply = server.post(
                     "/v1/completions",
@@ -272,6 +283,18 @@ def test_64_requests_from_8_clients_all_equal_their_references(
 
 
 MESSAGES = b'{"messages": [{"role": "user", "content": "x"}]'
+
+
+def test_repetition_penalties_are_llama_server_s(
+    served: Served, references: dict[tuple[str, str], str]
+) -> None:
+    """Penalties at temperature 0, which count the prompt too, as llama-server's do."""
+    status, reply = served.call(
+        "/v1/chat/completions", {**PENALISED, "control_vectors": {"language": 1}}
+    )
+    assert status == 200, reply
+    assert reply["choices"][0]["message"]["content"] == references["ornate", "penalised"]
+    assert references["ornate", "penalised"] != references["ornate", PROMPTS[0]]
 
 
 def _refused(status: int, reply: Any, field: str, code: int = 400) -> None:

@@ -8,38 +8,20 @@ from pathlib import Path
 import click
 
 from cvgen.cli.common import one_line_errors
+from cvgen.cli.steered import steered_model, steering_options
 from cvgen.common.errors import CvgenError
 from cvgen.engine.model import open_model
 from cvgen.extract.chat import PromptError, render_messages, template_of_model_file
-from cvgen.llamacpp.commands import default_model_path
-from cvgen.llamacpp.compare import check_pack_fits_model
 from cvgen.serve.chat import ChatSession, ChatSettings, enable_line_editing
 from cvgen.serve.generation import Generator, Sampling
 from cvgen.serve.prompts import PromptMaker
-from cvgen.serve.steering import PackSteering
+from cvgen.vectors.model_header import ModelFileInfo
 
 
 @click.command()
-@click.argument("pack", type=click.Path(path_type=Path))
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="The llama.cpp model .gguf (default: the pack's own .gguf source).",
-)
-@click.option(
-    "--set",
-    "-s",
-    "assignments",
-    multiple=True,
-    metavar="AXIS=SCALE",
-    help="Steering at the start, e.g. language=+0.6 (repeatable; /set changes it later).",
-)
-@click.option("--preset", default=None, help="A preset of the pack to start with.")
-@click.option(
-    "--allow-unsafe-scales",
-    is_flag=True,
-    help="Accept scales beyond an axis's calibrated safe scale.",
+@steering_options(
+    set_help="Steering at the start, e.g. language=+0.6 (repeatable; /set changes it later).",
+    preset_help="A preset of the pack to start with.",
 )
 @click.option("--system", default=None, help="A system message that opens the conversation.")
 @click.option(
@@ -93,9 +75,11 @@ def chat(
     between turns, /show shows it, /clear starts a new conversation, /help lists the commands.
     Ctrl-C stops a reply; Ctrl-D or /quit leaves. Needs the cvgen[llama] binding.
     """
-    steering = PackSteering(pack, allow_unsafe_scales=allow_unsafe_scales)
-    selection = steering.parse_assignments(assignments, preset)
-    model = _checked_model(steering, model, pack=pack, system=system)
+    steered = steered_model(
+        pack, model, assignments, preset, allow_unsafe_scales=allow_unsafe_scales
+    )
+    steering, selection, model = steered.steering, steered.selection, steered.model
+    _check_template(steered.info, model, system)
     settings = ChatSettings(
         max_tokens=max_tokens,
         sampling=Sampling(temperature=temperature, seed=seed),
@@ -120,20 +104,8 @@ def chat(
         loaded.close()
 
 
-def _checked_model(
-    steering: PackSteering, model: Path | None, *, pack: Path, system: str | None
-) -> Path:
-    """The model file to load (--model, else the pack's .gguf source), checked before it loads:
-    it fits the pack, has a chat template, and the template takes the --system message."""
-    if model is None:
-        model = Path(default_model_path(steering.data))
-        if model.suffix.lower() != ".gguf" or not model.is_file():
-            raise click.UsageError(
-                f"--model: the pack's source {model} is not a .gguf file here; give --model M.gguf"
-            )
-    elif not model.is_file():
-        raise click.UsageError(f"--model: {model} is not a file")
-    info = check_pack_fits_model(steering.data, model, pack=pack)
+def _check_template(info: ModelFileInfo, model: Path, system: str | None) -> None:
+    """The model has a chat template, and the template takes the --system message."""
     template = template_of_model_file(info)
     if template.text is None:
         raise CvgenError(f"--model {model}: the model has no chat template; cvgen chat needs one")
@@ -142,4 +114,3 @@ def _checked_model(
             render_messages(template, [{"role": "system", "content": system}])
         except PromptError as exc:
             raise CvgenError(f"--system: {exc}") from None
-    return model

@@ -12,24 +12,19 @@ from pathlib import Path
 import click
 
 from cvgen.cli.common import one_line_errors
-from cvgen.llamacpp.commands import default_model_path
-from cvgen.llamacpp.compare import check_pack_fits_model
+from cvgen.cli.steered import steered_model, steering_options
 from cvgen.pack.page import render_page
 from cvgen.serve.service import ServeSettings
 from cvgen.serve.steering import PackSteering, Selection, selection_object
-from cvgen.vectors.model_header import read_model_file_info
 
 log = logging.getLogger(__name__)
 API_KEY_VARIABLE = "CVGEN_API_KEY"
 
 
 @click.command()
-@click.argument("pack", type=click.Path(path_type=Path))
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The .gguf to serve (default: the pack's .gguf source).",
+@steering_options(
+    set_help="The default steering of requests that set none. Repeatable.",
+    preset_help="A preset of the pack as the default steering.",
 )
 @click.option(
     "--host",
@@ -44,20 +39,6 @@ API_KEY_VARIABLE = "CVGEN_API_KEY"
     envvar=API_KEY_VARIABLE,
     show_envvar=True,
     help="Require 'Authorization: Bearer KEY' on every endpoint (the page: HTTP Basic, KEY as password).",
-)
-@click.option(
-    "--set",
-    "-s",
-    "assignments",
-    multiple=True,
-    metavar="AXIS=SCALE",
-    help="The default steering of requests that set none. Repeatable.",
-)
-@click.option("--preset", default=None, help="A preset of the pack as the default steering.")
-@click.option(
-    "--allow-unsafe-scales",
-    is_flag=True,
-    help="Accept scales beyond an axis's calibrated safe scale.",
 )
 @click.option(
     "--ctx-size",
@@ -123,11 +104,9 @@ def serve(
     neither gets --set/--preset (else no steering). GET / is the pack's page with a "try it"
     panel; GET /v1/control-vectors lists the axes, safe scales and presets.
     """
-    steering = PackSteering(pack, allow_unsafe_scales=allow_unsafe_scales)
-    default = steering.parse_assignments(assignments, preset)
-    model_path = _model_path(steering, model)
-    info = check_pack_fits_model(steering.data, model_path, pack=pack)
-    steering.check_model(model_path, info.n_embd, info.n_layer)
+    steered = steered_model(
+        pack, model, assignments, preset, allow_unsafe_scales=allow_unsafe_scales
+    )
     if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
         raise click.BadParameter(
             "the key is empty or begins or ends with a space", param_hint="--api-key"
@@ -145,21 +124,15 @@ def serve(
             f"warning: --host {host} is reachable from other machines and no --api-key is set",
             err=True,
         )
-    run_server(steering, model_path, settings, default, host=host, port=port, api_key=api_key)
-
-
-def _model_path(steering: PackSteering, model: Path | None) -> Path:
-    if model is None:
-        source = default_model_path(steering.data)
-        if source == "MODEL.gguf" or not Path(source).is_file():
-            raise click.UsageError(
-                f"pack {steering.pack} names no .gguf model that exists here; pass --model M.gguf"
-            )
-        model = Path(source)
-    if model.suffix.lower() != ".gguf" or not model.is_file():
-        raise click.BadParameter(f"{model} is not a .gguf file", param_hint="--model")
-    read_model_file_info(model)
-    return model
+    run_server(
+        steered.steering,
+        steered.model,
+        settings,
+        steered.selection,
+        host=host,
+        port=port,
+        api_key=api_key,
+    )
 
 
 def _loopback(host: str) -> bool:

@@ -1,0 +1,76 @@
+"""`cvgen bake`: control vectors written into a model GGUF as FFN output biases.
+
+In llama.cpp's Llama-family graph (`src/models/llama.cpp` at the pinned commit) block N adds
+`blk.N.ffn_down.bias` (optional, loaded when present) to the FFN's output, then the residual,
+then `direction.N` of a control vector. So a bias of Σ scale·direction.N gives block N the same
+sum as the control vectors; only the order of two float32 additions differs. A bias the model
+already has is added to. Architectures whose graph has no such slot (Gemma 3 normalises the FFN
+output before the residual add) are refused, naming the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType
+
+from cvgen import __version__
+from cvgen.weights.gguf_copy import NewTensor, WeightsError, rewrite_gguf
+
+# architecture -> why a bias on ffn_down is exactly a control vector there, or None: refused
+EXACT_SLOTS = {
+    "llama": "blk.N.ffn_down.bias is added to the FFN output right before the residual add",
+}
+REFUSED = {
+    "gemma3": "its FFN output is normalised (post_ffw_norm) before the residual add",
+}
+
+
+def check_bakeable(architecture: str, tensor_names: set[str], path: Path) -> None:
+    """Refuse an architecture without an exact slot, or a model whose ffn_down is scaled."""
+    if architecture not in EXACT_SLOTS:
+        reason = REFUSED.get(architecture, "cvgen has not checked its graph for an exact slot")
+        raise WeightsError(
+            f"--model {path}: architecture '{architecture}' cannot take control vectors as "
+            f"biases exactly ({reason}); use --enhance, or load the vectors with "
+            "--control-vector-scaled"
+        )
+    scaled = sorted(name for name in tensor_names if name.endswith("ffn_down.scale"))
+    if scaled:
+        raise WeightsError(f"--model {path}: {scaled[0]} scales the FFN output after its bias")
+
+
+def bake_vectors(
+    model: Path,
+    out: Path,
+    vectors: Mapping[int, np.ndarray],
+    *,
+    record: Mapping[str, str],
+) -> None:
+    """Write `model` to `out` with `vectors[N]` added to blk.N.ffn_down.bias (created when
+    absent), and `record` (what was baked) as `cvgen.bake.*` metadata."""
+    reader = GGUFReader(model)
+    architecture = str(reader.fields["general.architecture"].contents())
+    names = {tensor.name for tensor in reader.tensors}
+    check_bakeable(architecture, names, model)
+    added: dict[str, NewTensor] = {}
+    summed: dict[str, np.ndarray] = {}
+    for block, vector in sorted(vectors.items()):
+        bias = f"blk.{block}.ffn_down.bias"
+        values = np.asarray(vector, dtype=np.float32)
+        if bias in names:
+            summed[bias] = values
+        else:
+            added[bias] = NewTensor(values, after=f"blk.{block}.ffn_down.weight")
+    del reader
+
+    def replace(name: str, data: np.ndarray) -> np.ndarray | None:
+        if name not in summed:
+            return None
+        return np.asarray(data, dtype=np.float32) + summed[name]
+
+    fields = {f"cvgen.bake.{key}": (value, GGUFValueType.STRING) for key, value in record.items()}
+    fields["cvgen.bake.cvgen_version"] = (__version__, GGUFValueType.STRING)
+    rewrite_gguf(model, out, fields=fields, added=added, replace=replace)

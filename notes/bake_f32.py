@@ -1,11 +1,14 @@
 import sys; sys.path.insert(0, "/work/wt-bake")
 from pathlib import Path
+
 import numpy as np
-from cvgen.serve.steering import PackSteering
-from cvgen.weights.bake import bake_vectors
+
+from cvgen.engine.context import ContextSettings, LlamaContext
 from cvgen.engine.model import open_model
-from cvgen.engine.context import LlamaContext, ContextSettings
+from cvgen.pack.steering import PackSteering
 from cvgen.serve.generation import Generator, Job, Sampling
+from cvgen.weights.bake import bake_vectors
+
 model = Path(sys.argv[1]); baked = Path(sys.argv[2])
 st = PackSteering(Path("/work/main/demo-pack")); vec = st.block_vectors(st.parse_assignments(("language=1",), None))
 bake_vectors(model, baked, vec, record={"selection": "language=1"})

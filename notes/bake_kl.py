@@ -1,9 +1,12 @@
 import sys; sys.path.insert(0, "/work/wt-bake")
 from pathlib import Path
+
 import numpy as np
-from cvgen.serve.steering import PackSteering
+
+from cvgen.engine.context import ContextSettings, LlamaContext
 from cvgen.engine.model import open_model
-from cvgen.engine.context import LlamaContext, ContextSettings
+from cvgen.pack.steering import PackSteering
+
 pack = Path("/work/main/demo-pack"); model = Path.home()/".cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 st = PackSteering(pack); vec = st.block_vectors(st.parse_assignments(("language=1",), None))
 text = "Describe the sea at night.\n\nThe sea is a vast and mysterious realm, where the boundaries"

@@ -1,8 +1,13 @@
-import sys, time, subprocess, shlex, resource
+import resource
+import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
+
 sys.path.insert(0, "/work/wt-bake")
-from cvgen.serve.steering import PackSteering
-from cvgen.weights.bake import bake_vectors
+from cvgen.pack.steering import PackSteering
+
 pack = Path("/work/main/demo-pack"); model = Path.home()/".cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 st = PackSteering(pack)
 sel = st.parse_assignments(("language=1",), None)

@@ -1,9 +1,12 @@
 import sys; sys.path.insert(0, "/work/wt-bake")
 from pathlib import Path
+
 import numpy as np
-from gguf import GGUFReader, GGMLQuantizationType
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
+
 from cvgen.weights import gguf_copy
+
 src = Path.home()/".cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 r = GGUFReader(src)
 orig_plan = gguf_copy._plan
@@ -16,5 +19,6 @@ def plan_f32(reader, added):
     return out
 gguf_copy._plan = plan_f32
 from gguf import GGUFValueType
+
 gguf_copy.rewrite_gguf(src, Path("/tmp/s15/smol-f32.gguf"), fields={"general.file_type": (0, GGUFValueType.UINT32)} if False else {}, added={})
 print("ok")

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from cvgen.pack.page import render_page
+from cvgen.pack.steering import PackSteering
 from cvgen.serve.api import create_app
 from cvgen.serve.service import ServeSettings, Service
-from cvgen.serve.steering import PackSteering
 
 DEFAULT_PROMPT = "Describe the harbour of a small fishing town at dawn."
 WAIT_SECONDS = 300.0

@@ -12,7 +12,7 @@ import click
 
 from cvgen.llamacpp.commands import default_model_path
 from cvgen.llamacpp.compare import check_pack_fits_model
-from cvgen.serve.steering import PackSteering, Selection
+from cvgen.pack.steering import PackSteering, Selection
 from cvgen.vectors.model_header import ModelFileInfo
 
 F = TypeVar("F", bound=Callable[..., Any])

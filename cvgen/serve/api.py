@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cvgen import __version__
 from cvgen.common.errors import CvgenError
 from cvgen.engine.binding import EngineError
+from cvgen.pack.steering import Selection, SteeringError, selection_object
 from cvgen.serve.generation import Finished
 from cvgen.serve.guard import ASGIApp, BodyTooLarge, Guard, error_response
 from cvgen.serve.prompts import PromptFieldError
@@ -46,7 +47,6 @@ from cvgen.serve.requests import (
     make_job,
 )
 from cvgen.serve.service import Busy, Service, Ticket
-from cvgen.serve.steering import Selection, SteeringError, selection_object
 
 
 def create_app(

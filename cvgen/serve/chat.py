@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from cvgen.common.errors import CvgenError
+from cvgen.pack.steering import PackSteering, Selection, SteeringError
 from cvgen.serve.generation import Finished, Job, Sampling
-from cvgen.serve.steering import PackSteering, Selection, SteeringError
 
 PROMPT = "> "
 HELP = """\

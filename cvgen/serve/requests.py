@@ -17,10 +17,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from cvgen.common.errors import CvgenError
+from cvgen.pack.steering import Selection
 from cvgen.serve.generation import Job, Sampling
 from cvgen.serve.prompts import PromptFieldError
 from cvgen.serve.service import Service
-from cvgen.serve.steering import Selection
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_STOP_STRINGS = 4

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from cvgen.common.errors import CvgenError
 from cvgen.engine.model import LlamaModel, open_model
+from cvgen.pack.steering import PackSteering, Selection
 from cvgen.serve.generation import Finished, Generator, Job
 from cvgen.serve.prompts import PromptMaker
-from cvgen.serve.steering import PackSteering, Selection
 
 
 class Busy(CvgenError, RuntimeError):

@@ -21,9 +21,9 @@ from conftest import require_binding, require_real_model
 from serve_pack import write_serve_pack
 
 from cvgen.cli import main
+from cvgen.pack.steering import PackSteering
 from cvgen.serve.chat import HELP, ChatSession, ChatSettings
 from cvgen.serve.generation import Finished, Job, Sampling
-from cvgen.serve.steering import PackSteering
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "Describe the sea in one sentence."

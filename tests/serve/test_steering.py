@@ -10,7 +10,7 @@ import pytest
 from serve_pack import write_serve_pack
 
 from cvgen.eval.backend import Steering
-from cvgen.serve.steering import PackSteering, SteeringError, selection_object
+from cvgen.pack.steering import PackSteering, SteeringError, selection_object
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import click
 from cvgen.cli.common import one_line_errors
 from cvgen.cli.steered import steered_model, steering_options
 from cvgen.pack.page import render_page
-from cvgen.serve.service import ServeSettings
 from cvgen.pack.steering import PackSteering, Selection, selection_object
+from cvgen.serve.service import ServeSettings
 
 log = logging.getLogger(__name__)
 API_KEY_VARIABLE = "CVGEN_API_KEY"

@@ -10,7 +10,7 @@ output before the residual add) are refused, naming the reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +66,12 @@ def bake_vectors(
             added[bias] = NewTensor(values, after=f"blk.{block}.ffn_down.weight")
     del reader
 
-    def replace(name: str, data: np.ndarray) -> np.ndarray | None:
-        if name not in summed:
-            return None
-        return np.asarray(data, dtype=np.float32) + summed[name]
-
     fields = {f"cvgen.bake.{key}": (value, GGUFValueType.STRING) for key, value in record.items()}
     fields["cvgen.bake.cvgen_version"] = (__version__, GGUFValueType.STRING)
-    rewrite_gguf(model, out, fields=fields, added=added, replace=replace)
+    edits = {name: _adder(values) for name, values in summed.items()}
+    rewrite_gguf(model, out, fields=fields, added=added, edits=edits)
+
+
+def _adder(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """An edit that adds `values` to a bias already in the model."""
+    return lambda bias: bias + values

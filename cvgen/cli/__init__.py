@@ -3,7 +3,7 @@ one line (`cvgen.cli.common.one_line_errors`), and `main`, the group that holds 
 
 Commands: generate, collect, solve (`cli.generate`), eval (`cli.evaluate`), inspect, axes
 (`cli.inspect`), commands, compare (`cli.commands`), html, preset add/list/remove (`cli.page`),
-serve (`cli.serve`) and chat (`cli.chat`).
+serve (`cli.serve`), chat (`cli.chat`) and bake (`cli.bake`).
 Library errors become `click.ClickException` here and only here, so every failure prints
 `Error: <one line>` and exits non-zero.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from cvgen import __version__
+from cvgen.cli.bake import bake
 from cvgen.cli.chat import chat
 from cvgen.cli.commands import commands, compare
 from cvgen.cli.evaluate import evaluate
@@ -37,5 +38,6 @@ for command in (generate, collect, solve, evaluate, inspect, commands, compare, 
 main.add_command(html_page)
 main.add_command(preset)
 main.add_command(chat)
+main.add_command(bake)
 
 __all__ = ["main"]

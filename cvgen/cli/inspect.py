@@ -9,8 +9,10 @@ import click
 from cvgen.cli.common import one_line_errors
 from cvgen.data.shipped import load_axis, shipped_axis_names
 from cvgen.vectors.describe import describe_control_vector
+from cvgen.vectors.gguf_file import ModelFileGiven
 from cvgen.vectors.llamacpp_rules import llamacpp_problems
 from cvgen.vectors.model_header import read_model_file_info
+from cvgen.weights.describe import describe_written_model
 
 
 @click.command()
@@ -35,6 +37,9 @@ from cvgen.vectors.model_header import read_model_file_info
 def inspect(file: Path, n_embd: int | None, n_layer: int | None, model: Path | None) -> None:
     """Print a control-vector file's metadata and per-block norms.
 
+    A model file cvgen wrote steering into (`cvgen bake`, `cvgen transfer`) is described
+    too: its shape and what was written in.
+
     Exits non-zero, saying why, when llama.cpp would refuse or ignore the file.
     """
     if model is not None:
@@ -46,7 +51,14 @@ def inspect(file: Path, n_embd: int | None, n_layer: int | None, model: Path | N
             if given is not None and given != got:
                 raise click.UsageError(f"{flag} {given} disagrees with {model} ({got})")
         n_embd, n_layer = info.n_embd, info.n_layer
-    problems = llamacpp_problems(file, n_embd=n_embd, n_layer=n_layer)
+    try:
+        problems = llamacpp_problems(file, n_embd=n_embd, n_layer=n_layer)
+    except ModelFileGiven:
+        written = describe_written_model(file)  # a model cvgen wrote steering into
+        if written is None:
+            raise
+        click.echo(written)
+        return
     if problems:
         against = f" with {model}" if model is not None else ""
         raise click.ClickException(

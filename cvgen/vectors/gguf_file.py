@@ -256,6 +256,10 @@ def check_regular_file(path: Path) -> None:
         raise ControlVectorError(message)
 
 
+class ModelFileGiven(ControlVectorError):
+    """A model GGUF was given where a control vector was expected."""
+
+
 def open_control_vector_reader(path: Path) -> GGUFReader:
     """Open the control-vector file ``path`` with GGUFReader, turning every parse failure
     into ControlVectorError; a model GGUF is refused as one, in one short line."""
@@ -269,7 +273,7 @@ def open_control_vector_reader(path: Path) -> GGUFReader:
         raise ControlVectorError(f"{path}: not a valid GGUF file: {reason}") from error
     architecture = _model_architecture(reader)
     if architecture is not None:
-        raise ControlVectorError(
+        raise ModelFileGiven(
             f"{path}: this is a model (architecture {architecture}), not a control vector"
         )
     return reader

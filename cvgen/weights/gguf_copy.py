@@ -14,6 +14,7 @@ gguf-py can quantise that type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); a
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +61,14 @@ class Rewritten:
     @property
     def fell_back(self) -> bool:
         return self.source_type != self.stored_type
+
+
+def write_failure(exc: OSError) -> str:
+    """Why a write failed, in words; a full disk (or a file-size limit) says so."""
+    short = exc.errno is None and "requested and" in str(exc)  # numpy's tofile: a short write
+    if short or exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return "no space left: the disk is full or the file-size limit is reached"
+    return exc.strerror or str(exc)
 
 
 def stored_type(kind: GGMLQuantizationType) -> GGMLQuantizationType:
@@ -149,16 +158,18 @@ def rewrite_gguf(
     fields: Mapping[str, tuple[Any, GGUFValueType]],
     added: Mapping[str, NewTensor] | None = None,
     edits: Mapping[str, Edit] | None = None,
+    store_as: Mapping[str, GGMLQuantizationType] | None = None,
 ) -> list[Rewritten]:
     """Write `source` to `out` with `fields` added to its metadata, the `added` float32
     tensors inserted, and each tensor named in `edits` replaced by its edit's values, stored
-    as `stored_type` says. Everything else is copied byte for byte. Returns what was edited."""
+    as `stored_type` says (or as `store_as` names: a type gguf-py can encode). Everything else
+    is copied byte for byte. Returns what was edited."""
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
         raise WeightsError(f"--out {out}: it is the input model; choose another file")
     reader = GGUFReader(source)
     architecture = str(reader.fields["general.architecture"].contents())
-    plan = _plan(reader, added or {}, edits or {})
+    plan = _plan(reader, added or {}, edits or {}, store_as or {})
     tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
     writer = GGUFWriter(tmp, architecture)
     done: list[Rewritten] = []
@@ -178,7 +189,7 @@ def rewrite_gguf(
     except OSError as exc:
         writer.close()
         tmp.unlink(missing_ok=True)
-        raise WeightsError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
+        raise WeightsError(f"--out {out}: cannot write it ({write_failure(exc)})") from None
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
@@ -187,7 +198,10 @@ def rewrite_gguf(
 
 
 def _plan(
-    reader: GGUFReader, added: Mapping[str, NewTensor], edits: Mapping[str, Edit]
+    reader: GGUFReader,
+    added: Mapping[str, NewTensor],
+    edits: Mapping[str, Edit],
+    store_as: Mapping[str, GGMLQuantizationType],
 ) -> list[_Slot]:
     """Every tensor to write, in order: the source's, each followed by those added after it."""
     names = {tensor.name for tensor in reader.tensors}
@@ -212,9 +226,11 @@ def _plan(
         kind = GGMLQuantizationType(tensor.tensor_type)
         shape = tuple(int(n) for n in reversed(tensor.shape))
         edit = edits.get(tensor.name)
-        plan.append(
-            _Slot(tensor.name, shape, stored_type(kind) if edit else kind, tensor, edit=edit)
-        )
+        if edit is not None:
+            kind = store_as.get(tensor.name, stored_type(kind))
+            if kind not in REQUANTISABLE:
+                raise WeightsError(f"tensor {tensor.name}: cvgen cannot store it as {kind.name}")
+        plan.append(_Slot(tensor.name, shape, kind, tensor, edit=edit))
         plan.extend(new_slot(name) for name in following.get(tensor.name, []))
     plan.extend(new_slot(name) for name in following.get(None, []))
     return plan

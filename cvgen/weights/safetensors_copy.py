@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cvgen.weights.gguf_copy import Edit, Rewritten, WeightsError
+from cvgen.weights.gguf_copy import Edit, Rewritten, WeightsError, write_failure
 
 FLOAT_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
@@ -144,7 +144,7 @@ def rewrite_safetensors(source: Path, out: Path, *, edits: Mapping[str, Edit]) -
         os.replace(tmp, out)
     except OSError as exc:
         _remove(tmp)
-        raise WeightsError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
+        raise WeightsError(f"--out {out}: cannot write it ({write_failure(exc)})") from None
     except BaseException:
         _remove(tmp)
         raise

@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import click
-from gguf import GGUFReader
 
 from cvgen.cli.common import one_line_errors
 from cvgen.cli.steered import steered_model, steering_options
 from cvgen.pack.steering import selection_object
+from cvgen.vectors.model_header import read_gguf_layout
 from cvgen.weights.bake import bake_vectors, check_bakeable
 from cvgen.weights.gguf_copy import WeightsError
 
@@ -49,7 +49,8 @@ def bake(
         pack, model, assignments, preset, allow_unsafe_scales=allow_unsafe_scales
     )
     _check_out(out, chosen.model)
-    check_bakeable(chosen.info.architecture, _tensor_names(chosen.model), chosen.model)
+    names = {tensor.name for tensor in read_gguf_layout(chosen.model).tensors}
+    check_bakeable(chosen.info.architecture, names, chosen.model)
     scales = selection_object(chosen.selection)
     vectors = chosen.steering.block_vectors(chosen.selection)
     started = time.perf_counter()
@@ -81,7 +82,3 @@ def _check_out(out: Path, model: Path) -> None:
         raise WeightsError(f"--out {out}: it exists; cvgen writes only a new file")
     if not out.parent.is_dir():
         raise WeightsError(f"--out {out}: folder {out.parent} does not exist")
-
-
-def _tensor_names(model: Path) -> set[str]:
-    return {tensor.name for tensor in GGUFReader(model).tensors}

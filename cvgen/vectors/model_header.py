@@ -76,6 +76,47 @@ def read_gguf_header(path: Path, wanted_arrays: frozenset[str] = frozenset()) ->
         ) from error
 
 
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a GGUF's table: its name, ggml dims (ne order), type, and where its bytes
+    lie (absolute offset in the file) and how many."""
+
+    name: str
+    dims: tuple[int, ...]
+    kind: GGMLQuantizationType
+    start: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class GgufLayout:
+    """Where everything of a GGUF lies: each key/value entry's bytes (key -> (start, end)),
+    the values of its scalars and strings (arrays are None), the tensor table, the alignment."""
+
+    version: int
+    entries: dict[str, tuple[int, int]]
+    fields: dict[str, Any]
+    tensors: list[TensorEntry]
+    alignment: int
+
+
+def read_gguf_layout(path: Path) -> GgufLayout:
+    """The layout of the GGUF at `path`, read from its header in one pass (no array decoded,
+    no tensor read); a damaged or truncated file raises ControlVectorError as
+    `read_gguf_header` does."""
+    path = Path(path)
+    check_regular_file(path)
+    try:
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return _HeaderCursor(path, m).read_layout()
+    except ControlVectorError:
+        raise
+    except OSError as error:
+        raise ControlVectorError(f"{path}: cannot open file: {error.strerror}") from error
+    except (ValueError, OverflowError, IndexError) as error:
+        raise ControlVectorError(f"{path}: truncated or damaged GGUF header") from error
+
+
 class _HeaderCursor:
     """Reads a GGUF header from a memory map: key/values, then tensor infos."""
 
@@ -139,6 +180,46 @@ class _HeaderCursor:
             fields[key] = self.read_value(kind, key in wanted_arrays)
         self._check_tensor_data(tensor_count, fields.get(Keys.General.ALIGNMENT))
         return fields
+
+    def read_layout(self) -> GgufLayout:
+        """The whole header: key/value entries with their byte spans, then the tensor table."""
+        if self.data[:4] != _MAGIC:
+            raise ControlVectorError(f"{self.path}: not a GGUF file (no GGUF magic)")
+        self.offset = len(_MAGIC)
+        version = self.read_scalar(GGUFValueType.UINT32)
+        tensor_count = self.read_scalar(GGUFValueType.UINT64)
+        count = self.read_scalar(GGUFValueType.UINT64)
+        if version not in READER_SUPPORTED_VERSIONS:
+            raise ControlVectorError(f"{self.path}: unsupported GGUF version {version}")
+        entries: dict[str, tuple[int, int]] = {}
+        fields: dict[str, Any] = {}
+        for _ in range(count):
+            start = self.offset
+            key = self.read_string()
+            fields[key] = self.read_value(self.read_scalar(GGUFValueType.UINT32), False)
+            entries[key] = (start, self.offset)
+        alignment = fields.get(Keys.General.ALIGNMENT)
+        align = (
+            alignment if isinstance(alignment, int) and alignment > 0 else GGUF_DEFAULT_ALIGNMENT
+        )
+        table: list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]] = []
+        for _ in range(tensor_count):
+            name = self.read_string()
+            n_dims = self.read_scalar(GGUFValueType.UINT32)
+            ne = tuple(self.read_scalar(GGUFValueType.UINT64) for _ in range(n_dims))
+            kind = GGMLQuantizationType(self.read_scalar(GGUFValueType.UINT32))
+            table.append((name, ne, kind, self.read_scalar(GGUFValueType.UINT64)))
+        base = -(-self.offset // align) * align
+        tensors = []
+        for name, dims, kind, offset in table:
+            block_size, type_size = GGML_QUANT_SIZES[kind]
+            nbytes = (int(np.prod(dims, dtype=np.uint64)) if dims else 1) // block_size * type_size
+            if base + offset + nbytes > len(self.data):
+                raise ControlVectorError(
+                    f"{self.path}: truncated: tensor {name} ends past the file"
+                )
+            tensors.append(TensorEntry(name, dims, kind, base + offset, nbytes))
+        return GgufLayout(version, entries, fields, tensors, align)
 
     def _check_tensor_data(self, tensor_count: int, alignment: object) -> None:
         """Raise unless the file reaches the end of the last tensor's data."""

@@ -10,14 +10,16 @@ output before the residual add) are refused, naming the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUFValueType
 
 from cvgen import __version__
-from cvgen.weights.gguf_copy import NewTensor, WeightsError, rewrite_gguf
+from cvgen.vectors.model_header import read_gguf_layout
+from cvgen.weights.gguf_copy import Edit, NewTensor, Rewritten, WeightsError, rewrite_gguf
 
 # architecture -> why a bias on ffn_down is exactly a control vector there, or None: refused
 EXACT_SLOTS = {
@@ -42,36 +44,44 @@ def check_bakeable(architecture: str, tensor_names: set[str], path: Path) -> Non
         raise WeightsError(f"--model {path}: {scaled[0]} scales the FFN output after its bias")
 
 
-def bake_vectors(
-    model: Path,
-    out: Path,
-    vectors: Mapping[int, np.ndarray],
-    *,
-    record: Mapping[str, str],
-) -> None:
-    """Write `model` to `out` with `vectors[N]` added to blk.N.ffn_down.bias (created when
-    absent), and `record` (what was baked) as `cvgen.bake.*` metadata."""
-    reader = GGUFReader(model)
-    architecture = str(reader.fields["general.architecture"].contents())
-    names = {tensor.name for tensor in reader.tensors}
-    check_bakeable(architecture, names, model)
+def bias_tensors(
+    names: set[str], vectors: Mapping[int, np.ndarray]
+) -> tuple[dict[str, NewTensor], dict[str, Edit]]:
+    """The biases that carry `vectors` (block -> float32 sum): new tensors placed after each
+    block's ffn_down.weight, and edits adding to the biases a model already has."""
     added: dict[str, NewTensor] = {}
-    summed: dict[str, np.ndarray] = {}
+    edits: dict[str, Edit] = {}
     for block, vector in sorted(vectors.items()):
         bias = f"blk.{block}.ffn_down.bias"
         values = np.asarray(vector, dtype=np.float32)
         if bias in names:
-            summed[bias] = values
+            edits[bias] = _adder(values)
         else:
             added[bias] = NewTensor(values, after=f"blk.{block}.ffn_down.weight")
-    del reader
-
-    fields = {f"cvgen.bake.{key}": (value, GGUFValueType.STRING) for key, value in record.items()}
-    fields["cvgen.bake.cvgen_version"] = (__version__, GGUFValueType.STRING)
-    edits = {name: _adder(values) for name, values in summed.items()}
-    rewrite_gguf(model, out, fields=fields, added=added, edits=edits)
+    return added, edits
 
 
-def _adder(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def record_fields(group: str, record: Mapping[str, str]) -> dict[str, tuple[Any, GGUFValueType]]:
+    """`record` as `cvgen.GROUP.*` string metadata, with the cvgen version."""
+    fields: dict[str, tuple[Any, GGUFValueType]] = {
+        f"cvgen.{group}.{key}": (value, GGUFValueType.STRING) for key, value in record.items()
+    }
+    fields[f"cvgen.{group}.cvgen_version"] = (__version__, GGUFValueType.STRING)
+    return fields
+
+
+def bake_vectors(
+    model: Path, out: Path, vectors: Mapping[int, np.ndarray], *, record: Mapping[str, str]
+) -> list[Rewritten]:
+    """Write `model` to `out` with `vectors[N]` added to blk.N.ffn_down.bias (created when
+    absent), and `record` (what was baked) as `cvgen.bake.*` metadata."""
+    layout = read_gguf_layout(model)
+    names = {tensor.name for tensor in layout.tensors}
+    check_bakeable(str(layout.fields.get("general.architecture")), names, model)
+    added, edits = bias_tensors(names, vectors)
+    return rewrite_gguf(model, out, fields=record_fields("bake", record), added=added, edits=edits)
+
+
+def _adder(values: np.ndarray) -> Edit:
     """An edit that adds `values` to a bias already in the model."""
     return lambda bias: bias + values

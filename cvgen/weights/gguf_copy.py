@@ -1,36 +1,42 @@
 """Rewrite a model GGUF tensor by tensor: every metadata field and every tensor copied as it
-is, except the tensors a caller edits or adds, with new metadata fields added.
+is, except the tensors a caller edits or adds, with metadata fields added or replaced.
 
-The output is streamed: the header, the metadata and the tensor table are written first, then
-each tensor's bytes in order, read from the memory-mapped input one at a time, so memory stays
-near one tensor (dequantised to float32, and its edit) whatever the model's size. It is written
-to a temporary name beside `out` and renamed over it only when complete; a failure (a full disk
-included) leaves no output.
+The file's header is read once (`cvgen.vectors.model_header.read_gguf_layout`: no vocabulary
+decoded, where GGUFReader takes seconds to minutes on a large one) and the output is written
+straight in GGUF's layout: the source's key/value entries as their own bytes, the new ones
+after them, the tensor table, then each tensor's bytes in order from the memory-mapped input,
+so memory stays near one tensor (dequantised to float32, and its edit) whatever the model's
+size. It is written to a temporary name beside `out` and renamed over it only when complete; a
+failure (a full disk included) leaves no output.
 
 An edited tensor is dequantised to float32, edited, and stored again in its own type where
-gguf-py can quantise that type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); any other type
-(the K-quants, the I-quants) is stored as Q8_0, and the returned `Rewritten` list says so.
+gguf-py can quantise it (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0); any other type (the
+K-quants, the I-quants) is stored as Q8_0, and the returned `Rewritten` list says so.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize, quant_shape_to_byte_shape, quantize
 
 from cvgen.common.errors import CvgenError
+from cvgen.vectors.model_header import GgufLayout, TensorEntry, read_gguf_layout
 
 Q = GGMLQuantizationType
 # types gguf-py 0.19 quantises (checked: each round-trips through gguf.quants)
 REQUANTISABLE = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0})
 FALLBACK = Q.Q8_0
+CHUNK = 64 << 20  # bytes copied per write
 
 
 class WeightsError(CvgenError, ValueError):
@@ -76,6 +82,60 @@ def stored_type(kind: GGMLQuantizationType) -> GGMLQuantizationType:
     return kind if kind in REQUANTISABLE else FALLBACK
 
 
+def numpy_shape(dims: tuple[int, ...]) -> tuple[int, ...]:
+    """The numpy shape (rows last) of a tensor of ggml dims `dims` (ne order)."""
+    return tuple(int(n) for n in reversed(dims))
+
+
+class GgufModel:
+    """A model GGUF opened for reading: its layout (header read once) and its tensors'
+    bytes through a memory map. Use as a context manager, or call `close`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.layout: GgufLayout = read_gguf_layout(self.path)
+        self.tensors: dict[str, TensorEntry] = {t.name: t for t in self.layout.tensors}
+        self._handle = self.path.open("rb")
+        self.map = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.layout.fields.get("general.architecture"))
+
+    def raw(self, name: str) -> np.ndarray:
+        """A tensor's bytes as gguf-py holds them: F32/F16 as their dtype in numpy shape,
+        other types as uint8 rows (numpy shape with the last axis in bytes)."""
+        entry = self.tensors[name]
+        shape = numpy_shape(entry.dims)
+        if entry.kind in (Q.F32, Q.F16):
+            dtype = np.float32 if entry.kind == Q.F32 else np.float16
+            count = entry.nbytes // np.dtype(dtype).itemsize
+            return np.frombuffer(self.map, dtype, count, entry.start).reshape(shape)
+        byte_shape = quant_shape_to_byte_shape(shape, entry.kind)
+        return np.frombuffer(self.map, np.uint8, entry.nbytes, entry.start).reshape(byte_shape)
+
+    def values(self, name: str) -> np.ndarray:
+        """A tensor's values in float32, numpy shape (rows last)."""
+        kind = self.tensors[name].kind
+        raw = self.raw(name)
+        if kind == Q.F32:
+            return np.array(raw, dtype=np.float32)
+        return np.asarray(dequantize(raw, kind), dtype=np.float32)
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:  # an array still views the map (an error mid-write): the map
+            pass  # closes when the last view is collected
+        self._handle.close()
+
+    def __enter__(self) -> GgufModel:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def float_values(tensor: Any) -> np.ndarray:
     """A GGUFReader tensor's values in float32, numpy shape (rows last)."""
     kind = GGMLQuantizationType(tensor.tensor_type)
@@ -94,18 +154,6 @@ def encode(values: np.ndarray, kind: GGMLQuantizationType) -> np.ndarray:
     return quantize(values, kind)
 
 
-def copy_fields(reader: GGUFReader, writer: GGUFWriter) -> None:
-    """Every metadata field of `reader` into `writer` (the architecture is the writer's own)."""
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        main = field.types[0]
-        if main == GGUFValueType.ARRAY:
-            writer.add_key_value(name, field.contents(), main, sub_type=field.types[-1])
-        else:
-            writer.add_key_value(name, field.contents(), main)
-
-
 @dataclass
 class _Slot:
     """One tensor of the output: where its values come from and how it is stored."""
@@ -113,42 +161,32 @@ class _Slot:
     name: str
     shape: tuple[int, ...]  # numpy shape of the values (rows last)
     kind: GGMLQuantizationType
-    source: Any = None  # the reader's tensor, or None for an added one
+    entry: TensorEntry | None = None  # the source's tensor, or None for an added one
     added: np.ndarray | None = None
     edit: Edit | None = None
 
     def byte_size(self) -> int:
-        if self.kind in (Q.F32, Q.F16):
-            return int(np.prod(self.shape)) * (4 if self.kind == Q.F32 else 2)
-        return int(np.prod(quant_shape_to_byte_shape(self.shape, self.kind)))
+        block, size = GGML_QUANT_SIZES[self.kind]
+        return int(np.prod(self.shape)) // block * size
 
-    def declare(self, writer: GGUFWriter) -> None:
-        if self.kind in (Q.F32, Q.F16):
-            dtype = np.dtype(np.float32 if self.kind == Q.F32 else np.float16)
-            writer.add_tensor_info(self.name, self.shape, dtype, self.byte_size())
-            return
-        byte_shape = quant_shape_to_byte_shape(self.shape, self.kind)
-        writer.add_tensor_info(
-            self.name, byte_shape, np.dtype(np.uint8), self.byte_size(), raw_dtype=self.kind
-        )
-
-    def data(self, done: list[Rewritten]) -> np.ndarray:
+    def write(self, model: GgufModel, handle: BinaryIO, done: list[Rewritten]) -> None:
         if self.added is not None:
-            return np.ascontiguousarray(self.added, dtype=np.float32)
-        raw = np.asarray(self.source.data)
-        if self.edit is None:
-            return raw
-        source_kind = GGMLQuantizationType(self.source.tensor_type)
-        new = self.edit(float_values(self.source))
+            handle.write(np.ascontiguousarray(self.added, dtype=np.float32).tobytes())
+            return
+        assert self.entry is not None
+        new = self.edit(model.values(self.name)) if self.edit is not None else None
+        if new is None and self.kind == self.entry.kind:
+            end = self.entry.start + self.entry.nbytes
+            with memoryview(model.map) as view:
+                for start in range(self.entry.start, end, CHUNK):
+                    handle.write(view[start : min(start + CHUNK, end)])
+            return
         if new is None:
-            if self.kind != source_kind:
-                new = float_values(self.source)
-            else:
-                return raw
+            new = model.values(self.name)
         if tuple(new.shape) != self.shape:
             raise WeightsError(f"tensor {self.name}: edited shape {new.shape} != {self.shape}")
-        done.append(Rewritten(self.name, source_kind.name, self.kind.name))
-        return encode(new, self.kind)
+        done.append(Rewritten(self.name, self.entry.kind.name, self.kind.name))
+        handle.write(np.ascontiguousarray(encode(new, self.kind)).tobytes())
 
 
 def rewrite_gguf(
@@ -160,51 +198,101 @@ def rewrite_gguf(
     edits: Mapping[str, Edit] | None = None,
     store_as: Mapping[str, GGMLQuantizationType] | None = None,
 ) -> list[Rewritten]:
-    """Write `source` to `out` with `fields` added to its metadata, the `added` float32
-    tensors inserted, and each tensor named in `edits` replaced by its edit's values, stored
-    as `stored_type` says (or as `store_as` names: a type gguf-py can encode). Everything else
-    is copied byte for byte. Returns what was edited."""
+    """Write `source` to `out` with `fields` added to its metadata (replacing a field of the
+    same key), the `added` float32 tensors inserted, and each tensor named in `edits` replaced
+    by its edit's values, stored as `stored_type` says (or as `store_as` names: a type gguf-py
+    can encode). Everything else is copied byte for byte. Returns what was edited."""
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
         raise WeightsError(f"--out {out}: it is the input model; choose another file")
-    reader = GGUFReader(source)
-    architecture = str(reader.fields["general.architecture"].contents())
-    plan = _plan(reader, added or {}, edits or {}, store_as or {})
-    tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
-    writer = GGUFWriter(tmp, architecture)
     done: list[Rewritten] = []
-    try:
-        copy_fields(reader, writer)
-        for key, (value, kind) in fields.items():
-            writer.add_key_value(key, value, kind)
-        for slot in plan:
-            slot.declare(writer)
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for slot in plan:
-            writer.write_tensor_data(np.ascontiguousarray(slot.data(done)))
-        writer.close()
-        os.replace(tmp, out)
-    except OSError as exc:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise WeightsError(f"--out {out}: cannot write it ({write_failure(exc)})") from None
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with GgufModel(source) as model:
+        plan = _plan(model, added or {}, edits or {}, store_as or {})
+        tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
+        try:
+            with tmp.open("wb") as handle:
+                _write(model, handle, fields, plan, done)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise WeightsError(f"--out {out}: cannot write it ({write_failure(exc)})") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return done
 
 
+def _write(
+    model: GgufModel,
+    handle: BinaryIO,
+    fields: Mapping[str, tuple[Any, GGUFValueType]],
+    plan: list[_Slot],
+    done: list[Rewritten],
+) -> None:
+    """The GGUF: header, key/values (the source's bytes, then the new ones), tensor table,
+    then each tensor's bytes at its aligned offset."""
+    layout = model.layout
+    kept = [key for key in layout.entries if key not in fields]
+    handle.write(
+        struct.pack("<IIQQ", GGUF_MAGIC, layout.version, len(plan), len(kept) + len(fields))
+    )
+    for key in kept:
+        start, end = layout.entries[key]
+        handle.write(model.map[start:end])
+    for key, (value, kind) in fields.items():
+        handle.write(_string(key) + struct.pack("<I", kind) + _value(value, kind))
+    align = layout.alignment
+    offset = 0
+    offsets = []
+    for slot in plan:
+        offsets.append(offset)
+        offset += -(-slot.byte_size() // align) * align
+    for slot, at in zip(plan, offsets, strict=True):
+        dims = tuple(reversed(slot.shape))
+        handle.write(
+            _string(slot.name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, slot.kind, at)
+        )
+    _pad(handle, align)
+    for slot in plan:
+        slot.write(model, handle, done)
+        _pad(handle, align)
+
+
+def _pad(handle: BinaryIO, align: int) -> None:
+    handle.write(b"\0" * (-handle.tell() % align))
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+_SCALARS = {
+    GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H",
+    GGUFValueType.INT16: "h", GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i",
+    GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q", GGUFValueType.FLOAT32: "f",
+    GGUFValueType.FLOAT64: "d", GGUFValueType.BOOL: "?",
+}  # fmt: skip
+
+
+def _value(value: Any, kind: GGUFValueType) -> bytes:
+    if kind == GGUFValueType.STRING:
+        return _string(str(value))
+    if kind not in _SCALARS:
+        raise WeightsError(f"metadata of type {kind.name} is not written by cvgen")
+    return struct.pack("<" + _SCALARS[kind], value)
+
+
 def _plan(
-    reader: GGUFReader,
+    model: GgufModel,
     added: Mapping[str, NewTensor],
     edits: Mapping[str, Edit],
     store_as: Mapping[str, GGMLQuantizationType],
 ) -> list[_Slot]:
     """Every tensor to write, in order: the source's, each followed by those added after it."""
-    names = {tensor.name for tensor in reader.tensors}
+    names = set(model.tensors)
     for name, new in added.items():
         if name in names:
             raise WeightsError(f"tensor {name} is already in the model")
@@ -222,15 +310,14 @@ def _plan(
         return _Slot(name, tuple(data.shape), Q.F32, added=data)
 
     plan: list[_Slot] = []
-    for tensor in reader.tensors:
-        kind = GGMLQuantizationType(tensor.tensor_type)
-        shape = tuple(int(n) for n in reversed(tensor.shape))
-        edit = edits.get(tensor.name)
+    for entry in model.layout.tensors:
+        kind = entry.kind
+        edit = edits.get(entry.name)
         if edit is not None:
-            kind = store_as.get(tensor.name, stored_type(kind))
+            kind = store_as.get(entry.name, stored_type(kind))
             if kind not in REQUANTISABLE:
-                raise WeightsError(f"tensor {tensor.name}: cvgen cannot store it as {kind.name}")
-        plan.append(_Slot(tensor.name, shape, kind, tensor, edit=edit))
-        plan.extend(new_slot(name) for name in following.get(tensor.name, []))
+                raise WeightsError(f"tensor {entry.name}: cvgen cannot store it as {kind.name}")
+        plan.append(_Slot(entry.name, numpy_shape(entry.dims), kind, entry, edit=edit))
+        plan.extend(new_slot(name) for name in following.get(entry.name, []))
     plan.extend(new_slot(name) for name in following.get(None, []))
     return plan

@@ -16,6 +16,7 @@ K-quants, the I-quants) is stored as Q8_0, and the returned `Rewritten` list say
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -123,10 +124,9 @@ class GgufModel:
         return np.asarray(dequantize(raw, kind), dtype=np.float32)
 
     def close(self) -> None:
-        try:
+        # an array may still view the map after an error mid-write: it closes when collected
+        with contextlib.suppress(BufferError):
             self.map.close()
-        except BufferError:  # an array still views the map (an error mid-write): the map
-            pass  # closes when the last view is collected
         self._handle.close()
 
     def __enter__(self) -> GgufModel:

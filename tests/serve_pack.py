@@ -1,5 +1,6 @@
-"""A small hand-built pack for the serve and chat tests: two axes of random directions on
-SmolLM2-135M's blocks 8..20, written in well under a second (no `cvgen generate`)."""
+"""A small hand-built pack for the serve, chat and weights tests: two axes of random directions
+on SmolLM2-135M's blocks 8..20 (another model: its middle half of blocks), written in well
+under a second (no `cvgen generate`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from cvgen.pack.manifest import load_manifest
 from cvgen.vectors.control_vector import ControlVector
+from cvgen.vectors.model_header import read_model_file_info
 
 SERVE_AXES = {"language": ("simple", "ornate"), "mood": ("gloomy", "cheerful")}
 SERVE_BLOCKS = range(8, 21)
@@ -21,10 +23,12 @@ SAFE_SCALE = 1.5
 SERVE_PRESETS = {"vivid": {"language": 0.8, "mood": -0.5}}
 
 
-def _directions(rng: np.random.Generator, norm: float) -> dict[int, np.ndarray]:
+def _directions(
+    rng: np.random.Generator, norm: float, n_embd: int, blocks: range
+) -> dict[int, np.ndarray]:
     directions = {}
-    for block in SERVE_BLOCKS:
-        vector = rng.standard_normal(SERVE_N_EMBD)
+    for block in blocks:
+        vector = rng.standard_normal(n_embd)
         directions[block] = (vector / np.linalg.norm(vector) * norm).astype(np.float32)
     return directions
 
@@ -33,8 +37,15 @@ def write_serve_pack(folder: Path, model: Path, *, seed: int = 0) -> Path:
     """Write a pack for `model` (SmolLM2-135M: 30 blocks of width 576) in `folder`: axes
     "language" (simple/ornate) and "mood" (gloomy/cheerful), each with a debias file of small
     random vectors and two pole files of random vectors of norm 6 on blocks 8..20, safe scales
-    1.5 both ways, and the preset "vivid" = {language: 0.8, mood: -0.5}. Returns `folder`."""
+    1.5 both ways, and the preset "vivid" = {language: 0.8, mood: -0.5}. Returns `folder`.
+    For a model of another shape (read from its header), blocks n_layer/4 .. 3 n_layer/4."""
     folder = Path(folder)
+    n_embd, n_layer, blocks = SERVE_N_EMBD, SERVE_N_LAYER, SERVE_BLOCKS
+    if Path(model).is_file():
+        info = read_model_file_info(Path(model))
+        if (info.n_embd, info.n_layer) != (n_embd, n_layer):
+            n_embd, n_layer = info.n_embd, info.n_layer
+            blocks = range(n_layer // 4, 3 * n_layer // 4)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     axes = {}
@@ -46,7 +57,7 @@ def write_serve_pack(folder: Path, model: Path, *, seed: int = 0) -> Path:
             ("positive", POLE_NORM),
         ):
             name = f"smollm2-{axis}__{role}.gguf"
-            ControlVector(_directions(rng, norm), "llama").to_gguf(folder / name)
+            ControlVector(_directions(rng, norm, n_embd, blocks), "llama").to_gguf(folder / name)
             files[role] = name
         axes[axis] = {
             "classes": list(classes),
@@ -60,8 +71,8 @@ def write_serve_pack(folder: Path, model: Path, *, seed: int = 0) -> Path:
         "model": {
             "name": "SmolLM2-135M-Instruct",
             "source": str(model),
-            "n_layer": SERVE_N_LAYER,
-            "n_embd": SERVE_N_EMBD,
+            "n_layer": n_layer,
+            "n_embd": n_embd,
             "hint": "llama",
         },
         "axes": axes,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from conftest import folder_snapshot
+from conftest import folder_snapshot, second_model_path
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf.quants import quantize
 from serve_pack import SERVE_N_EMBD, SERVE_N_LAYER, write_serve_pack
@@ -173,3 +173,17 @@ def test_a_disk_that_fills_during_the_write_leaves_no_file(
     assert run_.stderr.startswith(f"Error: --out {out}: cannot write it (no space left: ")
     assert run_.stderr.count("\n") == 1
     assert list(out.parent.iterdir()) == []
+
+
+def test_the_real_gemma_3_file_is_refused_for_the_exact_bake(tmp_path: Path) -> None:
+    second = second_model_path()
+    if second is None:
+        pytest.skip("no second model here")
+    pack = write_serve_pack(tmp_path / "pack", second)  # a pack that fits: 640 wide, 18 blocks
+    out = tmp_path / "out.gguf"
+    result = run(
+        "bake", str(pack), "--model", str(second), "--set", "language=1", "--out", str(out)
+    )
+    _refused(result, "architecture 'gemma3'", "normalised (post_ffw_norm)", "--enhance",
+             "--control-vector-scaled")  # fmt: skip
+    assert not out.exists()

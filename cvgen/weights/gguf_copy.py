@@ -149,16 +149,18 @@ def rewrite_gguf(
     fields: Mapping[str, tuple[Any, GGUFValueType]],
     added: Mapping[str, NewTensor] | None = None,
     edits: Mapping[str, Edit] | None = None,
+    store: Mapping[str, GGMLQuantizationType] | None = None,
 ) -> list[Rewritten]:
     """Write `source` to `out` with `fields` added to its metadata, the `added` float32
     tensors inserted, and each tensor named in `edits` replaced by its edit's values, stored
-    as `stored_type` says. Everything else is copied byte for byte. Returns what was edited."""
+    as `stored_type` says, or in the type `store` names for it. Everything else is copied
+    byte for byte. Returns what was edited."""
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
         raise WeightsError(f"--out {out}: it is the input model; choose another file")
     reader = GGUFReader(source)
     architecture = str(reader.fields["general.architecture"].contents())
-    plan = _plan(reader, added or {}, edits or {})
+    plan = _plan(reader, added or {}, edits or {}, store or {})
     tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
     writer = GGUFWriter(tmp, architecture)
     done: list[Rewritten] = []
@@ -187,7 +189,10 @@ def rewrite_gguf(
 
 
 def _plan(
-    reader: GGUFReader, added: Mapping[str, NewTensor], edits: Mapping[str, Edit]
+    reader: GGUFReader,
+    added: Mapping[str, NewTensor],
+    edits: Mapping[str, Edit],
+    store: Mapping[str, GGMLQuantizationType],
 ) -> list[_Slot]:
     """Every tensor to write, in order: the source's, each followed by those added after it."""
     names = {tensor.name for tensor in reader.tensors}
@@ -212,9 +217,9 @@ def _plan(
         kind = GGMLQuantizationType(tensor.tensor_type)
         shape = tuple(int(n) for n in reversed(tensor.shape))
         edit = edits.get(tensor.name)
-        plan.append(
-            _Slot(tensor.name, shape, stored_type(kind) if edit else kind, tensor, edit=edit)
-        )
+        if edit:
+            kind = store.get(tensor.name, stored_type(kind))
+        plan.append(_Slot(tensor.name, shape, kind, tensor, edit=edit))
         plan.extend(new_slot(name) for name in following.get(tensor.name, []))
     plan.extend(new_slot(name) for name in following.get(None, []))
     return plan

@@ -210,6 +210,8 @@ def enhance_edits(
             raise WeightsError(f"--enhance {axis}={factor}: the factor is not a finite number")
         per_axis[axis] = axis_directions(steering, axis)
     order = [axis for axis in steering.axes if axis in factors and float(factors[axis]) != 0]
+    if not order:
+        return {}
     covered = sorted({block for axis in order for block in per_axis[axis]})
     chosen = covered if blocks is None else sorted(set(blocks))
     for block in chosen:

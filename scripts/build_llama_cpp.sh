@@ -20,7 +20,7 @@ STATIC_SRC="$CACHE/llama.cpp/$SHORT/src"
 BIN="$PREFIX/bin"
 LOG="$PREFIX/build.log"
 PY="${PYTHON:-python3}"
-TARGETS=(llama ggml ggml-base ggml-cpu llama-completion llama-server llama-cli)
+TARGETS=(llama ggml ggml-base ggml-cpu llama-completion llama-server llama-cli llama-quantize)
 case "${1:-}" in
   "" | --bench) ;;
   *) echo "build_llama_cpp: unknown argument $1 (the only one is --bench)" >&2; exit 2 ;;

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_llama_cpp.sh"
-TOOLS = ("llama-completion", "llama-server", "llama-cli")
+TOOLS = ("llama-completion", "llama-server", "llama-cli", "llama-quantize")
 BENCH_TOOLS = ("llama-cvector-generator", "llama-batched-bench")
 LIBRARIES = ("libllama.so", "libggml-base.so")
 

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGUFReader, GGUFValueType
 
 from cvgen import __version__
 from cvgen.weights.gguf_copy import (
-    REQUANTISABLE,
     Edit,
     Rewritten,
     WeightsError,
@@ -283,22 +282,26 @@ class _GGUFSources:
             role: {t.name: t for t in readers[role].tensors} for role in ("base", "donor")
         }
 
-    def read(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The base's and donor's float32 values of `name`, or None when their bytes are
-        the same (the diff is 0)."""
+    def differs(self, name: str) -> bool:
+        """Whether the donor's `name` differs from the base's (its type, or its bytes)."""
         base, donor = self.tensors["base"][name], self.tensors["donor"][name]
+        if base.tensor_type != donor.tensor_type:
+            return True
         base_raw, donor_raw = _raw(self.paths["base"], base), _raw(self.paths["donor"], donor)
-        if base.tensor_type == donor.tensor_type and np.array_equal(
-            base_raw.view(np.uint8), donor_raw.view(np.uint8)
-        ):
-            return None
-        base_values = float_values(base._replace(data=base_raw))
-        return base_values, float_values(donor._replace(data=donor_raw))
+        return not np.array_equal(base_raw.view(np.uint8), donor_raw.view(np.uint8))
 
     def edit(self, name: str, settings: TransferSettings) -> Edit:
+        """The edit of the target's `name`: the base's and donor's values read in it."""
+
         def apply(target: np.ndarray) -> np.ndarray | None:
-            pair = self.read(name)
-            return None if pair is None else _transfer_owned(*pair, target, settings)
+            base, donor = (
+                float_values(t._replace(data=_raw(self.paths[role], t)))
+                for role, t in (
+                    ("base", self.tensors["base"][name]),
+                    ("donor", self.tensors["donor"][name]),
+                )
+            )
+            return _transfer_owned(base, donor, target, settings)
 
         return apply
 
@@ -309,13 +312,13 @@ def _transfer_gguf(
     readers = {role: _open_gguf(paths[role], role) for role in ROLES}
     _check_gguf(readers, paths)
     sources = _GGUFSources(readers, paths)
-    edits: dict[str, Edit] = {}
-    for tensor in readers["target"].tensors:
-        kind = GGMLQuantizationType(tensor.tensor_type)
-        # an edit of a type gguf-py cannot store again falls back to Q8_0 even when it keeps
-        # the values: such a tensor is edited only when its diff is not 0
-        if kind in REQUANTISABLE or sources.read(tensor.name) is not None:
-            edits[tensor.name] = sources.edit(tensor.name, settings)
+    # only tensors whose bytes the donor changed are edited: the others are neither read as
+    # float32 nor requantised (a K-quant would become Q8_0)
+    edits = {
+        tensor.name: sources.edit(tensor.name, settings)
+        for tensor in readers["target"].tensors
+        if sources.differs(tensor.name)
+    }
     total = len(readers["target"].tensors)
     del readers
     record = _record(paths, settings).items()
@@ -371,8 +374,6 @@ def _same_bytes(base: StoredTensor, donor: StoredTensor) -> bool:
 
 def _safetensors_edit(base: StoredTensor, donor: StoredTensor, settings: TransferSettings) -> Edit:
     def apply(target: np.ndarray) -> np.ndarray | None:
-        if _same_bytes(base, donor):
-            return None
         return _transfer_owned(float_tensor(base), float_tensor(donor), target, settings)
 
     return apply
@@ -387,6 +388,7 @@ def _transfer_safetensors(
         name: _safetensors_edit(tensors["base"][name], tensors["donor"][name], settings)
         for name, tensor in tensors["target"].items()
         if tensor.dtype in FLOAT_DTYPES
+        and not _same_bytes(tensors["base"][name], tensors["donor"][name])
     }
     changed = rewrite_safetensors(paths["target"], out, edits=edits)
     try:

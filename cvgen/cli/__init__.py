@@ -3,7 +3,7 @@ one line (`cvgen.cli.common.one_line_errors`), and `main`, the group that holds 
 
 Commands: generate, collect, solve (`cli.generate`), eval (`cli.evaluate`), inspect, axes
 (`cli.inspect`), commands, compare (`cli.commands`), html, preset add/list/remove (`cli.page`),
-serve (`cli.serve`), chat (`cli.chat`) and bake (`cli.bake`).
+serve (`cli.serve`), chat (`cli.chat`), bake (`cli.bake`) and transfer (`cli.transfer`).
 Library errors become `click.ClickException` here and only here, so every failure prints
 `Error: <one line>` and exits non-zero.
 """
@@ -21,6 +21,7 @@ from cvgen.cli.generate import collect, generate, solve
 from cvgen.cli.inspect import axes, inspect
 from cvgen.cli.page import html_page, preset
 from cvgen.cli.serve import serve
+from cvgen.cli.transfer import transfer
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -39,5 +40,6 @@ main.add_command(html_page)
 main.add_command(preset)
 main.add_command(chat)
 main.add_command(bake)
+main.add_command(transfer)
 
 __all__ = ["main"]

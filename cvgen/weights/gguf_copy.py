@@ -16,9 +16,7 @@ K-quants, the I-quants) is stored as Q8_0, and the returned `Rewritten` list say
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import mmap
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -89,31 +87,38 @@ def numpy_shape(dims: tuple[int, ...]) -> tuple[int, ...]:
 
 
 class GgufModel:
-    """A model GGUF opened for reading: its layout (header read once) and its tensors'
-    bytes through a memory map. Use as a context manager, or call `close`."""
+    """A model GGUF opened for reading: its layout (header read once) and its tensors' bytes,
+    read with pread when asked for (no memory map, so a large model's pages do not pile up in
+    this process's resident memory). Use as a context manager, or call `close`."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.layout: GgufLayout = read_gguf_layout(self.path)
         self.tensors: dict[str, TensorEntry] = {t.name: t for t in self.layout.tensors}
-        self._handle = self.path.open("rb")
-        self.map = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ)
+        self._fd = os.open(self.path, os.O_RDONLY)
 
     @property
     def architecture(self) -> str:
         return str(self.layout.fields.get("general.architecture"))
+
+    def read(self, start: int, size: int) -> bytes:
+        """`size` bytes of the file from `start` (raises on a short read)."""
+        data = os.pread(self._fd, size, start)
+        if len(data) != size:
+            raise WeightsError(f"{self.path}: ends at byte {start + len(data)}, inside a tensor")
+        return data
 
     def raw(self, name: str) -> np.ndarray:
         """A tensor's bytes as gguf-py holds them: F32/F16 as their dtype in numpy shape,
         other types as uint8 rows (numpy shape with the last axis in bytes)."""
         entry = self.tensors[name]
         shape = numpy_shape(entry.dims)
+        data = self.read(entry.start, entry.nbytes)
         if entry.kind in (Q.F32, Q.F16):
-            dtype = np.float32 if entry.kind == Q.F32 else np.float16
-            count = entry.nbytes // np.dtype(dtype).itemsize
-            return np.frombuffer(self.map, dtype, count, entry.start).reshape(shape)
-        byte_shape = quant_shape_to_byte_shape(shape, entry.kind)
-        return np.frombuffer(self.map, np.uint8, entry.nbytes, entry.start).reshape(byte_shape)
+            return np.frombuffer(data, np.float32 if entry.kind == Q.F32 else np.float16).reshape(
+                shape
+            )
+        return np.frombuffer(data, np.uint8).reshape(quant_shape_to_byte_shape(shape, entry.kind))
 
     def values(self, name: str) -> np.ndarray:
         """A tensor's values in float32, numpy shape (rows last)."""
@@ -123,11 +128,13 @@ class GgufModel:
             return np.array(raw, dtype=np.float32)
         return np.asarray(dequantize(raw, kind), dtype=np.float32)
 
+    def copy(self, start: int, size: int, handle: BinaryIO) -> None:
+        """Copy `size` bytes from `start` to `handle`, CHUNK bytes at a time."""
+        for offset in range(start, start + size, CHUNK):
+            handle.write(self.read(offset, min(CHUNK, start + size - offset)))
+
     def close(self) -> None:
-        # an array may still view the map after an error mid-write: it closes when collected
-        with contextlib.suppress(BufferError):
-            self.map.close()
-        self._handle.close()
+        os.close(self._fd)
 
     def __enter__(self) -> GgufModel:
         return self
@@ -176,10 +183,7 @@ class _Slot:
         assert self.entry is not None
         new = self.edit(model.values(self.name)) if self.edit is not None else None
         if new is None and self.kind == self.entry.kind:
-            end = self.entry.start + self.entry.nbytes
-            with memoryview(model.map) as view:
-                for start in range(self.entry.start, end, CHUNK):
-                    handle.write(view[start : min(start + CHUNK, end)])
+            model.copy(self.entry.start, self.entry.nbytes, handle)
             return
         if new is None:
             new = model.values(self.name)
@@ -240,7 +244,7 @@ def _write(
     )
     for key in kept:
         start, end = layout.entries[key]
-        handle.write(model.map[start:end])
+        model.copy(start, end - start, handle)
     for key, (value, kind) in fields.items():
         handle.write(_string(key) + struct.pack("<I", kind) + _value(value, kind))
     align = layout.alignment

@@ -67,6 +67,7 @@ class Requantised:
     rewritten: list[Rewritten]
     by_llama_quantize: frozenset[str]
     binary: Path | None
+    failure: str | None = None  # why llama-quantize could not be used, when it failed
 
     def summary(self) -> list[str]:
         """One line per (source type, stored type) pair: how many tensors, and by what."""
@@ -74,6 +75,8 @@ class Requantised:
         for item in self.rewritten:
             if item.name in self.by_llama_quantize:
                 how = "stored again in its own type by llama-quantize"
+            elif item.fell_back and self.failure:
+                how = f"stored as Q8_0 (llama-quantize failed: {self.failure})"
             elif item.fell_back:
                 how = "stored as Q8_0 (gguf-py cannot quantise it; llama-quantize not used)"
             else:
@@ -127,6 +130,12 @@ def rewrite_gguf_requantised(
         _run(llama_quantize, middle, final, types, header, threads)
         _check_written(final, targets)
         os.replace(final, out)
+    except WeightsError as exc:
+        if not str(exc).startswith(str(llama_quantize)):
+            raise
+        # llama-quantize refused the file (it wants a model llama.cpp can load): Q8_0, said
+        done = rewrite_gguf(source, out, fields=fields, added=added, edits=edits)
+        return Requantised(done, frozenset(), None, str(exc).rsplit(": ", 1)[-1])
     finally:
         for path in (middle, final, types):
             path.unlink(missing_ok=True)

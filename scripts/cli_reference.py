@@ -29,6 +29,8 @@ COMMANDS = (
     "preset remove",
     "serve",
     "chat",
+    "bake",
+    "transfer",
 )
 HEADER = """# CLI reference
 
@@ -37,7 +39,7 @@ HEADER = """# CLI reference
 
 Every command's `--help`, as `cvgen COMMAND --help` prints it. What the inputs and outputs mean
 is in [usage.md](usage.md); big runs with `collect` and `solve` are in [scaling.md](scaling.md),
-and `eval` in [evaluation.md](evaluation.md).
+`eval` in [evaluation.md](evaluation.md), and `bake` and `transfer` in [weights.md](weights.md).
 
 """
 

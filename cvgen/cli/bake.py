@@ -35,6 +35,8 @@ _BLOCKS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
     set_help="An axis and its scale to bake in exactly, as `cvgen commands` takes them. "
     "Repeatable.",
     preset_help="A preset of the pack to bake in (then --set over it).",
+    model_help="The model: a .gguf (default: the pack's own .gguf source), or, for --enhance "
+    "only, a Hugging Face model folder of safetensors files.",
 )
 @click.option(
     "--enhance",

@@ -18,8 +18,11 @@ from cvgen.vectors.model_header import ModelFileInfo
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def steering_options(*, set_help: str, preset_help: str) -> Callable[[F], F]:
-    """PACK, --model, --set (repeatable), --preset and --allow-unsafe-scales."""
+def steering_options(
+    *, set_help: str, preset_help: str, model_help: str | None = None
+) -> Callable[[F], F]:
+    """PACK, --model, --set (repeatable), --preset and --allow-unsafe-scales. `model_help`:
+    --model's own help, which then also takes a folder (a Hugging Face model)."""
 
     def decorate(command: F) -> F:
         for option in reversed(
@@ -27,9 +30,10 @@ def steering_options(*, set_help: str, preset_help: str) -> Callable[[F], F]:
                 click.argument("pack", type=click.Path(path_type=Path)),
                 click.option(
                     "--model",
-                    type=click.Path(path_type=Path, dir_okay=False),
+                    type=click.Path(path_type=Path, dir_okay=model_help is not None),
                     default=None,
-                    help="The llama.cpp model .gguf (default: the pack's own .gguf source).",
+                    help=model_help
+                    or "The llama.cpp model .gguf (default: the pack's own .gguf source).",
                 ),
                 click.option(
                     "--set",

@@ -58,6 +58,8 @@ from cvgen.weights.requantise import (
 )
 from cvgen.weights.safetensors_copy import rewrite_safetensors, tensors_of
 
+RECORD_NAME = "cvgen-enhance.json"  # what a Hugging Face output folder records
+
 # form -> (attention output projection, FFN down projection) of block {block}
 TENSORS = {
     "gguf": ("blk.{block}.attn_output.weight", "blk.{block}.ffn_down.weight"),
@@ -273,10 +275,12 @@ def enhance_model(
     edits = enhance_edits(
         steering, factors, form=shape.form, tensor_names=shape.tensor_names, blocks=blocks, ffn=ffn
     )
-    if shape.form == "hf":
-        return Requantised(rewrite_safetensors(model, out, edits=edits), frozenset(), None)
-    binary = find_llama_quantize() if use_llama_quantize else None
     fields = enhance_record(steering.pack, factors, blocks, ffn)
+    if shape.form == "hf":
+        record = json.dumps({key: value for key, (value, _) in fields.items()}, indent=2)
+        done = rewrite_safetensors(model, out, edits=edits, records={RECORD_NAME: record + "\n"})
+        return Requantised(done, frozenset(), None)
+    binary = find_llama_quantize() if use_llama_quantize else None
     return rewrite_gguf_requantised(
         model, out, fields=fields, edits=edits, llama_quantize=binary, threads=threads
     )

@@ -117,9 +117,13 @@ def encode_like(values: np.ndarray, dtype: str) -> np.ndarray:
     return rounded.view(np.uint8)
 
 
-def rewrite_safetensors(source: Path, out: Path, *, edits: Mapping[str, Edit]) -> list[Rewritten]:
+def rewrite_safetensors(
+    source: Path, out: Path, *, edits: Mapping[str, Edit], records: Mapping[str, str] | None = None
+) -> list[Rewritten]:
     """Write the model `source` (folder or file) to `out` with each tensor named in `edits`
-    replaced by its edit's values; everything else byte for byte. Returns what was edited."""
+    replaced by its edit's values; everything else byte for byte. `records` (file name ->
+    text) are written into the output folder too (what cvgen did: each safetensors header is
+    kept as it was). Returns what was edited."""
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve():
         raise WeightsError(f"--out {out}: it is the input model; choose another path")
@@ -139,8 +143,10 @@ def rewrite_safetensors(source: Path, out: Path, *, edits: Mapping[str, Edit]) -
             for item in sorted(source.iterdir()):
                 if item.suffix == ".safetensors":
                     _rewrite_file(item, tmp / item.name, tensors, edits, done)
-                elif item.is_file():
+                elif item.is_file() and item.name not in (records or {}):
                     shutil.copyfile(item, tmp / item.name)
+            for name, text in (records or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
         os.replace(tmp, out)
     except OSError as exc:
         _remove(tmp)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,11 +378,6 @@ def _transfer_safetensors(
         if tensor.dtype in FLOAT_DTYPES
         and not _same_bytes(tensors["base"][name], tensors["donor"][name])
     }
-    changed = rewrite_safetensors(paths["target"], out, edits=edits)
-    try:
-        record = json.dumps(_record(paths, settings), indent=2) + "\n"
-        (out / RECORD_NAME).write_text(record, encoding="utf-8")
-    except OSError as exc:
-        shutil.rmtree(out, ignore_errors=True)  # the folder this call has just written
-        raise WeightsError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
+    record = json.dumps(_record(paths, settings), indent=2) + "\n"
+    changed = rewrite_safetensors(paths["target"], out, edits=edits, records={RECORD_NAME: record})
     return TransferReport("safetensors", tuple(changed), len(tensors["target"]) - len(changed))

@@ -38,6 +38,10 @@ def pico_pack(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         "axes",
         "html",
         "preset",
+        "serve",
+        "chat",
+        "bake",
+        "transfer",
     ],
 )
 def test_every_command_has_help(command: str) -> None:

@@ -187,3 +187,54 @@ def test_the_real_gemma_3_file_is_refused_for_the_exact_bake(tmp_path: Path) -> 
     _refused(result, "architecture 'gemma3'", "normalised (post_ffw_norm)", "--enhance",
              "--control-vector-scaled")  # fmt: skip
     assert not out.exists()
+
+
+def test_a_hugging_face_folder_takes_enhance_only(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cvgen.weights.enhance import axis_directions
+
+    pack, _ = setup
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"hidden_size": SERVE_N_EMBD,
+                                                    "num_hidden_layers": SERVE_N_LAYER}))  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    weights = {f"model.layers.{n}.self_attn.o_proj.weight": torch.randn(SERVE_N_EMBD, 8, generator=generator)
+               for n in range(SERVE_N_LAYER)} | {"lm_head.weight": torch.randn(4, SERVE_N_EMBD)}  # fmt: skip
+    save_file(weights, folder / "model.safetensors")
+    refused = run(
+        "bake",
+        str(pack),
+        "--model",
+        str(folder),
+        "--set",
+        "language=1",
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert refused.exit_code == 2 and "--enhance only" in refused.output
+    out = tmp_path / "out"
+    result = run(
+        "bake", str(pack), "--model", str(folder), "--enhance", "language=-1", "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    assert "enhanced language=-1 in 13 tensors" in result.output
+    written = load_file(out / "model.safetensors")
+    u = axis_directions(PackSteering(pack), "language")[8]
+    edited = written["model.layers.8.self_attn.o_proj.weight"].numpy()
+    assert (
+        np.abs(u @ edited).max()
+        < 1e-4
+        < np.abs(u @ weights["model.layers.8.self_attn.o_proj.weight"].numpy()).max()
+    )
+    assert torch.equal(
+        written["model.layers.3.self_attn.o_proj.weight"],
+        weights["model.layers.3.self_attn.o_proj.weight"],
+    )
+    assert torch.equal(written["lm_head.weight"], weights["lm_head.weight"])
+    record = json.loads((out / "cvgen-enhance.json").read_text())
+    assert json.loads(record["cvgen.enhance.factors"]) == {"language": -1.0}

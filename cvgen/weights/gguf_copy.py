@@ -143,14 +143,6 @@ class GgufModel:
         self.close()
 
 
-def float_values(tensor: Any) -> np.ndarray:
-    """A GGUFReader tensor's values in float32, numpy shape (rows last)."""
-    kind = GGMLQuantizationType(tensor.tensor_type)
-    if kind == Q.F32:
-        return np.asarray(tensor.data, dtype=np.float32)
-    return np.asarray(dequantize(np.asarray(tensor.data), kind), dtype=np.float32)
-
-
 def encode(values: np.ndarray, kind: GGMLQuantizationType) -> np.ndarray:
     """float32 `values` in `kind`'s bytes (F32 and F16 as their numpy dtypes)."""
     values = np.ascontiguousarray(values, dtype=np.float32)

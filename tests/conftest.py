@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from shared_models import RealTransformers
 
 from cvgen.data.shipped import data_root
 
@@ -314,3 +315,10 @@ def browser() -> Iterator[Any]:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="session")
+def real_transformers() -> RealTransformers:
+    """The real model's transformers config, tokenizer and float32 weights, loaded once per
+    session through cvgen's loaders (tests/shared_models.py says why and how)."""
+    return RealTransformers(require_real_model())

@@ -20,6 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import require_real_model
+from shared_models import RealTransformers
 
 from cvgen.cli import main
 
@@ -91,7 +92,12 @@ def test_pico_mean_diff_pack_is_byte_identical(pico_llama: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_real_model_pack_is_byte_identical_to_the_golden(tmp_path: Path) -> None:
+def test_real_model_pack_is_byte_identical_to_the_golden(
+    tmp_path: Path, real_transformers: RealTransformers
+) -> None:
     model = require_real_model()
     arguments = ["--axis", "language", "--samples", "8", "--seed", "1", "--engine", "transformers"]
-    _check_against_golden("real-language", arguments, model, tmp_path)
+    # the session's one transformers load of the model (tests/shared_models.py): the same
+    # loader's objects, so the bytes are those of a fresh load
+    with real_transformers.in_cvgen():
+        _check_against_golden("real-language", arguments, model, tmp_path)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import require_binding, require_real_model
+from shared_models import RealTransformers
 
 from cvgen.engine.binding import EngineError
 from cvgen.engine.collect import check_steerable
@@ -86,17 +87,19 @@ def test_direction_k_is_added_to_block_k_and_clearing_restores_bit_for_bit(
 
 
 def test_engine_block_k_is_transformers_block_k(
-    context: LlamaContext, prompts: list[list[int]], model: LlamaModel
+    context: LlamaContext,
+    prompts: list[list[int]],
+    model: LlamaModel,
+    real_transformers: RealTransformers,
 ) -> None:
     """The store's convention (state k = output of block k, as the transformers engine's
     hooks read it) holds for this engine: each block matches transformers' same block, not
     its neighbour."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    path = Path(model.info.path)
+    assert Path(model.info.path).resolve() == real_transformers.path
     torch.set_num_threads(THREADS)
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    hf = real_transformers.model()  # the session's one float32 load (tests/shared_models.py)
     grabbed: dict[int, np.ndarray] = {}
     hooks = [
         layer.register_forward_hook(
@@ -108,10 +111,12 @@ def test_engine_block_k_is_transformers_block_k(
     ]
     engine = context.run(prompts[:1], wanted=list(range(model.n_layer)))
     assert engine is not None
-    with torch.inference_mode():
-        hf(input_ids=torch.tensor([prompts[0]]))
-    for hook in hooks:
-        hook.remove()
+    try:
+        with torch.inference_mode():
+            hf(input_ids=torch.tensor([prompts[0]]))
+    finally:
+        for hook in hooks:
+            hook.remove()
     reference = np.stack([grabbed[k] for k in range(model.n_layer)])
     same = cosines(engine[:, 0], reference)
     shifted = cosines(engine[1:, 0], reference[:-1])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import require_real_model
+from shared_models import RealTransformers
 
 from cvgen.generate.pipeline import generate_pack
 from cvgen.generate.settings import GenerateSettings
@@ -24,22 +25,24 @@ def real_model() -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_pack(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def real_pack(
+    real_model: Path, tmp_path_factory: pytest.TempPathFactory, real_transformers: RealTransformers
+) -> Path:
     """A `language` pack from the real model, 12 samples per class, collected by transformers
-    (the llama.cpp engine's convention is tested in tests/engine/test_engine_capture.py)."""
+    (the llama.cpp engine's convention is tested in tests/engine/test_engine_capture.py), with
+    the session's one transformers load of the model (tests/shared_models.py)."""
     out = tmp_path_factory.mktemp("real") / "pack"
     settings = GenerateSettings(
         model=str(real_model), axes=("language",), samples=12, seed=5, engine="transformers"
     )
-    generate_pack(settings, out, store_root=out.parent / "store", show_progress=False)
+    with real_transformers.in_cvgen():
+        generate_pack(settings, out, store_root=out.parent / "store", show_progress=False)
     return out
 
 
 def test_real_gguf_pack_is_valid_and_direction_k_matches_block_k(
-    real_model: Path, real_pack: Path
+    real_pack: Path, real_transformers: RealTransformers
 ) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out = real_pack
     manifest = json.loads((out / "pack.json").read_text())
     assert manifest["model"]["n_layer"] == 30 and manifest["model"]["n_embd"] == 576
@@ -50,10 +53,8 @@ def test_real_gguf_pack_is_valid_and_direction_k_matches_block_k(
     }
     assert len(files["ornate.gguf"]) >= 10  # most blocks pass tau on the real model
 
-    model = AutoModelForCausalLM.from_pretrained(
-        real_model.parent, gguf_file=real_model.name, dtype=torch.float32
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(real_model.parent, gguf_file=real_model.name)
+    model = real_transformers.model()  # float32, eval mode
+    tokenizer = real_transformers.tokenizer()
     axis = json.loads((Path(__file__).resolve().parents[2] / "axes" / "language.json").read_text())
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import craft_gguf, require_llama_cpp, require_real_model
+from shared_models import RealTransformers
 
 from cvgen.eval.backend import Steering
 from cvgen.extract.chat import render_chat_prompt, template_of_model_file
@@ -171,19 +172,15 @@ def _renormalised_kl(reference: dict[int, float], other: np.ndarray) -> float:
 
 
 def test_direction_k_in_llama_cpp_is_the_output_of_hf_block_k(
-    bins: Path, model: Path, pack: Path, tmp_path: Path
+    bins: Path, model: Path, pack: Path, tmp_path: Path, real_transformers: RealTransformers
 ) -> None:
     """A file holding only direction.k, in llama.cpp, matches the HF model with the same vector
     added by a forward hook at the output of model.layers[k], and not at k-1 or k+1 (which is
     what a file written one block late would match). The pack's vector at k is rescaled to
     norm 100 so that moving it by one block changes the next token clearly more than the Q4_1
     quantisation does."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf = AutoModelForCausalLM.from_pretrained(
-        model.parent, gguf_file=model.name, dtype=torch.float32
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model.parent, gguf_file=model.name)
+    hf = real_transformers.model()  # the session's one float32 load (tests/shared_models.py)
+    tokenizer = real_transformers.tokenizer()
     blocks = hf.model.layers
     prompts = [
         "Write a story about a dragon.",
@@ -221,10 +218,12 @@ def test_direction_k_in_llama_cpp_is_the_output_of_hf_block_k(
         return torch.log_softmax(logits.double(), dim=-1).numpy()
 
     server_binary = bins / "llama-server"
+    # the unsteered HF rows, computed once: the same forward for every k below
+    hf_plain = [hf_logprobs(t, None, None) for t in token_lists]
     with LlamaServer(model, binary=server_binary, log_path=tmp_path / "plain.log") as server:
         unsteered = [
-            _renormalised_kl(server.next_token_logprobs(t), hf_logprobs(t, None, None))
-            for t in token_lists
+            _renormalised_kl(server.next_token_logprobs(t), plain)
+            for t, plain in zip(token_lists, hf_plain, strict=True)
         ]
     pole = ControlVector.from_gguf(next(pack.glob("*language__ornate.gguf"))).directions
     table: dict[str, Any] = {"unsteered": round(fmean(unsteered), 5)}
@@ -247,8 +246,7 @@ def test_direction_k_in_llama_cpp_is_the_output_of_hf_block_k(
             for block in (k - 1, k, k + 1)
         }
         moved = fmean(
-            _renormalised_kl(ref, hf_logprobs(t, None, None))
-            for ref, t in zip(steered, token_lists, strict=True)
+            _renormalised_kl(ref, plain) for ref, plain in zip(steered, hf_plain, strict=True)
         )
         table[f"k={k}"] = {
             "hf_block_k-1": round(row[k - 1], 5),
@@ -271,7 +269,11 @@ def test_direction_k_in_llama_cpp_is_the_output_of_hf_block_k(
 
 
 def test_eval_backends_agree_on_token_logprobs_and_kl(
-    bins: Path, model: Path, pack: Path, monkeypatch: pytest.MonkeyPatch
+    bins: Path,
+    model: Path,
+    pack: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    real_transformers: RealTransformers,
 ) -> None:
     """The llama.cpp backend (grammar-forced tokens, full-vocabulary log-probabilities) and the
     transformers backend (hooks) give the same forced-token log-probabilities and KL, up to
@@ -282,7 +284,8 @@ def test_eval_backends_agree_on_token_logprobs_and_kl(
 
     monkeypatch.setenv("CVGEN_LLAMA_CPP", str(bins))
     llama = LlamaCppBackend(model, top_k=256)
-    hf = HfBackend.load(str(model), device="cpu", dtype="float32")
+    with real_transformers.in_cvgen():  # the session's one load (tests/shared_models.py)
+        hf = HfBackend.load(str(model), device="cpu", dtype="float32")
     manifest = json.loads((pack / "pack.json").read_text())
     files = manifest["axes"]["language"]["files"]
     axis = AxisFiles(*(pack / files[role] for role in ("debias", "negative", "positive")))
@@ -373,12 +376,15 @@ def test_cli_eval_on_llama_cpp_measures_the_language_axis(
             "4",
             "--probe-pairs",
             "3",
+            # the generations and the KL still run, but nothing here reads them: 4 tokens
+            # of each (were 32 generated, 2 texts x 24 KL tokens; the test measured 235 s
+            # before, 190 s after, at 1 thread on the shared 2-core machine)
             "--max-tokens",
-            "32",
+            "4",
             "--neutral-texts",
-            "2",
+            "1",
             "--kl-tokens",
-            "24",
+            "4",
             "--calibration-scales",
             "",
             "--quiet",

@@ -29,11 +29,13 @@ from cvgen.data.eval_data import load_neutral_texts
 from cvgen.eval.backend import Scored, Steering
 from cvgen.eval.engine_backend import EngineBackend
 from cvgen.llamacpp.binaries import complete
+from cvgen.pack.steering import PackSteering
 from cvgen.vectors.model_header import read_gguf_layout
+from cvgen.weights.bake import bias_tensors
 from cvgen.weights.gguf_copy import rewrite_gguf
 
 pytestmark = pytest.mark.slow
-TEXTS = 3  # neutral replies scored (about 60 tokens each)
+TEXTS = 2  # neutral replies scored (about 60 tokens each)
 PROMPTS = ("Describe the sea at night.",)
 
 
@@ -89,14 +91,20 @@ def baked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     require_binding()
     folder = tmp_path_factory.mktemp("bake")
     pack = write_serve_pack(folder / "pack", model)
-    f32 = folder / "f32.gguf"
-    names = [t.name for t in read_gguf_layout(model).tensors]
-    rewrite_gguf(model, f32, fields={}, edits=dict.fromkeys(names, lambda v: v),
-                 store_as=dict.fromkeys(names, GGMLQuantizationType.F32))  # fmt: skip
+    f32, baked_f32 = folder / "f32.gguf", folder / "baked-f32.gguf"
+    names = {t.name for t in read_gguf_layout(model).tensors}
+    as_f32 = {"edits": dict.fromkeys(names, lambda v: v),
+              "store_as": dict.fromkeys(names, GGMLQuantizationType.F32)}  # fmt: skip
+    rewrite_gguf(model, f32, fields={}, **as_f32)  # type: ignore[arg-type]
+    # the float32 copy with the biases, in one pass (the CLI's bake is tested on the Q4_1 file)
+    steering = PackSteering(pack)
+    added, _ = bias_tensors(
+        names, steering.block_vectors(steering.parse_assignments(("language=1",), None))
+    )
+    rewrite_gguf(model, baked_f32, fields={}, added=added, **as_f32)  # type: ignore[arg-type]
     _bake(pack, model, folder / "baked.gguf")
-    _bake(pack, f32, folder / "baked-f32.gguf")
     return {"pack": pack, "model": model, "baked": folder / "baked.gguf", "f32": f32,
-            "baked_f32": folder / "baked-f32.gguf"}  # fmt: skip
+            "baked_f32": baked_f32}  # fmt: skip
 
 
 def test_on_a_float32_copy_the_bake_is_the_control_vector_run(baked: dict[str, Path]) -> None:

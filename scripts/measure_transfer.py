@@ -176,29 +176,40 @@ def main() -> None:
     print(f"\n(whole run: {time.perf_counter() - started:.0f} s)")
 
 
+def shift(before: np.ndarray, after: np.ndarray) -> str:
+    """The mean per-prompt change from `before` to `after`, with its bootstrap 95% interval."""
+    estimate = bootstrap_slope(np.array([0.0, 1.0]), np.stack([before, after], 1))
+    return f"{estimate.slope:+.3f} [{estimate.low:+.3f}, {estimate.high:+.3f}]"
+
+
 def report(measured: dict, axes: tuple[str, str]) -> None:
-    """Print the propensity shifts against B and the KL to T and to B."""
+    """Print the propensity shifts against B (and O-sigmoid against O-none), and the KLs."""
     base = measured["B"][0]
-    print(f"\n| vs B: propensity shift [95% CI] | {axes[0]} | {axes[1]} |\n|---|---|---|")
+    print(f"\n| propensity shift [95% CI] | {axes[0]} | {axes[1]} |\n|---|---|---|")
     names = ["D", "T", "O-sigmoid", "O-none"] + (["model"] if "model" in measured else [])
     for name in names:
-        cells = []
-        for axis in axes:
-            estimate = bootstrap_slope(
-                np.array([0.0, 1.0]), np.stack([base[axis], measured[name][0][axis]], 1)
-            )
-            cells.append(f"{estimate.slope:+.3f} [{estimate.low:+.3f}, {estimate.high:+.3f}]")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [shift(base[axis], measured[name][0][axis]) for axis in axes]
+        print(f"| {name} vs B | " + " | ".join(cells) + " |")
+    paired = [shift(measured["O-none"][0][a], measured["O-sigmoid"][0][a]) for a in axes]
+    print("| O-sigmoid vs O-none (paired) | " + " | ".join(paired) + " |")
     print("\n| KL per token on neutral text [95% CI] | mean | tokens |\n|---|---|---|")
     pairs = [("T", n) for n in ("O-sigmoid", "O-none", "D", "B")]
     pairs += [("B", n) for n in ("O-sigmoid", "O-none", "D", "T")]
     pairs += [("B", "model")] if "model" in measured else []
-    for reference, name in pairs:
-        kl = kl_against(measured[reference][1], measured[name][1])
-        low, high = bootstrap_mean_band(kl[:, None])
-        print(
-            f"| KL({reference} ‖ {name}) | {kl.mean():.5f} [{low[0]:.5f}, {high[0]:.5f}] | {kl.size} |"
-        )
+    kls = {pair: kl_against(measured[pair[0]][1], measured[pair[1]][1]) for pair in pairs}
+    for (reference, name), kl in kls.items():
+        print(f"| KL({reference} ‖ {name}) | {band(kl)} | {kl.size} |")
+    difference = kls["T", "O-sigmoid"] - kls["T", "O-none"]
+    print(
+        f"| KL(T ‖ O-sigmoid) − KL(T ‖ O-none), paired | {band(difference, '+.5f')} | "
+        f"{difference.size} |"
+    )
+
+
+def band(values: np.ndarray, form: str = ".5f") -> str:
+    """The mean of `values` and its bootstrap 95% interval (over the values)."""
+    low, high = bootstrap_mean_band(values[:, None])
+    return f"{values.mean():{form}} [{low[0]:{form}}, {high[0]:{form}}]"
 
 
 if __name__ == "__main__":

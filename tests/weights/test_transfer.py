@@ -16,6 +16,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import dequantize, quantize
 from safetensors.torch import load_file, save_file
 
+from cvgen.weights.enhance import enhance_matrix
 from cvgen.weights.gguf_copy import Edit, WeightsError, rewrite_gguf
 from cvgen.weights.transfer import (
     RECORD_NAME,
@@ -311,21 +312,21 @@ def test_a_safetensors_transfer(tmp_path: Path) -> None:
 
 
 # --- the real model's tensors --------------------------------------------------------------------
-# D and T are the base with one direction enhanced on attn_output: W' = W + a u (u^T W), per block.
-# STAND-IN: this local edit stands in for cvgen's directional enhancement (cvgen/weights/enhance.py,
-# written in parallel); the lead replaces it with that module. The directions are seeded random
-# unit vectors (the weight-space claim holds for any direction); scripts/measure_transfer.py uses
-# the demo pack's axis directions and measures the behaviour in llama.cpp.
+# D and T are the base with one direction enhanced on attn_output by cvgen's directional
+# enhancement, W' = W + a u (u^T W) per block (cvgen.weights.enhance.enhance_matrix). The directions
+# are seeded random unit vectors (the weight-space claim holds for any direction);
+# scripts/measure_transfer.py uses the demo pack's axis directions and measures the behaviour in
+# llama.cpp.
 
 ENHANCE = 1.5
 DONOR_BLOCKS, TARGET_BLOCKS = (14, 16, 21, 22), (8, 16, 21, 22)  # 16, 21, 22 are shared
 
 
-def _stand_in_enhance(directions: Mapping[int, np.ndarray]) -> dict[str, Edit]:
-    """STAND-IN for the enhancement module: the edits W' = W + a u (u^T W) per block."""
+def _enhance(directions: Mapping[int, np.ndarray]) -> dict[str, Edit]:
+    """The enhancement edits W' = W + a u (u^T W) on each block's attn_output."""
 
     def edit(u: np.ndarray) -> Edit:
-        return lambda w: w + np.float32(ENHANCE) * np.outer(u, u @ w).astype(np.float32)
+        return lambda w: enhance_matrix(w, u, ENHANCE)
 
     return {f"blk.{block}.attn_output.weight": edit(u) for block, u in directions.items()}
 
@@ -361,8 +362,8 @@ def real_three(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     donor_u = {block: unit() for block in DONOR_BLOCKS}
     target_u = {block: unit() for block in TARGET_BLOCKS}
     paths = {role: folder / f"{role}.gguf" for role in ("base", "donor", "target")}
-    rewrite_gguf(paths["base"], paths["donor"], fields={}, edits=_stand_in_enhance(donor_u))
-    rewrite_gguf(paths["base"], paths["target"], fields={}, edits=_stand_in_enhance(target_u))
+    rewrite_gguf(paths["base"], paths["donor"], fields={}, edits=_enhance(donor_u))
+    rewrite_gguf(paths["base"], paths["target"], fields={}, edits=_enhance(target_u))
     outs = {}
     for settings in (SIGMOID, NONE):
         outs[settings.ratio] = folder / f"out-{settings.ratio}.gguf"

@@ -26,7 +26,11 @@ PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 PROMPT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input")
 # The text statistics `cvgen eval` can measure (registered in `cvgen.eval.textstats`); an axis
 # file's `evaluation.statistics` names some of them.
-TEXT_STATISTIC_NAMES = ("quoted_fraction", "sentiment", "word_length", "zipf_frequency")
+TEXT_STATISTIC_NAMES = (
+    "casual_word_rate", "contraction_rate", "first_person_share", "past_tense_share",
+    "quoted_fraction", "sentiment", "word_length", "words_per_reply", "words_per_sentence",
+    "zipf_frequency",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Text statistics that show an axis at work in generated text (word length and rarity, the
-share of quoted speech, sentiment), registered by name in `TEXT_STATISTICS`. An axis file names
+share of quoted speech, sentiment; person, tense, length and register from
+`cvgen.eval.style_stats`), registered by name in `TEXT_STATISTICS`. An axis file names
 the ones that fit it in its `evaluation` field (`cvgen.data.shipped.AxisStatistic`)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from functools import lru_cache
 from statistics import fmean
 from typing import Any
 
+from cvgen.eval import style_stats as style
 from cvgen.eval.statistics import MetricError
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
@@ -85,6 +87,18 @@ TEXT_STATISTICS: dict[str, TextStatistic] = {
         # VADER rates compassion's sadistic pole kindly ("delight", "savour"); it ordered only
         # 6 of the 10 compassion probe pairs right, against 9 of 10 for optimism and empathy
         TextStatistic("sentiment", "VADER compound sentiment score, -1 to 1", sentiment),
+        TextStatistic(
+            "first_person_share",
+            "first-person pronouns over first- and third-person ones",
+            style.first_person_share,
+        ),
+        TextStatistic(
+            "past_tense_share", "past verb forms over past and present ones", style.past_tense_share
+        ),
+        TextStatistic("words_per_reply", "words in the reply", style.words_per_reply),
+        TextStatistic("contraction_rate", "contractions per word", style.contraction_rate),
+        TextStatistic("casual_word_rate", "casual words per word", style.casual_word_rate),
+        TextStatistic("words_per_sentence", "mean words per sentence", style.words_per_sentence),
     )
 }
 

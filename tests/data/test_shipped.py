@@ -129,7 +129,9 @@ def test_user_axis_names_its_evaluation_statistics(tmp_path: Path) -> None:
         (
             {"statistics": [{"name": "rhyme", "expected_sign": 1}]},
             "field 'evaluation.statistics[0].name' is \"rhyme\"; choose one of: "
-            "quoted_fraction, sentiment, word_length, zipf_frequency",
+            "casual_word_rate, contraction_rate, first_person_share, past_tense_share, "
+            "quoted_fraction, sentiment, word_length, words_per_reply, words_per_sentence, "
+            "zipf_frequency",
         ),
         (
             {"statistics": [{"name": "sentiment", "expected_sign": 0}]},

@@ -41,7 +41,9 @@ def test_unknown_statistic_lists_the_valid_names() -> None:
     with pytest.raises(
         MetricError,
         match=r"^unknown statistic 'rhyme'; choose one of: "
-        r"quoted_fraction, sentiment, word_length, zipf_frequency$",
+        r"casual_word_rate, contraction_rate, first_person_share, past_tense_share, "
+        r"quoted_fraction, sentiment, word_length, words_per_reply, words_per_sentence, "
+        r"zipf_frequency$",
     ):
         get_statistic("rhyme")
 

@@ -27,12 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 
 from cvgen.data.eval_data import load_neutral_texts
-from cvgen.eval.backend import Steering
+from cvgen.eval.backend import Scored, Steering
 from cvgen.eval.engine_backend import EngineBackend
+from cvgen.eval.measurement import kl_against
 from cvgen.llamacpp.binaries import find_binary
 from cvgen.pack.steering import PackSteering
 from cvgen.weights.gguf_copy import rewrite_gguf
@@ -63,24 +63,16 @@ def completion(model: Path, flags: list[str], prompt: str, tokens: int, threads:
     return run.stdout
 
 
-def kl_mean(model: Path, steerings: list[Steering], threads: int) -> list[float]:
-    """Mean per-token KL of each steering's distributions from the first one's."""
+def scores(model: Path, steering: Steering, threads: int) -> list[Scored]:
+    """The shipped neutral replies scored, with their distributions, on `model`."""
     backend = EngineBackend(model, threads=threads, n_seq=8)
-    texts = load_neutral_texts()
-    items = [(backend.prompt_ids(t.request), backend.continuation_ids(t.reply)) for t in texts]
-    runs = []
-    for steering in steerings:
+    try:
+        texts = load_neutral_texts()
+        items = [(backend.prompt_ids(t.request), backend.continuation_ids(t.reply)) for t in texts]
         with backend.session(steering) as session:
-            runs.append(session.score(items, distributions=True))
-    backend.close()
-    means = []
-    for other in runs[1:]:
-        parts = [
-            got.distributions.kl_from(ref.distributions)  # type: ignore[union-attr]
-            for ref, got in zip(runs[0], other, strict=True)
-        ]
-        means.append(float(np.concatenate(parts).mean()))
-    return means
+            return session.score(items, distributions=True)
+    finally:
+        backend.close()
 
 
 def report(label: str, model: Path, baked: Path, pack: Path, args: argparse.Namespace) -> None:
@@ -103,8 +95,11 @@ def report(label: str, model: Path, baked: Path, pack: Path, args: argparse.Name
         differs += completion(model, [], prompt, args.tokens, args.threads) != steered
     cv = Steering("vectors", tuple(files))
     nudge = Steering("nudged", tuple((p, s * (1 + 2**-20)) for p, s in files))
-    kl_nudged = kl_mean(model, [cv, nudge], args.threads)[0]
-    kl_baked = _baked_kl(model, baked, cv, args.threads)
+    steered_scores = scores(model, cv, args.threads)
+    kl_nudged = float(kl_against(steered_scores, scores(model, nudge, args.threads)).mean())
+    kl_baked = float(
+        kl_against(steered_scores, scores(baked, Steering("none"), args.threads)).mean()
+    )
     n = len(PROMPTS)
     print(f"{label}: llama-completion, temperature 0, {args.tokens} tokens, {n} prompts:")
     print(f"  baked text == control-vector text: {equal}/{n}")
@@ -112,23 +107,6 @@ def report(label: str, model: Path, baked: Path, pack: Path, args: argparse.Name
     print(f"  unsteered text != control-vector text: {differs}/{n}")
     print(f"  mean KL per token on neutral text, vectors || baked: {kl_baked:.3g} nats")
     print(f"  mean KL per token, vectors || vectors x (1 + 2^-20): {kl_nudged:.3g} nats")
-
-
-def _baked_kl(model: Path, baked: Path, cv: Steering, threads: int) -> float:
-    """KL(model with vectors || baked model), two backends on the same texts."""
-    texts = load_neutral_texts()
-    runs = []
-    for path, steering in ((model, cv), (baked, Steering("none"))):
-        backend = EngineBackend(path, threads=threads, n_seq=8)
-        items = [(backend.prompt_ids(t.request), backend.continuation_ids(t.reply)) for t in texts]
-        with backend.session(steering) as session:
-            runs.append(session.score(items, distributions=True))
-        backend.close()
-    parts = [
-        got.distributions.kl_from(ref.distributions)  # type: ignore[union-attr]
-        for ref, got in zip(runs[0], runs[1], strict=True)
-    ]
-    return float(np.concatenate(parts).mean())
 
 
 def bake(model: Path, out: Path, pack: Path, assignments: list[str]) -> None:

@@ -162,9 +162,8 @@ class _HeaderCursor:
         values = [self.read_value(item_kind, keep) for _ in range(items)]
         return values if keep else None
 
-    def read_all(self, wanted_arrays: frozenset[str]) -> dict[str, Any]:
-        """Every key/value field (arrays not wanted are None), after checking the file
-        reaches the end of its tensor data."""
+    def _preamble(self) -> tuple[int, int, int]:
+        """The magic, then (version, tensor count, key/value count)."""
         if self.data[:4] != _MAGIC:
             raise ControlVectorError(f"{self.path}: not a GGUF file (no GGUF magic)")
         self.offset = len(_MAGIC)
@@ -173,6 +172,12 @@ class _HeaderCursor:
         count = self.read_scalar(GGUFValueType.UINT64)
         if version not in READER_SUPPORTED_VERSIONS:
             raise ControlVectorError(f"{self.path}: unsupported GGUF version {version}")
+        return version, tensor_count, count
+
+    def read_all(self, wanted_arrays: frozenset[str]) -> dict[str, Any]:
+        """Every key/value field (arrays not wanted are None), after checking the file
+        reaches the end of its tensor data."""
+        version, tensor_count, count = self._preamble()
         fields: dict[str, Any] = {}
         for _ in range(count):
             key = self.read_string()
@@ -183,14 +188,7 @@ class _HeaderCursor:
 
     def read_layout(self) -> GgufLayout:
         """The whole header: key/value entries with their byte spans, then the tensor table."""
-        if self.data[:4] != _MAGIC:
-            raise ControlVectorError(f"{self.path}: not a GGUF file (no GGUF magic)")
-        self.offset = len(_MAGIC)
-        version = self.read_scalar(GGUFValueType.UINT32)
-        tensor_count = self.read_scalar(GGUFValueType.UINT64)
-        count = self.read_scalar(GGUFValueType.UINT64)
-        if version not in READER_SUPPORTED_VERSIONS:
-            raise ControlVectorError(f"{self.path}: unsupported GGUF version {version}")
+        version, tensor_count, count = self._preamble()
         entries: dict[str, tuple[int, int]] = {}
         fields: dict[str, Any] = {}
         for _ in range(count):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import require_binding, require_llama_cpp, require_real_model
@@ -28,6 +27,7 @@ from cvgen.cli import main
 from cvgen.data.eval_data import load_neutral_texts
 from cvgen.eval.backend import Scored, Steering
 from cvgen.eval.engine_backend import EngineBackend
+from cvgen.eval.measurement import kl_against
 from cvgen.llamacpp.binaries import complete
 from cvgen.pack.steering import PackSteering
 from cvgen.vectors.model_header import read_gguf_layout
@@ -78,11 +78,7 @@ def _scores(model: Path, *steerings: Steering) -> list[list[Scored]]:
 
 
 def _kl(reference: list[Scored], other: list[Scored]) -> float:
-    parts = []
-    for ref, got in zip(reference, other, strict=True):
-        assert ref.distributions is not None and got.distributions is not None
-        parts.append(got.distributions.kl_from(ref.distributions))
-    return float(np.concatenate(parts).mean())
+    return float(kl_against(reference, other).mean())
 
 
 @pytest.fixture(scope="module")

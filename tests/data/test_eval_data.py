@@ -21,6 +21,14 @@ from cvgen.data.eval_data import (
     shipped_probe_axes,
 )
 from cvgen.data.shipped import load_axis, load_writing_prompts, shipped_axis_names
+from cvgen.eval.style_stats import (
+    casual_word_rate,
+    contraction_rate,
+    first_person_share,
+    past_tense_share,
+    words_per_reply,
+    words_per_sentence,
+)
 from cvgen.eval.textstats import mean_word_length, mean_zipf_frequency, quoted_fraction
 
 QUOTE_MARKS = "\"'\u201c\u201d\u2018\u2019"
@@ -101,6 +109,62 @@ def test_character_focus_probes_quote_speech_only_on_the_dialogue_side() -> None
     for narration, dialogue in probes.pairs:
         assert quoted_fraction(narration) == 0.0, narration
         assert quoted_fraction(dialogue) > 0.4, dialogue
+
+
+def test_shipped_probes_do_not_overlap_the_extraction_prompts() -> None:
+    texts = [
+        text for axis in shipped_axis_names() for pair in load_probes(axis).pairs for text in pair
+    ]
+    assert prompt_overlaps(texts, load_writing_prompts()) == []
+
+
+def test_person_probes_say_i_or_we_only_on_the_first_person_side() -> None:
+    probes = load_probes("person")
+    assert probes.classes == ("first_person", "third_person")
+    for first, third in probes.pairs:
+        assert first_person_share(first) > 0.8, first
+        assert first_person_share(third) < 0.2, third
+
+
+def test_tense_probes_use_past_forms_only_on_the_past_side() -> None:
+    probes = load_probes("tense")
+    assert probes.classes == ("past", "present")
+    for past, present in probes.pairs:
+        assert past_tense_share(past) > 0.7, past
+        assert past_tense_share(present) < 0.3, present
+
+
+# the last words of a terse probe, which end the whole piece
+CLOSING_CUES = (
+    "The end.",
+    "That is all.",
+    "That is all I have.",
+    "That is the whole piece.",
+    "Nothing more to say.",
+    "Done.",
+    "Finished.",
+)
+
+
+def test_length_probes_end_the_piece_only_on_the_terse_side() -> None:
+    probes = load_probes("length")
+    assert probes.classes == ("terse", "expansive")
+    for terse, expansive in probes.pairs:
+        assert terse.endswith(CLOSING_CUES), terse
+        # the expansive opening stops mid-flow, with more to come, and never closes
+        assert expansive.endswith((",", ":")), expansive
+        assert not any(cue in expansive for cue in CLOSING_CUES), expansive
+        assert words_per_reply(expansive) > words_per_reply(terse), expansive
+
+
+def test_register_probes_put_contractions_and_slang_only_on_the_casual_side() -> None:
+    probes = load_probes("register")
+    assert probes.classes == ("casual", "formal")
+    for casual, formal in probes.pairs:
+        assert contraction_rate(casual) > 0.0 and casual_word_rate(casual) > 0.0, casual
+        assert contraction_rate(formal) == 0.0 and casual_word_rate(formal) == 0.0, formal
+        # measured: the formal sentences are 2.7 to 6.3 times as long
+        assert words_per_sentence(formal) > 2 * words_per_sentence(casual), formal
 
 
 @pytest.mark.parametrize("axis", ["optimism", "empathy", "compassion"])

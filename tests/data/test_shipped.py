@@ -25,6 +25,10 @@ EXPECTED_AXES = {
     "humility": ("humility", "narcissism"),
     "compassion": ("compassion", "sadism"),
     "optimism": ("optimism", "nihilism"),
+    "person": ("first_person", "third_person"),
+    "tense": ("past", "present"),
+    "length": ("terse", "expansive"),
+    "register": ("casual", "formal"),
 }
 
 
@@ -45,7 +49,8 @@ def test_shipped_axes_have_their_classes_in_order_and_12_pairs(name: str) -> Non
         assert not negative.endswith(".") and not positive.endswith(".")
 
 
-def test_shipped_axis_list_is_exactly_the_eight() -> None:
+def test_shipped_axis_list_is_exactly_the_twelve() -> None:
+    assert len(EXPECTED_AXES) == 12
     assert shipped_axis_names() == sorted(EXPECTED_AXES)
 
 

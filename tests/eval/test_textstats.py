@@ -17,6 +17,13 @@ FORMER_TABLE = {
     "optimism": (("sentiment", -1),),
     "empathy": (("sentiment", -1),),
 }
+# The axes added with the style statistics (issue 17).
+STYLE_AXES = {
+    "person": (("first_person_share", -1),),
+    "tense": (("past_tense_share", -1),),
+    "length": (("words_per_reply", +1),),
+    "register": (("contraction_rate", -1), ("casual_word_rate", -1), ("words_per_sentence", +1)),
+}
 
 
 def test_quoted_fraction_on_a_fixed_string() -> None:
@@ -52,10 +59,10 @@ def test_the_registry_holds_exactly_the_names_the_axis_loader_accepts() -> None:
     assert set(TEXT_STATISTICS) == set(TEXT_STATISTIC_NAMES)
 
 
-def test_shipped_axis_files_name_the_statistics_of_the_former_table() -> None:
+def test_shipped_axis_files_name_the_statistics_of_the_former_table_and_style_axes() -> None:
     for name in shipped_axis_names():
         found = tuple((s.name, s.expected_sign) for s in load_axis(name).statistics)
-        assert found == FORMER_TABLE.get(name, ()), name
+        assert found == (FORMER_TABLE | STYLE_AXES).get(name, ()), name
 
 
 @pytest.mark.parametrize(
@@ -64,6 +71,8 @@ def test_shipped_axis_files_name_the_statistics_of_the_former_table() -> None:
         ("language", "word_length"),
         ("language", "zipf_frequency"),
         ("optimism", "sentiment"),
+        ("person", "first_person_share"),
+        ("tense", "past_tense_share"),
     ],
 )
 def test_expected_sign_agrees_with_the_axis_own_class_descriptions(

@@ -14,6 +14,7 @@ from cvgen.llamacpp.commands import (
     combination_advice,
     default_model_path,
     parse_assignment,
+    parse_assignment_in,
     preset_selection,
 )
 from cvgen.llamacpp.compare import (
@@ -36,7 +37,9 @@ from cvgen.pack.records import PackManifest
     "assignments",
     multiple=True,
     metavar="AXIS=SCALE",
-    help="Axis and scale, e.g. language=+0.6 (negative picks the first class). Repeatable.",
+    help="Axis and scale, e.g. language=+0.6 (negative picks the first class); AXIS=+ or "
+    "AXIS=- takes the pack's suggested scale of that pole (calibrated by `cvgen eval`). "
+    "Repeatable.",
 )
 @click.option("--preset", default=None, help="A preset stored in the pack's manifest.")
 @click.option(
@@ -91,7 +94,7 @@ def commands(
     selection = preset_selection(data, preset) if preset else []
     given: set[str] = set()
     for text in assignments:
-        axis, scale = parse_assignment(text)
+        axis, scale = parse_assignment_in(data, text)
         if axis in given:
             raise click.UsageError(f"--set: axis '{axis}' is given twice")
         given.add(axis)
@@ -152,9 +155,10 @@ def _check_files_exist(
 @click.option("--prompt", default=DEFAULT_PROMPT, show_default=True, help="The writing prompt.")
 @click.option(
     "--scales",
-    default="-1,0,1",
+    default="-,0,+",
     show_default=True,
-    help="Comma-separated scales, one column each.",
+    help="Comma-separated scales, one column each; '-' and '+' are each axis's suggested "
+    "scale of that pole (1 until `cvgen eval` calibrates it).",
 )
 @click.option("--tokens", "-n", default=64, show_default=True, help="Tokens to generate.")
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
@@ -179,10 +183,10 @@ def compare(
         if name not in manifest.axes:
             known = ", ".join(manifest.axes)
             raise click.UsageError(f"--axis: '{name}' is not in the pack (it has: {known})")
-    values = []
+    values: list[float | str] = []
     for text in scales.split(","):
-        _, value = parse_assignment(f"scale={text.strip()}")
-        values.append(value)
+        text = text.strip()
+        values.append(text if text in ("+", "-") else parse_assignment(f"scale={text}")[1])
     if model is None:
         model = Path(default_model_path(data))
         if not model.is_file():

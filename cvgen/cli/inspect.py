@@ -8,6 +8,7 @@ import click
 
 from cvgen.cli.common import one_line_errors
 from cvgen.data.shipped import load_axis, shipped_axis_names
+from cvgen.eval.axis_table import measured_summary, measured_text, shipped_tables
 from cvgen.vectors.describe import describe_control_vector
 from cvgen.vectors.gguf_file import ModelFileGiven
 from cvgen.vectors.llamacpp_rules import llamacpp_problems
@@ -68,13 +69,38 @@ def inspect(file: Path, n_embd: int | None, n_layer: int | None, model: Path | N
 
 
 @click.command()
+@click.option(
+    "--measured",
+    is_flag=True,
+    help="Show the measured table of each model the shipped axes were measured on "
+    "(docs/axes.md): propensity slope with its 95% interval, the random and negated controls, "
+    "KL and safe scales, and whether the axis steers there.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="With --measured: only the tables of models whose file name contains this text.",
+)
 @one_line_errors
-def axes() -> None:
-    """List the shipped axes: name, negative and positive class, number of pairs."""
+def axes(measured: bool, model_name: str | None) -> None:
+    """List the shipped axes: name, negative and positive class, number of pairs, and on which
+    measured models each steers."""
+    tables = shipped_tables()
+    if model_name is not None and not measured:
+        raise click.UsageError("--model goes with --measured")
+    if measured:
+        chosen = [t for t in tables if model_name is None or model_name.lower() in t.model.lower()]
+        if not chosen:
+            known = ", ".join(t.model for t in tables) or "none"
+            raise click.ClickException(f"--model: no measured table for '{model_name}' ({known})")
+        click.echo("\n\n".join(measured_text(table) for table in chosen))
+        return
     rows = [load_axis(name) for name in shipped_axis_names()]
     width = max(len(axis.name) for axis in rows)
-    click.echo(f"{'axis':<{width}}  {'negative':<12} {'positive':<18} pairs")
+    click.echo(f"{'axis':<{width}}  {'negative':<12} {'positive':<18} pairs  measured")
     for axis in rows:
         click.echo(
-            f"{axis.name:<{width}}  {axis.classes[0]:<12} {axis.classes[1]:<18} {len(axis.pairs)}"
+            f"{axis.name:<{width}}  {axis.classes[0]:<12} {axis.classes[1]:<18} "
+            f"{len(axis.pairs):<5}  {measured_summary(axis.name, tables)}"
         )

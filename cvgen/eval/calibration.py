@@ -105,3 +105,22 @@ def calibrate_safe_scale(
         return SafeScale(scale=float(grid[-1]), limited_by="sweep")
     scale, limited_by = min(reached, key=lambda pair: pair[0])  # min keeps "kl" on a tie
     return SafeScale(scale=scale, limited_by=limited_by)
+
+
+# The suggested scale of a pole is where its KL reaches this share of the budget: far enough
+# for the change to show in generated text, half the damage the budget allows.
+SUGGESTED_KL_SHARE = 0.5
+
+
+def suggested_scale(
+    scales: Sequence[float], kl: Sequence[float], *, kl_target: float, cap: float
+) -> float:
+    """The |scale| of one pole at which the KL curve first reaches `kl_target` (interpolated
+    linearly between the tested scales, as `calibrate_safe_scale` does), never above `cap`
+    (the pole's safe scale); `cap` when the curve stays below the target."""
+    grid = finite_vector("scales", scales, minimum=1)
+    curve = finite_vector("kl", kl, minimum=1)
+    if curve.size != grid.size:
+        raise MetricError(f"kl: has {curve.size} values but scales has {grid.size}")
+    reached = _first_crossing(grid, curve, kl_target)
+    return float(cap if reached is None else min(reached, cap))

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from cvgen import __version__
 from cvgen.engine.binding import binding_available
+from cvgen.eval.axis_table import axis_row
 from cvgen.eval.backend import BACKENDS, LLAMA_CPP_BACKENDS, Backend
+from cvgen.eval.calibration import SUGGESTED_KL_SHARE
 from cvgen.eval.evaluate import RawResults, run_evaluation
 from cvgen.eval.inputs import EvalInputs, axis_probes
 from cvgen.eval.records import EvalReport, UnsteeredSummary
@@ -273,9 +275,27 @@ def store_safe_scales(pack: Path, report: EvalReport) -> list[Path]:
         else:
             entry.safe_scale = None
             log.warning("axis '%s': no safe non-zero scale on one pole (%s)", name, safe)
-        # scale 1 reproduces the pole's own average shift; suggest it unless it is unsafe
-        suggested = {role: min(1.0, value) for role, value in safe.items()}
-        entry.extra["suggested_scale"] = {**suggested, "calibrated": True}
+        # scale 1 reproduces the pole's own average shift, which costs a small model far less
+        # than the budget: suggest where the KL reaches a share of it (older reports: min(1, safe))
+        suggested = {
+            role: float(axis.suggested_scale.get(role, min(1.0, safe[role])))
+            for role in ("negative", "positive")
+        }
+        entry.extra["suggested_scale"] = {
+            **suggested,
+            "calibrated": True,
+            "kl_share": SUGGESTED_KL_SHARE,
+            "kl_budget": float(report.settings.kl_budget),
+        }
+        row = axis_row(name, axis)
+        if row is not None:
+            entry.extra["measured"] = {
+                "slope": row.slope,
+                "low": row.low,
+                "high": row.high,
+                "random_slope": row.random_slope,
+                "steers": row.steers,
+            }
         for role in ROLES:
             path = pack / entry.files.of(role)
             written.append(_rewrite_metadata(path, role, safe, suggested, report))
@@ -285,6 +305,7 @@ def store_safe_scales(pack: Path, report: EvalReport) -> list[Path]:
         "date": report.date,
         "kl_budget": report.settings.kl_budget,
         "repetition_tolerance": report.settings.repetition_tolerance,
+        "suggested_kl_share": SUGGESTED_KL_SHARE,
     }
     readme = render_pack_readme(manifest, example_command(manifest, pack))
     save_manifest_and_page(pack, manifest)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -103,6 +103,9 @@ class AxisReport:
     damage: Damage
     examples: dict[str, str]
     safe_scale: dict[str, SafeScale]  # "negative", "positive"
+    # per pole, where the KL reaches SUGGESTED_KL_SHARE of the budget (within the safe scale);
+    # empty in a report written before cvgen measured it
+    suggested_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,12 @@ from typing import cast
 
 import numpy as np
 
-from cvgen.eval.calibration import SafeScale, calibrate_safe_scale
+from cvgen.eval.calibration import (
+    SUGGESTED_KL_SHARE,
+    SafeScale,
+    calibrate_safe_scale,
+    suggested_scale,
+)
 from cvgen.eval.evaluate import RawResults
 from cvgen.eval.inputs import EvalInputs
 from cvgen.eval.measurement import Measurement
@@ -40,6 +45,7 @@ def summarise_axis(
     scales = list(settings.scales)
     main = [raw.measured[(axis, "axis", s)] for s in scales]
     damage = _damage_summary(axis, raw, settings)
+    safe = _safe_scales(damage, settings)
     return AxisReport(
         classes=list(classes),
         scales=scales,
@@ -50,7 +56,8 @@ def summarise_axis(
         controls=_controls_summary(axis, raw, settings, main),
         damage=damage,
         examples={f"{s:g}": (m.texts or [""])[0] for s, m in zip(scales, main, strict=True)},
-        safe_scale=_safe_scales(damage, settings),
+        safe_scale=safe,
+        suggested_scale=_suggested_scales(damage, settings, safe),
     )
 
 
@@ -182,21 +189,44 @@ def _damage_summary(axis: str, raw: RawResults, settings: EvalSettings) -> Damag
     )
 
 
+def _pole(damage: Damage, sign: float) -> list[int]:
+    """The indices of one pole's scales (0 included), by increasing |scale|."""
+    picked = [i for i, s in enumerate(damage.scales) if s == 0 or s * sign > 0]
+    return sorted(picked, key=lambda i: abs(damage.scales[i]))
+
+
+POLES = (("negative", -1.0), ("positive", 1.0))
+
+
 def _safe_scales(damage: Damage, settings: EvalSettings) -> dict[str, SafeScale]:
     """Per pole, `calibrate_safe_scale` on the KL curve and on the lower bound of the
     repetition's rise (baseline 0, tolerance `repetition_tolerance`)."""
-    scales = damage.scales
     out = {}
-    for role, sign in (("negative", -1.0), ("positive", 1.0)):
-        picked = [i for i, s in enumerate(scales) if s == 0 or s * sign > 0]
-        picked.sort(key=lambda i: abs(scales[i]))
-        result = calibrate_safe_scale(
-            [abs(scales[i]) for i in picked],
+    for role, sign in POLES:
+        picked = _pole(damage, sign)
+        out[role] = calibrate_safe_scale(
+            [abs(damage.scales[i]) for i in picked],
             cast(list[float], [damage.kl[i] for i in picked]),  # every axis run has its KL
             [max(0.0, damage.repetition_rise_low[i]) for i in picked],
             kl_budget=settings.kl_budget,
             repetition_baseline=0.0,
             repetition_tolerance=settings.repetition_tolerance,
         )
-        out[role] = result
+    return out
+
+
+def _suggested_scales(
+    damage: Damage, settings: EvalSettings, safe: dict[str, SafeScale]
+) -> dict[str, float]:
+    """Per pole, the scale where the KL reaches `SUGGESTED_KL_SHARE` of the budget, within the
+    safe scale."""
+    out = {}
+    for role, sign in POLES:
+        picked = _pole(damage, sign)
+        out[role] = suggested_scale(
+            [abs(damage.scales[i]) for i in picked],
+            cast(list[float], [damage.kl[i] for i in picked]),
+            kl_target=SUGGESTED_KL_SHARE * settings.kl_budget,
+            cap=safe[role].scale,
+        )
     return out

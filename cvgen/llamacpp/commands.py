@@ -79,6 +79,8 @@ __all__ = [
     "default_model_path",
     "format_scale",
     "parse_assignment",
+    "parse_assignment_in",
+    "suggested_scale",
     "preset_selection",
     "quote_argument",
     "vector_arguments",
@@ -115,6 +117,34 @@ def parse_assignment(text: str) -> tuple[str, float]:
     if not math.isfinite(scale):
         raise CommandError(f"scale '{value}' for axis '{axis}' is not a finite number")
     return axis, scale
+
+
+def suggested_scale(manifest: Mapping[str, Any], axis: str, sign: str) -> float:
+    """The pack's suggested scale for ``AXIS=+`` or ``AXIS=-`` (``sign``): the pole's
+    ``suggested_scale`` in the manifest, with its sign (``cvgen eval`` calibrates it where the
+    KL reaches a share of the budget; a pack never evaluated suggests 1). Raises
+    ``CommandError`` for an unknown axis."""
+    axes = manifest.get("axes")
+    if not isinstance(axes, Mapping) or axis not in axes:
+        raise CommandError(
+            f"unknown axis '{axis}'; the pack has: {', '.join(_axis_names(manifest))}"
+        )
+    record = axes[axis]
+    suggested = record.get("suggested_scale") if isinstance(record, Mapping) else None
+    role = "positive" if sign == "+" else "negative"
+    value = suggested.get(role) if isinstance(suggested, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        value = 1.0
+    return abs(float(value)) * (1.0 if sign == "+" else -1.0)
+
+
+def parse_assignment_in(manifest: Mapping[str, Any], text: str) -> tuple[str, float]:
+    """``parse_assignment``, where ``AXIS=+`` and ``AXIS=-`` also take the pack's suggested
+    scale of that pole (``suggested_scale``)."""
+    axis, separator, value = text.partition("=")
+    if separator and axis and value in ("+", "-"):
+        return axis, suggested_scale(manifest, axis, value)
+    return parse_assignment(text)
 
 
 def format_scale(value: float) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from cvgen.common.errors import CvgenError
 from cvgen.extract.chat import render_chat_prompt, template_of_model_file
 from cvgen.llamacpp.binaries import complete, find_binary
-from cvgen.llamacpp.commands import format_scale, vector_arguments
+from cvgen.llamacpp.commands import format_scale, suggested_scale, vector_arguments
 from cvgen.vectors.model_header import ModelFileInfo, read_model_file_info
 
 DEFAULT_PROMPT = (
@@ -71,14 +71,15 @@ def compare_scales(
     model: Path,
     *,
     axes: Sequence[str],
-    scales: Sequence[float],
+    scales: Sequence[float | str],
     prompt: ComparePrompt = ComparePrompt(),
     progress: Callable[[str], None] | None = None,
 ) -> list[AxisOutputs]:
     """Complete ``prompt`` greedily with each axis of ``pack`` at each scale in llama.cpp.
 
     Every run is checked from llama.cpp's log: the vectors were applied and no error line.
-    Scale 0 loads the axis's debias file alone, as ``cvgen commands`` would.
+    Scale 0 loads the axis's debias file alone, as ``cvgen commands`` would; a scale "+" or
+    "-" is the axis's suggested scale of that pole (``suggested_scale``).
     """
     info = check_pack_fits_model(manifest, model, pack=pack)
     use_template = prompt.chat and info.chat_template is not None
@@ -89,7 +90,8 @@ def compare_scales(
     results = []
     for axis in axes:
         outputs = []
-        for scale in scales:
+        resolved = [suggested_scale(manifest, axis, s) if isinstance(s, str) else s for s in scales]
+        for scale in resolved:
             if progress is not None:
                 progress(f"{axis} {format_scale(scale)}")
             arguments = vector_arguments(manifest, [(axis, scale)], vector_dir=str(pack))
@@ -99,7 +101,7 @@ def compare_scales(
         classes = manifest["axes"][axis]["classes"]
         results.append(
             AxisOutputs(
-                axis, (classes[0], classes[1]), tuple(scales), tuple(s.strip() for s in outputs)
+                axis, (classes[0], classes[1]), tuple(resolved), tuple(s.strip() for s in outputs)
             )
         )
     return results

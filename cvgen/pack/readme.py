@@ -116,25 +116,53 @@ def _prompt_format_line(manifest: PackManifest) -> list[str]:
     ]
 
 
+def _scale_text(record: object, role: str) -> str:
+    value = record.get(role) if isinstance(record, dict) else None
+    return f"{value:.2f}" if isinstance(value, int | float) else "–"
+
+
+def _measured_text(record: object) -> str:
+    """The slope and verdict that `cvgen eval` stored in an axis's `measured` entry."""
+    if not isinstance(record, dict) or not isinstance(record.get("slope"), int | float):
+        return "–"
+    verdict = "steers" if record.get("steers") else "not measurable on this model"
+
+    def signed(key: str) -> str:
+        value = record.get(key)
+        return f"{value:+.3f}" if isinstance(value, int | float) else "–"
+
+    return (
+        f"{signed('slope')} [{signed('low')}, {signed('high')}]; random {signed('random_slope')}"
+        f"; {verdict}"
+    )
+
+
 def _safe_scale_lines(manifest: PackManifest) -> list[str]:
-    """The calibrated safe scales that `cvgen eval` stored, if any."""
+    """The suggested and safe scales and the measured slope that `cvgen eval` stored, if any."""
     rows = [
-        f"| {markdown_text(name)} | {axis.safe_scale.negative:.2f} | "
-        f"{axis.safe_scale.positive:.2f} |"
+        f"| {markdown_text(name)} | {_scale_text(axis.extra.get('suggested_scale'), 'negative')}"
+        f" / {_scale_text(axis.extra.get('suggested_scale'), 'positive')} | "
+        f"{axis.safe_scale.negative:.2f} / {axis.safe_scale.positive:.2f} | "
+        f"{markdown_text(_measured_text(axis.extra.get('measured')))} |"
         for name, axis in manifest.axes.items()
         if axis.safe_scale is not None
     ]
     evaluation = manifest.extra.get("evaluation")
     if not rows or not isinstance(evaluation, dict):
         return []
+    share = evaluation.get("suggested_kl_share")
     return [
         "",
-        f"Calibrated safe scales (`cvgen eval`, {markdown_text(evaluation.get('backend'))} "
-        f"backend, KL budget {markdown_text(evaluation.get('kl_budget'))} nats/token; details "
-        "in `eval.md`): stay within these |scale| values per pole.",
+        f"Measured by `cvgen eval` ({markdown_text(evaluation.get('backend'))} backend, KL "
+        f"budget {markdown_text(evaluation.get('kl_budget'))} nats/token; details in "
+        "`eval.md`). The suggested scale of a pole is where the KL on neutral text reaches "
+        f"{markdown_text(share)} of the budget (`AXIS=+` and `AXIS=-` in `cvgen commands`); stay "
+        "within the safe |scale|. Scale 1 is still each pole's own mean shift. An axis steers "
+        "when the lower end of its propensity slope's 95% interval is above 0 and above 3 times "
+        "the random direction's |slope|.",
         "",
-        "| axis | negative pole | positive pole |",
-        "|---|---|---|",
+        "| axis | suggested − / + | safe − / + | propensity slope [95% CI]; random; verdict |",
+        "|---|---|---|---|",
         *rows,
     ]
 

@@ -27,7 +27,7 @@ from cvgen.common.errors import CvgenError
 from cvgen.llamacpp.commands import (
     CommandError,
     format_scale,
-    parse_assignment,
+    parse_assignment_in,
     preset_selection,
 )
 from cvgen.pack.manifest import load_manifest
@@ -142,7 +142,7 @@ class PackSteering:
                 raise SteeringError("--preset", str(exc)) from None
         for text in assignments:
             try:
-                axis, scale = parse_assignment(text)
+                axis, scale = parse_assignment_in(self.data, text)
             except CommandError as exc:
                 raise SteeringError("--set", str(exc)) from None
             pairs.pop(axis, None)

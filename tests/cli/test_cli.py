@@ -55,9 +55,37 @@ def test_axes_lists_the_shipped_axes_with_classes() -> None:
     result = run("axes")
     assert result.exit_code == 0
     lines = result.output.strip().splitlines()
-    assert len(lines) == 9
+    assert len(lines) == 13  # the header and the twelve shipped axes
     language = next(line for line in lines if line.startswith("language"))
     assert language.split()[:3] == ["language", "simple", "ornate"]
+
+
+def test_commands_takes_the_suggested_scale_for_a_bare_sign(
+    pico_pack: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    pack = tmp_path / "pack"
+    shutil.copytree(pico_pack, pack)
+    manifest = json.loads((pack / "pack.json").read_text())
+    manifest["axes"]["language"]["suggested_scale"] = {
+        "negative": 2.25,
+        "positive": 1.75,
+        "calibrated": True,
+    }
+    (pack / "pack.json").write_text(json.dumps(manifest))
+    files = manifest["axes"]["language"]["files"]
+    result = run("commands", str(pack), "--set", "language=+", "--target", "llama-server")
+    assert result.exit_code == 0, result.output
+    assert f"{files['positive']}:1.75" in result.stdout
+    result = run("commands", str(pack), "--set", "language=-", "--target", "llama-server")
+    assert f"{files['negative']}:2.25" in result.stdout
+    # an axis never calibrated suggests 1 on both poles
+    result = run("commands", str(pack), "--set", "optimism=-", "--target", "llama-server")
+    negative = manifest["axes"]["optimism"]["files"]["negative"]
+    # (scale 1 is written as a plain --control-vector FILE)
+    assert f"--control-vector {pack}/{negative}" in result.stdout
+    assert f"{negative}:" not in result.stdout
 
 
 def test_commands_picks_debias_and_the_pole_by_sign(pico_pack: Path) -> None:

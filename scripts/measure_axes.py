@@ -1,0 +1,143 @@
+"""The measured table of every shipped axis on one model: make a pack of the axes, evaluate it
+with a fast `cvgen eval`, and write the table that `cvgen axes --measured` and docs/axes.md show.
+
+    python scripts/measure_axes.py --model SmolLM2-135M-Instruct.Q4_1.gguf --write
+
+1. `cvgen generate --model MODEL --axis ... --samples N` into WORK/pack (llama.cpp engine for a
+   .gguf; the state store under WORK/store is reused by a re-run);
+2. `cvgen eval WORK/pack` with the settings below (propensity slope with its 95% interval over
+   prompts, the matched-norm random direction, the negated vector, KL on neutral text, the safe
+   scale and the axes' text statistics);
+3. one row per axis (`cvgen.eval.axis_table`), printed as Markdown; with `--write`, stored as
+   `eval/measured/<model>.json` and as that model's section of docs/axes.md.
+
+Run it on a quiet machine with `--threads` no more than its free cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cvgen.data.shipped import shipped_axis_names  # noqa: E402
+from cvgen.eval.axis_table import (  # noqa: E402
+    STEER_FACTOR,
+    MeasuredTable,
+    measured_root,
+    report_rows,
+    table_markdown,
+)
+from cvgen.eval.records import load_eval_report  # noqa: E402
+from cvgen.pack.manifest import write_text_atomically  # noqa: E402
+
+# the fast evaluation behind the table: 5 sweep scales for the slope, the calibration scales
+# for the safe scale, every probe pair, and short generations for the text statistics
+EVAL_OPTIONS = {
+    "--scales": "-2,-1,0,1,2",
+    "--calibration-scales": "3,4",
+    "--prompts": "12",
+    "--probe-pairs": "0",
+    "--probe-tokens": "16",
+    "--neutral-texts": "4",
+    "--kl-tokens": "48",
+    "--max-tokens": "48",
+}
+DOC = REPO / "docs" / "axes.md"
+
+
+def _run(command: list[str]) -> None:
+    print("$ " + shlex.join(command), file=sys.stderr, flush=True)
+    subprocess.run(command, check=True)
+
+
+def _section(stem: str, table: MeasuredTable, seconds: float) -> str:
+    lines = [
+        f"<!-- measured:{stem} -->",
+        f"### {table.model}",
+        "",
+        f"Measured {table.date} with `{table.command}` ({seconds / 60:.0f} min on this "
+        "machine); the settings are in `eval/measured/" + stem + ".json`.",
+        "",
+        *table_markdown(table.rows),
+        "",
+        f"<!-- /measured:{stem} -->",
+    ]
+    return "\n".join(lines)
+
+
+def _update_doc(stem: str, section: str) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    start, end = f"<!-- measured:{stem} -->", f"<!-- /measured:{stem} -->"
+    if start in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + section + tail
+    else:
+        marker = "<!-- measured tables end -->"
+        text = text.replace(marker, section + "\n\n" + marker)
+    write_text_atomically(DOC, text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="the model (.gguf)")
+    parser.add_argument("--axis", action="append", help="an axis (default: every shipped one)")
+    parser.add_argument("--samples", type=int, default=64, help="samples per class")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=None, help="work folder")
+    parser.add_argument("--skip-generate", action="store_true", help="evaluate WORK/pack as is")
+    parser.add_argument("--write", action="store_true", help="write the table and the doc")
+    args = parser.parse_args()
+    model = args.model.resolve()
+    stem = model.stem
+    axes = args.axis or shipped_axis_names()
+    work = args.work or Path.home() / ".cache" / "cvgen" / "measure-axes" / stem
+    pack = work / "pack"
+    python = [sys.executable, "-m", "cvgen.cli"]
+    started = time.perf_counter()
+    if not args.skip_generate:
+        _run(
+            [*python, "generate", "--model", str(model), *[f"--axis={a}" for a in axes]]
+            + ["--samples", str(args.samples), "--out", str(pack), "--force"]
+            + ["--store", str(work / "store"), "--quiet", "--threads", str(args.threads)]
+        )
+    options = [item for pair in EVAL_OPTIONS.items() for item in pair]
+    _run([*python, "eval", str(pack), "--threads", str(args.threads), *options, "--quiet"])
+    seconds = time.perf_counter() - started
+    report = load_eval_report(pack / "eval.json")
+    command = "python scripts/measure_axes.py --model " + model.name
+    if args.samples != 64:
+        command += f" --samples {args.samples}"
+    table = MeasuredTable(
+        model=model.name,
+        command=command,
+        date=date.today().isoformat(),
+        settings={
+            "samples": args.samples,
+            "eval_options": EVAL_OPTIONS,
+            "threads": args.threads,
+            "seconds": round(seconds),
+            "steer_rule": f"slope low > 0 and > {STEER_FACTOR:g} x |random slope|",
+        },
+        rows=report_rows(report),
+    )
+    print("\n".join(table_markdown(table.rows)))
+    if args.write:
+        path = measured_root() / f"{stem}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, json.dumps(table.to_dict(), indent=2) + "\n")
+        _update_doc(stem, _section(stem, table, seconds))
+        print(f"wrote {path.relative_to(REPO)} and {DOC.relative_to(REPO)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

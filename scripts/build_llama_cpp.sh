@@ -30,6 +30,33 @@ if [ "${1:-}" = "--bench" ] || [ "${CVGEN_LLAMA_BENCH_TOOLS:-0}" = "1" ]; then
 fi
 JOBS="${CVGEN_BUILD_JOBS:-$(nproc)}"
 
+# The CPU code is built for this machine (-march=native), but without AMX: a 2-core development
+# VM reports AMX in /proc/cpuinfo and runs a lone tile instruction, yet every llama.cpp run there
+# died of SIGILL at `tilezero` in ggml's AMX matmul. Where -march=native would enable AMX, ggml-cpu
+# is built with every x86 feature -march=native enables except AMX. CVGEN_LLAMA_AMX=native keeps
+# plain -march=native (AMX included). The choice is recorded in $PREFIX/CPU, and a cached build
+# made for the other choice is rebuilt (only ggml-cpu changes).
+native_has_amx() {
+  echo | "${CC:-cc}" -march=native -dM -E - 2>/dev/null | grep -q '__AMX_TILE__'
+}
+# the GGML_* switches for what -march=native would enable, AMX left out
+native_without_amx() {
+  local macros pair
+  macros=$(echo | "${CC:-cc}" -march=native -dM -E - 2>/dev/null)
+  printf '%s\n' -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+  for pair in __SSE4_2__:SSE42 __AVX__:AVX __AVX2__:AVX2 __BMI2__:BMI2 __FMA__:FMA __F16C__:F16C \
+      __AVXVNNI__:AVX_VNNI __AVX512F__:AVX512 __AVX512VBMI__:AVX512_VBMI \
+      __AVX512VNNI__:AVX512_VNNI __AVX512BF16__:AVX512_BF16; do
+    if grep -q "#define ${pair%%:*} " <<<"$macros"; then echo "-DGGML_${pair#*:}=ON"; else echo "-DGGML_${pair#*:}=OFF"; fi
+  done
+}
+case "${CVGEN_LLAMA_AMX:-off}" in
+  native) CPU_MODE=native ;;
+  off) if [ "$(uname -m)" = x86_64 ] && native_has_amx; then CPU_MODE=native-without-amx; else CPU_MODE=native; fi ;;
+  *) echo "build_llama_cpp: CVGEN_LLAMA_AMX=${CVGEN_LLAMA_AMX} (use off or native)" >&2; exit 2 ;;
+esac
+if [ "$CPU_MODE" = native ]; then CPU_OPTIONS=(-DGGML_NATIVE=ON); else mapfile -t CPU_OPTIONS < <(native_without_amx); fi
+
 have_all() {
   local t
   for t in "${TARGETS[@]}"; do
@@ -37,12 +64,14 @@ have_all() {
       llama-*) [ -x "$BIN/$t" ] || return 1 ;;
     esac
   done
-  [ -f "$BIN/libllama.so" ] && [ -f "$BIN/libggml-base.so" ]
+  [ -f "$BIN/libllama.so" ] && [ -f "$BIN/libggml-base.so" ] || return 1
+  # a build from before the CPU file was written is a -march=native one
+  [ "$(cat "$PREFIX/CPU" 2>/dev/null || echo native)" = "$CPU_MODE" ]
 }
 if have_all; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$PREFIX"
-echo "build_llama_cpp: building llama.cpp $SHORT (CPU, shared libraries) into $BIN; log: $LOG" >&2
+echo "build_llama_cpp: building llama.cpp $SHORT (CPU: $CPU_MODE, shared libraries) into $BIN; log: $LOG" >&2
 SRC="$PREFIX/src"
 if [ ! -f "$SRC/CMakeLists.txt" ]; then
   rm -rf "$SRC.part"
@@ -69,7 +98,7 @@ t0=$SECONDS
 # RUNPATH $ORIGIN (not the build tree's absolute path), so the copied bin folder is self-contained
 cmake -S "$SRC" -B "$PREFIX/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
   -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN' \
-  -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=ON \
+  -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF "${CPU_OPTIONS[@]}" \
   -DLLAMA_BUILD_COMMIT="$SHORT" "${launcher[@]}" >>"$LOG" 2>&1 \
   || { echo "build_llama_cpp: configure failed; last lines of $LOG:" >&2; tail -20 "$LOG" >&2; exit 1; }
 t1=$SECONDS
@@ -85,4 +114,5 @@ if [ -d "$BIN" ]; then mv "$BIN" "$BIN.old"; fi
 mv "$BIN.part" "$BIN"
 rm -rf "$BIN.old"
 echo "$COMMIT" >"$PREFIX/COMMIT"
+echo "$CPU_MODE" >"$PREFIX/CPU"
 echo "$BIN"

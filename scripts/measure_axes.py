@@ -108,7 +108,7 @@ def main() -> None:
         _run(
             [*python, "generate", "--model", str(model), *[f"--axis={a}" for a in axes]]
             + ["--samples", str(args.samples), "--out", str(pack), "--force"]
-            + ["--store", str(work / "store"), "--quiet", "--threads", str(args.threads)]
+            + ["--cache-dir", str(work / "store"), "--quiet", "--threads", str(args.threads)]
         )
     options = [item for pair in EVAL_OPTIONS.items() for item in pair]
     _run([*python, "eval", str(pack), "--threads", str(args.threads), *options, "--quiet"])

@@ -53,6 +53,7 @@ class AxisOutputs:
     classes: tuple[str, str]
     scales: tuple[float, ...]
     texts: tuple[str, ...]
+    note: str = ""  # what `cvgen eval` measured of the axis, when the pack holds it
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,39 @@ def compare_scales(
         classes = manifest["axes"][axis]["classes"]
         results.append(
             AxisOutputs(
-                axis, (classes[0], classes[1]), tuple(resolved), tuple(s.strip() for s in outputs)
+                axis,
+                (classes[0], classes[1]),
+                tuple(resolved),
+                tuple(s.strip() for s in outputs),
+                measured_note(manifest["axes"][axis]),
             )
         )
     return results
+
+
+def measured_note(record: Mapping[str, Any]) -> str:
+    """One line on what `cvgen eval` stored for an axis (its `measured` propensity slope and
+    its calibrated suggested scales), or "" for an axis never evaluated."""
+    measured = record.get("measured")
+    suggested = record.get("suggested_scale")
+    if not isinstance(measured, Mapping) or not isinstance(measured.get("slope"), int | float):
+        return ""
+
+    def signed(key: str) -> str:
+        value = measured.get(key)
+        return f"{value:+.3f}" if isinstance(value, int | float) else "?"
+
+    verdict = "steers" if measured.get("steers") else "not measurable on this model"
+    note = (
+        f"measured (cvgen eval): propensity slope {signed('slope')} [{signed('low')}, "
+        f"{signed('high')}] nats/token per unit scale, random direction "
+        f"{signed('random_slope')}: {verdict}"
+    )
+    if isinstance(suggested, Mapping) and suggested.get("calibrated"):
+        negative, positive = suggested.get("negative"), suggested.get("positive")
+        if isinstance(negative, int | float) and isinstance(positive, int | float):
+            note += f"; suggested scales -{format_scale(negative)} / +{format_scale(positive)}"
+    return note
 
 
 def format_side_by_side(results: Sequence[AxisOutputs], *, width: int | None = None) -> str:
@@ -119,6 +149,7 @@ def format_side_by_side(results: Sequence[AxisOutputs], *, width: int | None = N
         height = max(len(lines) for lines in wrapped)
         lines = [
             f"== {result.axis}: {result.classes[0]} (-) vs {result.classes[1]} (+) ==",
+            *([result.note] if result.note else []),
             " | ".join(header.ljust(column_width) for header in headers).rstrip(),
             "-+-".join("-" * column_width for _ in headers),
         ]

@@ -32,6 +32,7 @@ from cvgen.llamacpp.compare import (
     PackModelMismatch,
     check_pack_fits_model,
     format_side_by_side,
+    measured_note,
 )
 from cvgen.vectors.format import ControlVectorError
 from cvgen.vectors.gguf_file import write_control_vector
@@ -322,3 +323,27 @@ def test_side_by_side_keeps_columns_aligned() -> None:
     assert lines[2] == "-+-".join(["-" * column] * 3)
     assert lines[3].startswith("A cat sat.".ljust(column) + " | " + " " * column + " | The")
     assert all(len(line) <= 64 for line in lines)
+
+
+def test_side_by_side_prints_what_the_eval_measured_under_the_axis_name() -> None:
+    record = {
+        "measured": {
+            "slope": 0.212,
+            "low": 0.2,
+            "high": 0.225,
+            "random_slope": -0.001,
+            "steers": True,
+        },
+        "suggested_scale": {"negative": 1.704, "positive": 1.6, "calibrated": True},
+    }
+    note = measured_note(record)
+    assert note == (
+        "measured (cvgen eval): propensity slope +0.212 [+0.200, +0.225] nats/token per unit "
+        "scale, random direction -0.001: steers; suggested scales -1.7 / +1.6"
+    )
+    result = AxisOutputs("language", ("simple", "ornate"), (-1.7, 0.0, 1.6), ("a", "b", "c"), note)
+    assert format_side_by_side([result], width=300).splitlines()[1] == note
+    # a pack never evaluated has no note, and an uncalibrated suggestion is not shown
+    assert measured_note({"suggested_scale": {"negative": 1.0, "calibrated": False}}) == ""
+    record["suggested_scale"] = {"negative": 1.0, "positive": 1.0, "calibrated": False}
+    assert measured_note(record).endswith("random direction -0.001: steers")

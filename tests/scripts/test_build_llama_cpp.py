@@ -25,7 +25,7 @@ def _fake_bin(cache: Path, names: tuple[str, ...]) -> Path:
     return folder
 
 
-def _run(cache: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+def _run(cache: Path, *arguments: str, amx: str = "native") -> subprocess.CompletedProcess[str]:
     # a python whose `pip download` fails: the script gets past its short cut only to stop there
     stub = cache / "no-python"
     stub.write_text("#!/bin/sh\nexit 3\n")
@@ -35,6 +35,8 @@ def _run(cache: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
         "CVGEN_CACHE": str(cache),
         "PYTHON": str(stub),
         "CVGEN_LLAMA_BENCH_TOOLS": "0",
+        # plain -march=native, so that the result does not depend on this machine's CPU
+        "CVGEN_LLAMA_AMX": amx,
     }
     return subprocess.run(
         ["bash", str(SCRIPT), *arguments],
@@ -59,7 +61,7 @@ def test_a_build_without_the_bindings_libraries_is_not_reused(tmp_path: Path, mi
     done = _run(tmp_path)
     assert done.returncode != 0
     assert done.stdout == ""
-    assert "building llama.cpp 0c1e570 (CPU, shared libraries)" in done.stderr
+    assert "building llama.cpp 0c1e570 (CPU: native, shared libraries)" in done.stderr
 
 
 def test_bench_asks_for_the_benchmarks_tools_too(tmp_path: Path) -> None:
@@ -80,3 +82,20 @@ def test_the_old_static_build_is_left_alone(tmp_path: Path) -> None:
     _fake_bin(tmp_path, TOOLS + LIBRARIES)
     assert _run(tmp_path).returncode == 0
     assert (static / "llama-server").read_text() == "old"
+
+
+def test_a_build_made_for_the_other_cpu_choice_is_rebuilt(tmp_path: Path) -> None:
+    folder = _fake_bin(tmp_path, TOOLS + LIBRARIES)
+    (folder.parent / "CPU").write_text("native-without-amx\n")
+    done = _run(tmp_path)
+    assert done.returncode != 0 and done.stdout == ""
+    assert "building llama.cpp 0c1e570 (CPU: native, shared libraries)" in done.stderr
+    (folder.parent / "CPU").write_text("native\n")
+    assert _run(tmp_path).stdout.strip() == str(folder)
+
+
+def test_an_unknown_amx_choice_is_refused_in_one_line(tmp_path: Path) -> None:
+    _fake_bin(tmp_path, TOOLS + LIBRARIES)
+    done = _run(tmp_path, amx="maybe")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "build_llama_cpp: CVGEN_LLAMA_AMX=maybe (use off or native)"

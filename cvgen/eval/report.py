@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cvgen.common.messages import markdown_code, markdown_text
-from cvgen.eval.calibration import SafeScale
+from cvgen.eval.calibration import SUGGESTED_KL_SHARE, SafeScale
 from cvgen.eval.records import (
     AxisReport,
     Controls,
@@ -121,6 +121,18 @@ def _axis_section(name: str, axis: AxisReport, report: EvalReport) -> list[str]:
     return lines
 
 
+def _suggested_line(axis: AxisReport, budget: float) -> list[str]:
+    suggested = axis.suggested_scale
+    if not suggested:
+        return []
+    return [
+        f"- Suggested scale (negative / positive): {suggested['negative']:.2f} / "
+        f"{suggested['positive']:.2f}, where the KL reaches {SUGGESTED_KL_SHARE:g} of the budget "
+        f"({SUGGESTED_KL_SHARE * budget:g} nats/token), within the safe scale; scale 1 stays each "
+        "pole's own mean shift."
+    ]
+
+
 def _axis_notes(axis: AxisReport, report: EvalReport) -> list[str]:
     """The lines under an axis's tables: unsteered values, the debias file, the safe scale."""
     propensity, statistics, settings = axis.propensity, axis.statistics, report.settings
@@ -137,6 +149,7 @@ def _axis_notes(axis: AxisReport, report: EvalReport) -> list[str]:
         f"unsteered model not clearly above {settings.repetition_tolerance} "
         "(its 95% lower bound), judged on the sweep and the calibration scales "
         f"{', '.join(f'±{s:g}' for s in settings.calibration_scales) or 'none'}.",
+        *_suggested_line(axis, settings.kl_budget),
         "",
         "Greedy output for the first prompt (" + _quote(report.prompts[0]) + "):",
         "",

@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 from conftest import generate_pico_pack
 
 from cvgen.cli import main
+from cvgen.eval.calibration import suggested_scale
 from cvgen.eval.records import load_eval_report
 from cvgen.vectors.control_vector import ControlVector
 
@@ -81,6 +82,26 @@ def test_cli_eval_writes_the_report_and_stores_safe_scales(pico_pack: Path) -> N
                 pico_pack / manifest["axes"][name]["files"]["positive"]
             )
             assert positive.metadata["cvgen.safe_scale.positive"] == pytest.approx(safe["positive"])
+        # the suggested scale: where the pole's KL curve reaches half the budget (0.05 here),
+        # never past the safe scale; recomputed from the stored curve
+        suggested = manifest["axes"][name]["suggested_scale"]
+        assert suggested["calibrated"] is True and suggested["kl_share"] == 0.5
+        for role, sign in (("negative", -1), ("positive", 1)):
+            pole = [
+                (abs(s), k)
+                for s, k in zip(axis["damage"]["scales"], axis["damage"]["kl"], strict=True)
+                if s * sign >= 0
+            ]
+            pole.sort()
+            expected = suggested_scale(
+                [s for s, _ in pole], [k for _, k in pole], kl_target=0.05, cap=safe[role]
+            )
+            assert suggested[role] == pytest.approx(expected)
+            assert axis["suggested_scale"][role] == pytest.approx(expected)
+        measured = manifest["axes"][name]["measured"]
+        assert measured["slope"] == slope["slope"] and measured["low"] == slope["low"]
+        random_slope = axis["controls"]["random"]["slope"]["slope"]
+        assert measured["steers"] == (slope["low"] > max(0.0, 3 * abs(random_slope)))
         assert (pico_pack / f"eval-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert manifest["evaluation"]["file"] == "eval.json"
     markdown = (pico_pack / "eval.md").read_text()

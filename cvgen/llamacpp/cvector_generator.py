@@ -16,7 +16,8 @@ What the pinned tool (0c1e570, tools/cvector-generator/) does, read from its sou
   eigenvector of their uncentred second moment by power iteration (`--pca-iter`, a multiple of
   `--pca-batch`), started from a random vector seeded with the time, so ITS SIGN IS ARBITRARY
   per block (the source's own TODO: "The output vector is randomly inverted").
-- Either way each block's vector is scaled to unit norm and written as `direction.(il+1)` for
+- Either way each block's vector is scaled to unit norm (the mean's exactly; the PCA's within a
+  few percent: 0.977..1.013 measured on SmolLM2-135M) and written as `direction.(il+1)` for
   block il = 0..n_layer-2: one block late in cvgen's terms (block k's vector is added to block
   k+1's output). `controlvector.model_hint` is `general.architecture`. One file per run; it is
   applied as the positive pole at +scale and the negative pole at -scale, with no debias file.
@@ -42,6 +43,7 @@ DEFAULT_PCA_BATCH = 100  # the tool's defaults (common.h: n_pca_batch, n_pca_ite
 DEFAULT_PCA_ITERATIONS = 1000
 DEFAULT_CONTEXT = 2048
 DEFAULT_TIMEOUT = 3600.0
+NORM_TOLERANCE = {"mean": 1e-3, "pca": 0.05}  # how far from 1 a block's norm may be
 
 
 def escape_prompt_line(text: str) -> str:
@@ -246,7 +248,9 @@ def run_generator(
         vector = ControlVector.from_gguf(output)
     except ControlVectorError as exc:
         raise LlamaCppError(f"{binary.name} --method {method}: {exc}") from None
-    check_generator_vector(vector, n_layer=n_layer, n_embd=n_embd, what=str(output))
+    check_generator_vector(
+        vector, n_layer=n_layer, n_embd=n_embd, what=str(output), tolerance=NORM_TOLERANCE[method]
+    )
     return GeneratorRun(vector, output, arguments, log, seconds)
 
 
@@ -254,7 +258,7 @@ def check_generator_vector(
     vector: ControlVector, *, n_layer: int, n_embd: int, what: str, tolerance: float = 1e-3
 ) -> None:
     """The tool's file as its source says it is: blocks 1..n_layer-1, width n_embd, every
-    block of unit norm."""
+    block of unit norm (within `tolerance`)."""
     expected = tuple(range(1, n_layer))
     if vector.blocks != expected:
         raise LlamaCppError(

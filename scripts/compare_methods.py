@@ -1,29 +1,38 @@
 #!/usr/bin/env python
-"""Compare solve methods and layer choices on the SAME collected states (issue 5, section 3).
+"""Beat the anchors per unit of damage: cvgen's default pack against the reference methods, per
+axis, at a matched KL (issue 17, points 3 and 6).
 
-    python scripts/compare_methods.py                 # the real SmolLM2-135M GGUF on llama.cpp
-    python scripts/compare_methods.py --json out.json # also save every raw number
+    python scripts/compare_methods.py --json out.json --markdown out.md
 
-States are collected once with cvgen's own pipeline (`cvgen.generate.sharded.collected_states`) with
-`--skip-last 0`, so the last block is stored too; a second run reuses the store and loads no
-weights for collection. Every variant is solved from those states:
+States are collected once with cvgen's own pipeline (`cvgen.generate.sharded.collected_states`,
+`--skip-last 0`, so every block is stored; a re-run reuses the store). cvgen's variants are
+solved from those states; the anchors are made from the same samples:
 
-  cross-covariance   the default method on the default blocks (1..L-2), block k -> direction.k
-  mean-diff          the same blocks, mean(B) - mean(A)
-  pca-diff           the same blocks, top singular vector of B - A
-  cc one block late  the cross-covariance vectors written as direction.(k+1), as the reference
-                     tools do (an index past L-1 is dropped: llama.cpp ignores it)
-  cc + last block    the cross-covariance method on blocks 1..L-1 (--skip-last 0)
-  cc skip 10% ends   the cross-covariance method without the first and last 10% of blocks
+  cvgen default        cross-covariance on blocks 1..L-2, block k -> direction.k (the pack)
+  cc first half, cc middle third, cc last half
+                       the default method on a band of the default blocks
+  mean-diff, pca-diff  the other solve methods on the default blocks
+  cc no debias         the default's pole files applied without its debias file
+  cc residual          the default method on the residual h_k instead of h_k - h_(k-1)
+  cc equal norms       the default's directions, every block's pole vector at the same norm
+  cc half samples      the default method on the first half of the samples
+  anchors:
+  cc one block late    the default's vectors written as direction.(k+1), as the reference tools do
+  llama.cpp mean       llama.cpp's `llama-cvector-generator --method mean` (built from the pinned
+                       source) on the same positive / negative prompts: one unit-norm vector a
+                       block, written one block late, applied at +scale / -scale, no debias
+  llama.cpp pca        its `--method pca`, as published (each block's sign is arbitrary)
+  llama.cpp pca aligned  the same file, each block's sign turned toward the mean file's
 
-Each variant's debias, negative and positive files are written per axis, then applied with
-`cvgen.eval`'s machinery at every scale on both poles (debias at 1 plus the pole file at
-|scale|; scale 0 is the debias file alone). Per configuration it measures the mean propensity
-(log p(positive probe) - log p(negative probe), per token, over held-out prompts) and the mean
-KL(unsteered || steered) per token on neutral text. Per pole, the scale at which the KL reaches
-`--kl-target` is interpolated, and the propensity change toward the pole (vs scale 0) at that
-scale is the "effect at matched KL". The table prints it per pole and per unit of KL, with a 95%
-interval over prompts, and the paired difference from the default variant.
+Measured with the llama.cpp engine (`cvgen eval --backend llama.cpp`: one model, one context,
+the vectors set on it), without generation: per configuration the mean KL(unsteered || steered)
+per token on neutral replies and, at the scales it needs, the per-prompt propensity (log p of the
+positive probe minus the negative one, per token). Per variant, axis and pole, the |scale| where
+the KL reaches `--kl-target` is SEARCHED (scales are not shared: a unit-norm file needs other
+scales than cvgen's), and the propensity and the KL are measured there. The figure of an axis is
+p(+s+) - p(-s-), positive pole at its matched scale minus negative pole at its own: scale-free,
+so fair to the unit-norm files too. Ratios are to the best anchor; a split of the held-out prompts
+(even / odd) picks a variant per axis on one half and reports it on the other.
 """
 
 from __future__ import annotations
@@ -36,35 +45,33 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from cvgen.common.errors import CvgenError
-from cvgen.eval.backend import BACKENDS, Backend, Scored
-from cvgen.eval.controls import AxisFiles
-from cvgen.eval.hf_backend import HfBackend
+from cvgen.eval.backend import Backend, Scored, Steering
 from cvgen.eval.inputs import EvalInputs
 from cvgen.eval.inputs import prepare_inputs as prepare_eval_inputs
-from cvgen.eval.llamacpp_backend import LlamaCppBackend
-from cvgen.eval.measurement import measure, neutral_scores
+from cvgen.eval.measurement import kl_against, neutral_scores, propensities
 from cvgen.eval.settings import EvalSettings
 from cvgen.extract.store import BlockStates, default_store_root
 from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
 from cvgen.solve.blocks import solve_blocks
 from cvgen.solve.direction import BlockDirection, SolverOptions
 from cvgen.solve.methods import DEFAULT_METHOD
+from cvgen.vectors.control_vector import ControlVector
 from cvgen.vectors.gguf_file import write_control_vector
 
 DEFAULT_MODEL = "~/.cache/cvgen/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_AXES = ("language", "character_focus", "optimism")
-DEFAULT_SCALES = (1.0, 2.0, 3.0)
-DEFAULT_KL_TARGET = 0.1
+DEFAULT_KL_TARGET = 0.05
+GOAL_RATIO = 1.25
 ROLES = ("debias", "negative", "positive")
-POLES = (("negative", -1.0), ("positive", 1.0))
+POLES = (("negative", -1), ("positive", 1))
 Z95 = 1.96
+DEFAULT_VARIANT = "cvgen default"
 V = TypeVar("V")
 
 
@@ -77,30 +84,69 @@ class CompareError(CvgenError, ValueError):
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to make an axis's vectors: a method, the blocks it solves, and the index shift
-    at which block k's vector is written (0: direction.k, as cvgen; 1: one block late)."""
+    """One way to make an axis's vectors.
+
+    generator None: solved by cvgen from the stored states with `method` on `blocks`, block
+    k's vector written as direction.(k + shift), applied with its debias file unless `debias`
+    is False; `features`, `samples` (the first n samples only, None: all) and `equal_norms`
+    (every block's pole vectors at their mean norm) as named. generator "mean" / "pca":
+    llama.cpp's cvector-generator file, one signed file (`align`: PCA signs turned toward the
+    mean file's). `anchor`: a reference method that cvgen's variants are measured against."""
 
     name: str
-    method: str
-    blocks: tuple[int, ...]
+    method: str = DEFAULT_METHOD
+    blocks: tuple[int, ...] = ()
     shift: int = 0
+    debias: bool = True
+    features: str = "delta"
+    samples: int | None = None
+    equal_norms: bool = False
+    generator: str | None = None
+    align: bool = False
+    anchor: bool = False
+
+    @property
+    def solved(self) -> bool:
+        return self.generator is None
 
 
-def default_variants(n_layer: int) -> list[Variant]:
+def band(blocks: Sequence[int], which: str) -> tuple[int, ...]:
+    """A band of the default blocks: "first half", "middle third" or "last half"."""
+    count = len(blocks)
+    if which == "first half":
+        chosen = blocks[: count // 2]
+    elif which == "last half":
+        chosen = blocks[count // 2 :]
+    elif which == "middle third":
+        chosen = blocks[count // 3 : count - count // 3]
+    else:
+        raise CompareError(f"unknown band '{which}'")
+    if not chosen:
+        raise CompareError(f"band '{which}' of blocks {list(blocks)} is empty")
+    return tuple(chosen)
+
+
+def default_variants(n_layer: int, samples: int) -> list[Variant]:
     """The compared variants for a model with `n_layer` blocks (see the module docstring)."""
-
-    def blocks(first: str, last: str) -> tuple[int, ...]:
-        return tuple(select_blocks(n_layer, LayerSkip(first), LayerSkip(last)))
-
-    default = blocks("1", "1")
+    default = tuple(select_blocks(n_layer, LayerSkip("1"), LayerSkip("1")))
+    cc = Variant(DEFAULT_VARIANT, DEFAULT_METHOD, default)
     return [
-        Variant("cross-covariance", DEFAULT_METHOD, default),
-        Variant("mean-diff", "mean-diff", default),
-        Variant("pca-diff", "pca-diff", default),
-        Variant("cc one block late", DEFAULT_METHOD, default, shift=1),
-        Variant("cc + last block", DEFAULT_METHOD, blocks("1", "0")),
-        Variant("cc skip 10% ends", DEFAULT_METHOD, blocks("0.1", "0.1")),
+        cc,
+        *(replace(cc, name=f"cc {which}", blocks=band(default, which)) for which in BANDS),
+        replace(cc, name="mean-diff", method="mean-diff"),
+        replace(cc, name="pca-diff", method="pca-diff"),
+        replace(cc, name="cc no debias", debias=False),
+        replace(cc, name="cc residual", features="residual"),
+        replace(cc, name="cc equal norms", equal_norms=True),
+        replace(cc, name="cc half samples", samples=max(1, samples // 2)),
+        replace(cc, name="cc one block late", shift=1, anchor=True),
+        Variant("llama.cpp mean", generator="mean", anchor=True),
+        Variant("llama.cpp pca", generator="pca", anchor=True),
+        Variant("llama.cpp pca aligned", generator="pca", align=True, anchor=True),
     ]
+
+
+BANDS = ("first half", "middle third", "last half")
 
 
 def shift_blocks(vectors: Mapping[int, V], shift: int, n_layer: int) -> dict[int, V]:
@@ -110,7 +156,32 @@ def shift_blocks(vectors: Mapping[int, V], shift: int, n_layer: int) -> dict[int
     return {block: moved[block] for block in sorted(moved) if 1 <= block <= n_layer - 1}
 
 
+def equal_norms(vectors: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Every block's vector rescaled to the mean of their norms (directions unchanged; a zero
+    vector stays zero)."""
+    norms = {b: float(np.linalg.norm(np.asarray(v, np.float64))) for b, v in vectors.items()}
+    target = float(np.mean(list(norms.values()))) if norms else 0.0
+    return {
+        block: np.asarray(
+            np.asarray(vector, np.float64) * (target / norms[block] if norms[block] else 0.0),
+            dtype=np.float32,
+        )
+        for block, vector in sorted(vectors.items())
+    }
+
+
 # --- solving -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FirstRows:
+    """The first `rows` samples of a stored array (the samples lever)."""
+
+    states: BlockStates
+    rows: int
+
+    def block(self, block: int) -> np.ndarray:
+        return np.asarray(self.states.block(block))[: self.rows]
 
 
 def solve_variant_blocks(
@@ -121,24 +192,23 @@ def solve_variant_blocks(
     blocks: Sequence[int],
     *,
     features: str = "delta",
+    samples: int | None = None,
     options: SolverOptions | None = None,
 ) -> dict[int, BlockDirection]:
     """Solve `blocks` of one axis with `method`, from the pipeline's stored states, by the
-    same `cvgen.solve.blocks.solve_blocks` the pipeline uses. Blocks whose solver finds nothing are
-    left out."""
+    same `cvgen.solve.blocks.solve_blocks` the pipeline uses (on the first `samples` rows when
+    given). Blocks whose solver finds nothing are left out."""
     for block in blocks:
-        if block not in stored_blocks or block - 1 not in stored_blocks:
+        if block not in stored_blocks or (features == "delta" and block - 1 not in stored_blocks):
             raise CompareError(
                 f"block {block}: its states (and block {block - 1}'s) are not stored"
             )
+    names = (f"{axis}/negative", f"{axis}/positive", "baseline")
+    parts: list[Any] = [arrays[name] for name in names]
+    if samples is not None:
+        parts = [FirstRows(part, samples) for part in parts]
     return solve_blocks(
-        arrays[f"{axis}/negative"],
-        arrays[f"{axis}/positive"],
-        arrays["baseline"],
-        blocks,
-        features=features,
-        method=method,
-        options=options,
+        parts[0], parts[1], parts[2], blocks, features=features, method=method, options=options
     )
 
 
@@ -150,286 +220,700 @@ def role_vectors(solved: Mapping[int, BlockDirection]) -> dict[str, dict[int, np
     }
 
 
-def write_variant_files(
+def variant_vectors(
+    variant: Variant, solved: Mapping[int, BlockDirection], n_layer: int
+) -> dict[str, dict[int, np.ndarray]]:
+    """The variant's three files' vectors: the pipeline's roles, pole vectors at equal norms
+    when it says so, then shifted."""
+    roles = role_vectors(solved)
+    if variant.equal_norms:
+        roles = {
+            role: (equal_norms(vectors) if role != "debias" else vectors)
+            for role, vectors in roles.items()
+        }
+    return {role: shift_blocks(vectors, variant.shift, n_layer) for role, vectors in roles.items()}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+# --- applying --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a variant's files of one axis are applied at a signed scale s. Two pole files
+    (cvgen): the debias file at 1 (when there is one) plus the pole file of s's sign at |s|;
+    scale 0 is the debias file alone. One signed file (cvector-generator): that file at s."""
+
+    negative: Path
+    positive: Path
+    debias: Path | None = None
+    signed: bool = False
+
+    def steering(self, scale: float) -> Steering:
+        label = f"{self.positive.stem}@{scale:+.4g}"
+        files: list[tuple[Path, float]] = []
+        if self.debias is not None:
+            files.append((self.debias, 1.0))
+        if scale != 0:
+            if self.signed:
+                files.append((self.positive, float(scale)))
+            else:
+                files.append((self.positive if scale > 0 else self.negative, abs(float(scale))))
+        return Steering(label, tuple(files))
+
+
+def write_solved_files(
     folder: Path,
     variant: Variant,
     axis: str,
     vectors: Mapping[str, Mapping[int, np.ndarray]],
     *,
-    n_layer: int,
     model_hint: str,
-) -> AxisFiles:
-    """Write the variant's three files of one axis (shifted when the variant says so)."""
-    paths = {}
+) -> Recipe:
+    """Write the variant's files of one axis (the debias file only when it is applied)."""
+    paths: dict[str, Path] = {}
     for role in ROLES:
-        by_block = shift_blocks(vectors[role], variant.shift, n_layer)
-        if not by_block:
+        if role == "debias" and not variant.debias:
+            continue
+        if not vectors[role]:
             raise CompareError(f"variant '{variant.name}', axis '{axis}': no block left to write")
-        slug = "".join(c if c.isalnum() else "_" for c in variant.name)
-        path = folder / f"{slug}-{axis}__{role}.gguf"
+        path = folder / f"{_slug(variant.name)}-{axis}__{role}.gguf"
         write_control_vector(
             path,
-            by_block,
+            vectors[role],
             model_hint=model_hint,
             metadata={"cvgen.axis": axis, "cvgen.role": role, "cvgen.method": variant.method},
         )
         paths[role] = path
-    return AxisFiles(paths["debias"], paths["negative"], paths["positive"])
+    return Recipe(paths["negative"], paths["positive"], paths.get("debias"))
 
 
-# --- matched KL ------------------------------------------------------------------------------
+def vector_description(directions: Mapping[int, np.ndarray]) -> dict[str, Any]:
+    """Blocks and per-block norms of one file's vectors."""
+    norms = [
+        float(np.linalg.norm(np.asarray(v, np.float64))) for _, v in sorted(directions.items())
+    ]
+    blocks = sorted(directions)
+    return {
+        "blocks": blocks,
+        "norms": norms,
+        "norm_min": min(norms) if norms else None,
+        "norm_median": float(np.median(norms)) if norms else None,
+        "norm_max": max(norms) if norms else None,
+    }
+
+
+# --- the matched-KL search -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class MatchedScale:
-    """The |scale| at which the KL reaches the target (linear between measured points), or
-    the largest measured scale when it never does (`reached` False)."""
-
-    scale: float
-    reached: bool
+class KlPoint:
+    scale: float  # |scale| toward the pole
+    kl: float
 
 
-def matched_kl_scale(scales: Sequence[float], kl: Sequence[float], target: float) -> MatchedScale:
-    """scales: ascending |scale| values starting at 0; kl: the mean KL at each. Returns the
-    first crossing of `target`, interpolated linearly in KL between the two points around it."""
-    if len(scales) != len(kl) or len(scales) < 2:
-        raise CompareError(f"need matching scales and KL values (got {len(scales)}, {len(kl)})")
-    if list(scales) != sorted(scales) or scales[0] != 0:
-        raise CompareError(f"scales {list(scales)} must ascend from 0")
-    if kl[0] >= target:
-        return MatchedScale(0.0, True)
-    for index in range(1, len(scales)):
-        if kl[index] >= target:
-            low, high = kl[index - 1], kl[index]
-            fraction = (target - low) / (high - low)
-            scale = scales[index - 1] + fraction * (scales[index] - scales[index - 1])
-            return MatchedScale(float(scale), True)
-    return MatchedScale(float(scales[-1]), False)
+@dataclass
+class PoleSearch:
+    """The |scales| tried toward one pole and their KL (scale 0 first), the two around the
+    target (`lower` below it, `upper` at or above it; None when it was never reached) and the
+    interpolated matched |scale| (the largest tried when never reached)."""
+
+    points: list[KlPoint]
+    lower: KlPoint
+    upper: KlPoint | None
+    matched: float
+
+    @property
+    def reached(self) -> bool:
+        return self.upper is not None
 
 
-def effect_at(scales: Sequence[float], effects: np.ndarray, scale: float) -> np.ndarray:
-    """effects: (len(scales), prompts), linearly interpolated in scale to `scale` -> (prompts,)."""
-    values = np.asarray(effects, dtype=np.float64)
-    return np.array(
-        [np.interp(scale, scales, values[:, column]) for column in range(values.shape[1])]
-    )
+def _excess(point: KlPoint, zero_kl: float) -> float:
+    return point.kl - zero_kl
+
+
+def matched_between(lower: KlPoint, upper: KlPoint, target: float, zero_kl: float) -> float:
+    """The |scale| where the KL reaches `target` between two points around it. The KL above
+    the scale-0 value is taken as a power of the scale (exact for KL = kl0 + c s^p) when both
+    points are above scale 0 and above kl0; from scale 0, as the square of the scale (KL ~ s^2
+    near 0); else linear in KL."""
+    low, high = _excess(lower, zero_kl), _excess(upper, zero_kl)
+    goal = target - zero_kl
+    if lower.scale > 0 and low > 0 and high > low and goal > 0:
+        power = math.log(high / low) / math.log(upper.scale / lower.scale)
+        return float(lower.scale * (goal / low) ** (1.0 / power))
+    if lower.scale == 0 and high > 0 and 0 < goal <= high:
+        return float(upper.scale * math.sqrt(goal / high))
+    if upper.kl == lower.kl:
+        return upper.scale
+    fraction = (target - lower.kl) / (upper.kl - lower.kl)
+    return float(lower.scale + fraction * (upper.scale - lower.scale))
+
+
+def next_scale(
+    points: Sequence[KlPoint],
+    target: float,
+    zero_kl: float,
+    *,
+    max_scale: float,
+    grow: tuple[float, float] = (1.25, 16.0),
+) -> float:
+    """The next |scale| to try. Below the target so far: grow from the largest point by the
+    power law that the last two points give (a square law from one point: KL ~ s^2 near 0), 10%
+    past it so that the next point likely brackets the target, within `grow`, at most
+    `max_scale`. Bracketed: the power-law interpolation between the two points around the
+    target, kept 10% (in log scale) inside them."""
+    ordered = sorted(points, key=lambda p: p.scale)
+    above = [p for p in ordered if p.kl >= target and p.scale > 0]
+    goal = target - zero_kl
+    if not above:
+        top = ordered[-1]
+        factor = grow[1]
+        excess = _excess(top, zero_kl)
+        if top.scale > 0 and excess > 0 and goal > 0:
+            power = 2.0
+            below = [p for p in ordered if 0 < p.scale < top.scale and _excess(p, zero_kl) > 0]
+            if below:
+                previous = below[-1]
+                slope = math.log(excess / _excess(previous, zero_kl)) / math.log(
+                    top.scale / previous.scale
+                )
+                if slope > 0.5:
+                    power = min(slope, 4.0)
+            factor = 1.1 * (goal / excess) ** (1.0 / power)
+        factor = min(max(factor, grow[0]), grow[1])
+        return float(min(top.scale * factor, max_scale))
+    upper = above[0]
+    lower = [p for p in ordered if p.scale < upper.scale][-1]
+    guess = matched_between(lower, upper, target, zero_kl)
+    if lower.scale > 0:
+        low, high = math.log(lower.scale), math.log(upper.scale)
+        margin = 0.1 * (high - low)
+        return float(math.exp(min(max(math.log(guess), low + margin), high - margin)))
+    margin = 0.1 * upper.scale
+    return float(min(max(guess, margin), upper.scale - margin))
+
+
+def search_pole(
+    kl_at: Callable[[float], float],
+    target: float,
+    *,
+    zero_kl: float,
+    start: float,
+    max_scale: float,
+    steps: int,
+    tolerance: float,
+) -> PoleSearch:
+    """Find the |scale| where `kl_at` (the mean KL at a |scale| toward the pole) reaches
+    `target`, in at most `steps` evaluations: from `start`, grow until it is reached (or
+    `max_scale` is), then refine between the two points around it until one of them is within
+    `tolerance` (relative) of the target. `zero_kl`: the KL at scale 0 (the debias file alone,
+    or 0). A target already reached at scale 0 gives a matched scale of 0."""
+    if not (start > 0 and max_scale >= start and steps >= 1 and tolerance > 0):
+        raise CompareError(
+            f"search: start {start}, max scale {max_scale}, steps {steps} and tolerance "
+            f"{tolerance} must be positive, with max scale >= start"
+        )
+    zero = KlPoint(0.0, zero_kl)
+    points = [zero]
+    if zero_kl >= target:
+        return PoleSearch(points, zero, zero, 0.0)
+    scale = start
+    for _ in range(steps):
+        points.append(KlPoint(scale, float(kl_at(scale))))
+        lower, upper = _bracket(points, target)
+        if upper is not None and _close(lower, upper, target, tolerance):
+            break
+        if upper is None and points[-1].scale >= max_scale:
+            break
+        scale = next_scale(points, target, zero_kl, max_scale=max_scale)
+        if any(math.isclose(scale, p.scale, rel_tol=1e-9) for p in points):
+            break
+    lower, upper = _bracket(points, target)
+    if upper is None:
+        return PoleSearch(points, lower, None, lower.scale)
+    return PoleSearch(points, lower, upper, matched_between(lower, upper, target, zero_kl))
+
+
+def _bracket(points: Sequence[KlPoint], target: float) -> tuple[KlPoint, KlPoint | None]:
+    """The first point at or above the target (by scale) and the point just below it; without
+    one, the largest point and None."""
+    ordered = sorted(points, key=lambda p: p.scale)
+    for index, point in enumerate(ordered):
+        if point.kl >= target and index > 0:
+            return ordered[index - 1], point
+    return ordered[-1], None
+
+
+def _close(lower: KlPoint, upper: KlPoint, target: float, tolerance: float) -> bool:
+    near = any(abs(p.kl - target) <= tolerance * target for p in (lower, upper))
+    tight = lower.scale > 0 and upper.scale / lower.scale <= 1 + tolerance / 2
+    return near or tight
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def pole_to_pole(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Per prompt: p at the positive pole's matched scale minus p at the negative pole's."""
+    return np.asarray(positive, dtype=np.float64) - np.asarray(negative, dtype=np.float64)
 
 
 def interval(values: np.ndarray) -> tuple[float, float]:
-    """The mean over prompts and its 95% half-width (normal approximation)."""
+    """The mean over prompts and its 95% half-width (normal approximation; NaN for one)."""
+    values = np.asarray(values, dtype=np.float64)
     mean = float(np.mean(values))
     if values.size < 2:
         return mean, math.nan
     return mean, float(Z95 * np.std(values, ddof=1) / math.sqrt(values.size))
 
 
-# --- measuring -----------------------------------------------------------------------------
+def split_halves(count: int) -> tuple[list[int], list[int]]:
+    """The held-out prompts' two halves: even indices (A) and odd ones (B)."""
+    if count < 2:
+        raise CompareError(f"--prompts: {count} prompts cannot be split in two halves (need 2)")
+    return list(range(0, count, 2)), list(range(1, count, 2))
+
+
+def ratio_interval(
+    variant: np.ndarray, anchor: np.ndarray, *, draws: int = 2000, seed: int = 0
+) -> tuple[float | None, float | None, float | None]:
+    """mean(variant) / mean(anchor) and a 95% percentile interval from resampling the prompts
+    (paired: one draw picks the same prompts for both). None where the anchor's mean is not
+    positive (no ratio means anything then); the bounds are None with fewer than 2 prompts."""
+    variant = np.asarray(variant, dtype=np.float64)
+    anchor = np.asarray(anchor, dtype=np.float64)
+    base = float(np.mean(anchor))
+    if not base > 0:
+        return None, None, None
+    ratio = float(np.mean(variant)) / base
+    if variant.size < 2:
+        return ratio, None, None
+    generator = np.random.default_rng(seed)
+    picks = generator.integers(0, variant.size, size=(draws, variant.size))
+    denominators = anchor[picks].mean(axis=1)
+    valid = denominators > 0
+    ratios = variant[picks].mean(axis=1)[valid] / denominators[valid]
+    if ratios.size < draws // 2:
+        return ratio, None, None
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return ratio, float(low), float(high)
 
 
 @dataclass
-class AxisRun:
-    """One variant on one axis: per signed scale, the per-prompt propensity and the mean KL."""
+class AxisResult:
+    """One variant on one axis: per pole the search and the per-prompt propensity at its
+    matched scale, and the propensity measured at each signed scale."""
 
     blocks: list[int]
+    start: float
+    zero_kl: float
+    poles: dict[str, PoleSearch] = field(default_factory=dict)
+    matched_propensity: dict[str, np.ndarray] = field(default_factory=dict)
+    matched_kl: dict[str, float] = field(default_factory=dict)
     propensity: dict[float, np.ndarray] = field(default_factory=dict)
-    kl: dict[float, float] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reached(self) -> bool:
+        return all(search.reached for search in self.poles.values())
+
+    def per_prompt(self) -> np.ndarray:
+        return pole_to_pole(
+            self.matched_propensity["positive"], self.matched_propensity["negative"]
+        )
 
 
-def signed_scales(scales: Sequence[float]) -> list[float]:
-    """-largest .. -smallest, 0, smallest .. largest."""
-    return [-s for s in reversed(scales)] + [0.0] + list(scales)
-
-
-def measure_axis(
-    backend: Backend,
-    files: AxisFiles,
-    inputs: EvalInputs,
-    eval_settings: EvalSettings,
-    axis: str,
-    scales: Sequence[float],
-    reference: Sequence[Scored],
-    tick: Callable[[], None],
-) -> tuple[dict[float, np.ndarray], dict[float, float]]:
-    """Propensity (per prompt) and mean neutral KL at every signed scale of one axis."""
-    propensity: dict[float, np.ndarray] = {}
-    kl: dict[float, float] = {}
-    for scale in signed_scales(scales):
-        with backend.session(files.steering("axis", scale)) as session:
-            result = measure(
-                session,
-                inputs,
-                eval_settings,
-                probe_pairs=inputs.probe_ids[axis],
-                reference=reference,
-            )
-        assert result.propensity is not None and result.kl is not None
-        propensity[scale] = result.propensity
-        kl[scale] = float(np.mean(result.kl))
-        tick()
-    return propensity, kl
-
-
-# --- summarising -----------------------------------------------------------------------------
-
-
-def pole_summary(
-    run: AxisRun, scales: Sequence[float], sign: float, kl_target: float
-) -> dict[str, Any]:
-    """One pole: the matched-KL scale, the per-prompt effect toward the pole there, and its
-    mean and 95% half-width."""
-    grid = [0.0, *scales]
-    base = run.propensity[0.0]
-    effects = np.stack([sign * (run.propensity[sign * s if s else 0.0] - base) for s in grid])
-    kl = [run.kl[sign * s if s else 0.0] for s in grid]
-    matched = matched_kl_scale(grid, kl, kl_target)
-    per_prompt = effect_at(grid, effects, matched.scale)
+def figure_summary(result: AxisResult, halves: tuple[list[int], list[int]]) -> dict[str, Any]:
+    """The pole-to-pole figure of one variant on one axis: over all prompts and each half."""
+    per_prompt = result.per_prompt()
     mean, half = interval(per_prompt)
+    a_mean, a_half = interval(per_prompt[halves[0]])
+    b_mean, b_half = interval(per_prompt[halves[1]])
     return {
-        "matched_scale": matched.scale,
-        "reached": matched.reached,
         "effect": mean,
-        "effect_ci95": half,
-        "effect_per_kl": mean / kl_target,
+        "ci95": half,
+        "effect_a": a_mean,
+        "ci95_a": a_half,
+        "effect_b": b_mean,
+        "ci95_b": b_half,
+        "reached": result.reached,
+        "matched": {pole: search.matched for pole, search in result.poles.items()},
+        "reached_poles": {pole: search.reached for pole, search in result.poles.items()},
+        "max_kl": {pole: max(p.kl for p in search.points) for pole, search in result.poles.items()},
+        "kl_at_matched": dict(result.matched_kl),
         "per_prompt": per_prompt.tolist(),
-        "kl": kl,
     }
 
 
-def axis_summary(run: AxisRun, scales: Sequence[float], kl_target: float) -> dict[str, Any]:
-    poles = {name: pole_summary(run, scales, sign, kl_target) for name, sign in POLES}
-    both = (
-        np.array(poles["negative"]["per_prompt"]) + np.array(poles["positive"]["per_prompt"])
-    ) / 2
-    mean, half = interval(both)
-    slope = None
-    if 1.0 in run.propensity and -1.0 in run.propensity:
-        slope = float(np.mean(run.propensity[1.0] - run.propensity[-1.0]) / 2)
+def best_anchor(
+    figures: Mapping[str, Mapping[str, Any]], anchors: Sequence[str], key: str = "effect"
+) -> str | None:
+    """The anchor with the largest figure `key` among those that reached the target on both
+    poles (None when none did)."""
+    candidates = [name for name in anchors if name in figures and figures[name]["reached"]]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda name: figures[name][key])
+
+
+def axis_steers(figures: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> bool:
+    """An axis steers when one of `names` (the default and the best anchor) reached the target
+    on both poles with a pole-to-pole figure whose 95% interval lies above 0."""
+    for name in names:
+        entry = figures.get(name)
+        if entry and entry["reached"] and entry["effect"] - _finite(entry["ci95"]) > 0:
+            return True
+    return False
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
+def add_ratios(
+    figures: dict[str, dict[str, Any]], anchors: Sequence[str], *, seed: int = 0
+) -> str | None:
+    """Each variant's ratio to the best anchor (over all prompts, with a resampled interval);
+    returns that anchor's name."""
+    anchor = best_anchor(figures, anchors)
+    for entry in figures.values():
+        entry["ratio"] = (None, None, None)
+        if anchor is not None and entry["reached"]:
+            entry["ratio"] = ratio_interval(
+                np.array(entry["per_prompt"]), np.array(figures[anchor]["per_prompt"]), seed=seed
+            )
+    return anchor
+
+
+def select_on_split(
+    figures: Mapping[str, Mapping[str, Any]],
+    candidates: Sequence[str],
+    anchors: Sequence[str],
+    default: str,
+) -> dict[str, Any]:
+    """Pick the candidate (cvgen's variants) and the anchor with the largest figure on half A,
+    among those that reached the target on both poles, and give both halves' figures for the
+    pick, the default and the anchor, and the ratios on half B (picked on A, so B is fair)."""
+    reached = [name for name in candidates if name in figures and figures[name]["reached"]]
+    picked = max(reached, key=lambda name: figures[name]["effect_a"]) if reached else None
+    anchor = best_anchor(figures, anchors, key="effect_a")
+
+    def halves(name: str | None) -> dict[str, float] | None:
+        if name is None or name not in figures:
+            return None
+        return {"a": figures[name]["effect_a"], "b": figures[name]["effect_b"]}
+
+    def ratio_b(name: str | None) -> float | None:
+        if name is None or anchor is None or name not in figures:
+            return None
+        base = figures[anchor]["effect_b"]
+        if not figures[name]["reached"] or not base > 0:
+            return None
+        return float(figures[name]["effect_b"] / base)
+
     return {
-        "blocks": run.blocks,
-        "poles": poles,
-        "effect": mean,
-        "effect_ci95": half,
-        "effect_per_kl": mean / kl_target,
-        "reached": all(p["reached"] for p in poles.values()),
-        "per_prompt": both.tolist(),
-        "slope_pm1": slope,
-        "kl_at_1": {name: run.kl.get(sign) for name, sign in POLES},
+        "picked": picked,
+        "picked_halves": halves(picked),
+        "default": default,
+        "default_halves": halves(default),
+        "anchor": anchor,
+        "anchor_halves": halves(anchor),
+        "picked_ratio_b": ratio_b(picked),
+        "default_ratio_b": ratio_b(default),
     }
 
 
-def paired_difference(variant: Sequence[float], default: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95% half-width of the per-prompt difference variant - default."""
-    return interval(np.asarray(variant, dtype=np.float64) - np.asarray(default, dtype=np.float64))
+# --- tables ----------------------------------------------------------------------------------
 
 
-def figure(value: float | None, *, at_least: bool = False) -> str:
-    """3 significant digits; '≥' marks an effect taken at the largest scale (KL target unmet)."""
+def figure(value: float | None) -> str:
+    """3 significant digits, '–' for nothing."""
     if value is None or not math.isfinite(value):
         return "–"
-    text = f"{value:.3g}"
-    return f"≥{text}" if at_least else text
+    return f"{value:.3g}"
 
 
-def render_table(
-    summary: Mapping[str, Mapping[str, Any]], axes: Sequence[str], default: str, kl_target: float
+def _matched_cell(entry: Mapping[str, Any], pole: str) -> str:
+    scale = entry["matched"][pole]
+    if entry["reached_poles"][pole]:
+        return f"{scale:.3g}"
+    return f"not reached (KL {figure(entry['max_kl'][pole])} @{scale:.3g})"
+
+
+def _ratio_cell(ratio: Sequence[float | None]) -> str:
+    value, low, high = ratio
+    if value is None:
+        return "–"
+    if low is None or high is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def render_axis_table(
+    axis: str,
+    figures: Mapping[str, Mapping[str, Any]],
+    blocks: Mapping[str, Sequence[int]],
+    anchors: Sequence[str],
+    anchor: str | None,
 ) -> str:
-    """One markdown table: variant x axis rows and a mean row per variant."""
-    head = (
-        "| variant | axis | blocks | KL@−1 | KL@+1 | slope ±1 | effect@KL − pole | "
-        f"effect@KL + pole | effect/KL (±95%) | Δ vs {default} (±95%) |"
-    )
-    lines = [head, "|" + "---|" * 10]
-    for name, per_axis in summary.items():
-        for axis in [*axes, "mean"]:
-            entry = per_axis[axis]
-            blocks = entry["blocks"]
-            span = f"{blocks[0]}..{blocks[-1]}" if blocks else "–"
-            kl1 = entry.get("kl_at_1") or {}
-            poles = entry.get("poles") or {}
-            cells = [
-                f"**{name}**" if axis == "mean" else name,
-                axis,
-                span,
-                figure(kl1.get("negative")),
-                figure(kl1.get("positive")),
-                figure(entry.get("slope_pm1")),
-                _pole_cell(poles.get("negative")),
-                _pole_cell(poles.get("positive")),
-                f"{figure(entry['effect_per_kl'], at_least=not entry['reached'])} "
-                f"±{figure(entry['effect_ci95'] / kl_target)}",
-                _delta_cell(entry.get("delta"), kl_target),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+    """One axis: a row per variant (anchors marked), the matched |scales|, the figure with its
+    95% interval, and the ratio to the best anchor (with its resampled 95% interval)."""
+    lines = [
+        f"### {axis}",
+        "",
+        "| variant | blocks | s− | s+ | KL at s−, s+ | p(+s+) − p(−s−) (±95%) | ratio to "
+        f"{anchor or 'best anchor'} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in figures.items():
+        span = blocks.get(name) or []
+        label = f"{name} (anchor)" if name in anchors else name
+        effect = f"{figure(entry['effect'])} ±{figure(entry['ci95'])}"
+        if not entry["reached"]:
+            effect = f"({effect}, target not reached)"
+        cells = [
+            f"**{label}**" if name == anchor else label,
+            f"{span[0]}..{span[-1]}" if span else "–",
+            _matched_cell(entry, "negative"),
+            _matched_cell(entry, "positive"),
+            ", ".join(
+                figure(entry["kl_at_matched"].get(pole)) for pole in ("negative", "positive")
+            ),
+            effect,
+            _ratio_cell(entry.get("ratio", (None, None, None))),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _pole_cell(pole: Mapping[str, Any] | None) -> str:
-    if pole is None:
+def render_headline(summary: Mapping[str, Mapping[str, Any]], default: str) -> str:
+    """Per axis: the default's figure, the best anchor's, their ratio and the goal."""
+    lines = [
+        f"| axis | steers | {default} (±95%) | best anchor | its figure (±95%) | ratio | "
+        f"≥ {GOAL_RATIO:g}x |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for axis, entry in summary.items():
+        figures = entry["figures"]
+        anchor = entry["best_anchor"]
+        mine = figures.get(default)
+        ratio = mine.get("ratio", (None, None, None)) if mine else (None, None, None)
+        goal = "–"
+        if entry["steers"] and ratio[0] is not None:
+            goal = "yes" if ratio[0] >= GOAL_RATIO else "no"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    axis,
+                    "yes" if entry["steers"] else "no",
+                    _figure_cell(mine),
+                    anchor or "none reached the target",
+                    _figure_cell(figures.get(anchor) if anchor else None),
+                    _ratio_cell(ratio),
+                    goal,
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _figure_cell(entry: Mapping[str, Any] | None) -> str:
+    if entry is None:
         return "–"
-    return f"{figure(pole['effect'], at_least=not pole['reached'])} @{pole['matched_scale']:.2g}"
+    text = f"{figure(entry['effect'])} ±{figure(entry['ci95'])}"
+    return text if entry["reached"] else f"({text}, not reached)"
 
 
-def _delta_cell(delta: tuple[float, float] | None, kl_target: float) -> str:
-    if delta is None:
-        return "–"
-    return f"{figure(delta[0] / kl_target)} ±{figure(delta[1] / kl_target)}"
+def render_selection(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per axis: the variant picked on half A, its and the default's figures on A and B, the
+    anchor picked on A, and the ratios on B."""
+    lines = [
+        "| axis | picked on A | A | B | default A | default B | anchor picked on A | "
+        "anchor A | anchor B | picked/anchor on B | default/anchor on B |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for axis, entry in summary.items():
+        chosen = entry["selection"]
+        picked = chosen["picked_halves"] or {}
+        default = chosen["default_halves"] or {}
+        anchor = chosen["anchor_halves"] or {}
+        cells = [
+            axis,
+            chosen["picked"] or "none reached",
+            figure(picked.get("a")),
+            figure(picked.get("b")),
+            figure(default.get("a")),
+            figure(default.get("b")),
+            chosen["anchor"] or "none reached",
+            figure(anchor.get("a")),
+            figure(anchor.get("b")),
+            _plain_ratio(chosen["picked_ratio_b"]),
+            _plain_ratio(chosen["default_ratio_b"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def summarise(
-    runs: Mapping[str, Mapping[str, AxisRun]],
-    axes: Sequence[str],
-    scales: Sequence[float],
-    kl_target: float,
-    default: str,
-) -> dict[str, dict[str, Any]]:
-    """Per variant: each axis's summary and a mean over axes (per prompt, so that intervals and
-    the paired differences from the default variant stay paired by prompt)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, per_axis in runs.items():
-        entries: dict[str, Any] = {
-            axis: axis_summary(per_axis[axis], scales, kl_target) for axis in axes
-        }
-        stacked = np.mean([entries[axis]["per_prompt"] for axis in axes], axis=0)
-        mean, half = interval(stacked)
-        slopes = [entries[a]["slope_pm1"] for a in axes if entries[a]["slope_pm1"] is not None]
-        entries["mean"] = {
-            "blocks": entries[axes[0]]["blocks"],
-            "effect": mean,
-            "effect_ci95": half,
-            "effect_per_kl": mean / kl_target,
-            "reached": all(entries[a]["reached"] for a in axes),
-            "per_prompt": stacked.tolist(),
-            "poles": {
-                pole: {
-                    "effect": float(np.mean([entries[a]["poles"][pole]["effect"] for a in axes])),
-                    "reached": all(entries[a]["poles"][pole]["reached"] for a in axes),
-                    "matched_scale": float(
-                        np.mean([entries[a]["poles"][pole]["matched_scale"] for a in axes])
-                    ),
-                }
-                for pole, _ in POLES
-            },
-            "slope_pm1": float(np.mean(slopes)) if slopes else None,
-            "kl_at_1": {
-                pole: _mean_or_none([entries[a]["kl_at_1"][pole] for a in axes])
-                for pole, _ in POLES
-            },
-        }
-        out[name] = entries
-    if default in out:
-        for name, entries in out.items():
-            if name == default:
-                continue
-            for axis in [*axes, "mean"]:
-                entries[axis]["delta"] = paired_difference(
-                    entries[axis]["per_prompt"], out[default][axis]["per_prompt"]
+def _plain_ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def render_anchor_files(
+    files: Mapping[str, Mapping[str, Mapping[str, Any]]], names: Sequence[str]
+) -> str:
+    """What the files of `names` (the default and the anchors) hold: blocks and per-block
+    norms (every variant's are in the JSON)."""
+    lines = [
+        "| variant | axis | file | blocks | norm min / median / max |",
+        "|---|---|---|---|---|",
+    ]
+    for name, per_axis in files.items():
+        if name not in names:
+            continue
+        for axis, roles in per_axis.items():
+            for role, entry in roles.items():
+                if role.startswith("_"):
+                    continue
+                blocks = entry["blocks"]
+                lines.append(
+                    f"| {name} | {axis} | {role} | "
+                    f"{blocks[0]}..{blocks[-1]} ({len(blocks)}) | "
+                    f"{figure(entry['norm_min'])} / {figure(entry['norm_median'])} / "
+                    f"{figure(entry['norm_max'])} |"
                 )
-    return out
+    return "\n".join(lines)
 
 
-def _mean_or_none(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if len(present) == len(values) and present else None
+def render_report(report: Mapping[str, Any]) -> str:
+    """Every table of a run, as Markdown."""
+    settings = report["settings"]
+    summary = report["summary"]
+    default = report["default"]
+    parts = [
+        f"Figure: p(+s+) − p(−s−), the propensity (log p(positive probe) − log p(negative "
+        f"probe), nats/token) at the positive pole's matched |scale| minus at the negative "
+        f"pole's; a pole's matched |scale| is where the mean KL(unsteered ‖ steered) on "
+        f"neutral text reaches {settings['kl_target']:g} nats/token. Ratios: to the best "
+        f"anchor (bold) that reached the target on both poles, with a 95% interval from "
+        f"resampling the prompts.",
+        "",
+        render_headline(summary, default),
+        "",
+    ]
+    for axis, entry in summary.items():
+        parts += [
+            render_axis_table(
+                axis, entry["figures"], entry["blocks"], report["anchors"], entry["best_anchor"]
+            ),
+            "",
+        ]
+    parts += [
+        "### Selection on a split",
+        "",
+        "The held-out prompts split into A (even) and B (odd); per axis the variant (cvgen's "
+        "side) and the anchor with the largest figure on A are picked, and B tells how they "
+        "really do.",
+        "",
+        render_selection(summary),
+        "",
+        "### The files",
+        "",
+        render_anchor_files(report["files"], [default, *report["anchors"]]),
+        "",
+        f"{settings['model_name']}, llama.cpp engine, {settings['threads']} thread(s); "
+        f"{settings['samples']} samples/class; {settings['prompts']} prompts x "
+        f"{settings['probe_pairs']} probe pairs; {settings['neutral_texts']} neutral texts x "
+        f"{settings['kl_tokens']} tokens; {report['counts']['kl']} KL and "
+        f"{report['counts']['propensity']} propensity measurements "
+        f"({report['counts']['seconds_per_measurement']:.2f} s each); wall time "
+        f"{report['wall_seconds'] / 60:.1f} min.",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+class Measurer:
+    """KL and propensity of steering configurations on one backend, counted and timed."""
+
+    def __init__(self, backend: Backend, inputs: EvalInputs, reference: Sequence[Scored]):
+        self.backend = backend
+        self.inputs = inputs
+        self.reference = reference
+        self.counts = {"kl": 0, "propensity": 0}
+        self.seconds = 0.0
+
+    def kl(self, steering: Steering) -> float:
+        clock = time.perf_counter()
+        with self.backend.session(steering) as session:
+            value = float(np.mean(kl_against(self.reference, neutral_scores(session, self.inputs))))
+        self.seconds += time.perf_counter() - clock
+        self.counts["kl"] += 1
+        return value
+
+    def propensity(self, steering: Steering, axis: str) -> np.ndarray:
+        clock = time.perf_counter()
+        with self.backend.session(steering) as session:
+            value = propensities(session, self.inputs.prompt_ids, self.inputs.probe_ids[axis])
+        self.seconds += time.perf_counter() - clock
+        self.counts["propensity"] += 1
+        return value
+
+
+def measure_variant_axis(
+    measurer: Measurer,
+    recipe: Recipe,
+    axis: str,
+    *,
+    unsteered: np.ndarray,
+    start: float,
+    blocks: list[int],
+    args: argparse.Namespace,
+) -> AxisResult:
+    """Both poles of one variant on one axis: the KL at scale 0, a search per pole, then at
+    each pole's matched |scale| the propensity and (a check of the interpolation) the KL. A
+    pole that never reached the target is read at the largest |scale| tried."""
+    has_zero = recipe.debias is not None
+    zero_kl = measurer.kl(recipe.steering(0.0)) if has_zero else 0.0
+    result = AxisResult(blocks=blocks, start=start, zero_kl=zero_kl)
+
+    def propensity(signed: float) -> np.ndarray:
+        if signed not in result.propensity:
+            if signed == 0 and not has_zero:
+                result.propensity[signed] = np.asarray(unsteered)
+            else:
+                result.propensity[signed] = measurer.propensity(recipe.steering(signed), axis)
+        return result.propensity[signed]
+
+    for pole, sign in POLES:
+
+        def kl_at(scale: float, sign: int = sign) -> float:
+            return measurer.kl(recipe.steering(sign * scale))
+
+        search = search_pole(
+            kl_at,
+            args.kl_target,
+            zero_kl=zero_kl,
+            start=start,
+            max_scale=start * args.max_factor,
+            steps=args.search_steps,
+            tolerance=args.kl_tolerance,
+        )
+        result.poles[pole] = search
+        signed = sign * search.matched
+        result.matched_propensity[pole] = propensity(signed)
+        tried = {p.scale: p.kl for p in search.points}
+        result.matched_kl[pole] = (
+            tried[search.matched] if search.matched in tried else kl_at(search.matched)
+        )
+    return result
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -437,75 +921,126 @@ def _mean_or_none(values: Sequence[float | None]) -> float | None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="The model (.gguf for llama.cpp).")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="The model's .gguf file.")
     parser.add_argument(
         "--axis",
         action="append",
-        help=f"Axis to compare (repeatable; default: {', '.join(DEFAULT_AXES)}).",
+        help="Axis to compare (repeatable; default: every shipped axis with probes).",
     )
     parser.add_argument("--samples", type=int, default=128, help="Samples per class.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sampler.")
     parser.add_argument("--store", type=Path, default=None, help="State store (default: cvgen's).")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="llama.cpp", help="Where vectors are applied."
-    )
-    parser.add_argument(
         "--kl-target",
         type=float,
         default=DEFAULT_KL_TARGET,
-        help="KL (nats/token) at which effects are compared.",
+        help="KL (nats/token) at which the poles are compared.",
     )
     parser.add_argument(
-        "--scales",
-        default=",".join(f"{s:g}" for s in DEFAULT_SCALES),
-        help="|scale| values, applied on both poles.",
+        "--kl-tolerance",
+        type=float,
+        default=0.1,
+        help="The search stops when a point around the target is this close to it (relative).",
     )
     parser.add_argument(
-        "--prompts", type=int, default=6, help="Held-out prompts for the propensity."
+        "--search-steps", type=int, default=7, help="KL measurements per pole, at most."
+    )
+    parser.add_argument(
+        "--max-factor",
+        type=float,
+        default=64.0,
+        help="The search gives up (target not reached) at this multiple of its start scale.",
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=16, help="Held-out prompts (split in two halves)."
     )
     parser.add_argument("--probe-pairs", type=int, default=3, help="Probe pairs per axis.")
-    parser.add_argument("--neutral-texts", type=int, default=4, help="Neutral texts for the KL.")
-    parser.add_argument("--kl-tokens", type=int, default=32, help="Tokens of each neutral reply.")
+    parser.add_argument("--probe-tokens", type=int, default=16, help="Tokens of each probe.")
+    parser.add_argument("--neutral-texts", type=int, default=8, help="Neutral texts for the KL.")
+    parser.add_argument("--kl-tokens", type=int, default=48, help="Tokens of each neutral reply.")
     parser.add_argument(
-        "--top-k", type=int, default=256, help="llama.cpp: top-k log-probs per position for the KL."
+        "--variants",
+        default=None,
+        help=f"Comma-separated variant names (default: all; '{DEFAULT_VARIANT}' is always run).",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of llama.cpp.")
+    parser.add_argument(
+        "--generator-timeout",
+        type=float,
+        default=3600.0,
+        help="Seconds one llama-cvector-generator run may take.",
     )
     parser.add_argument(
-        "--variants", default=None, help="Comma-separated variant names to run (default: all)."
+        "--pca-iterations",
+        type=int,
+        default=1000,
+        help="llama-cvector-generator --pca-iter (its default; a multiple of 100).",
     )
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch and llama.cpp).")
     parser.add_argument("--json", type=Path, default=None, help="Also write every raw number here.")
+    parser.add_argument("--markdown", type=Path, default=None, help="Also write the tables here.")
+    parser.add_argument(
+        "--keep-files", type=Path, default=None, help="Keep every vector file in this folder."
+    )
     return parser.parse_args(argv)
 
 
-def parse_positive_scales(text: str) -> list[float]:
-    """'0.25,0.5,1' -> ascending distinct positive scales; a bad item names itself."""
-    values = []
-    for item in text.split(","):
-        try:
-            value = float(item)
-        except ValueError:
-            raise CompareError(
-                f"--scales: '{item.strip()}' is not a number (in '{text}')"
-            ) from None
+def check_args(args: argparse.Namespace) -> None:
+    positive = {
+        "--kl-target": args.kl_target,
+        "--kl-tolerance": args.kl_tolerance,
+        "--max-factor": args.max_factor,
+        "--generator-timeout": args.generator_timeout,
+    }
+    for option, value in positive.items():
         if not (math.isfinite(value) and value > 0):
+            raise CompareError(f"{option}: {value} must be a positive number")
+    if args.max_factor < 1:
+        raise CompareError(f"--max-factor: {args.max_factor} must be at least 1")
+    for option, value in (
+        ("--samples", args.samples),
+        ("--search-steps", args.search_steps),
+        ("--threads", args.threads),
+        ("--neutral-texts", args.neutral_texts),
+        ("--kl-tokens", args.kl_tokens),
+    ):
+        if value < 1:
+            raise CompareError(f"{option}: {value} must be >= 1")
+    if args.prompts < 2:
+        raise CompareError(f"--prompts: {args.prompts}; the split needs at least 2")
+
+
+def default_axes() -> list[str]:
+    from cvgen.data.eval_data import shipped_probe_axes
+    from cvgen.data.shipped import shipped_axis_names
+
+    probed = set(shipped_probe_axes())
+    return [name for name in shipped_axis_names() if name in probed]
+
+
+def pick_variants(all_variants: Sequence[Variant], chosen: str | None) -> list[Variant]:
+    if chosen is None:
+        return list(all_variants)
+    names = [name.strip() for name in chosen.split(",") if name.strip()]
+    known = {v.name: v for v in all_variants}
+    for name in names:
+        if name not in known:
             raise CompareError(
-                f"--scales: '{item.strip()}' must be a positive number (both poles are run)"
+                f"--variants: unknown variant '{name}'; choose from: {', '.join(known)}"
             )
-        values.append(value)
-    return sorted(set(values))
+    if DEFAULT_VARIANT not in names:
+        names.insert(0, DEFAULT_VARIANT)  # the figures are the default's against the anchors
+    return [known[name] for name in names]
 
 
-def collect(args: argparse.Namespace, axes: Sequence[str]) -> Any:
-    """The run's states (collected now only when missing from the store)."""
+def collect(args: argparse.Namespace, axes: Sequence[str]) -> tuple[Any, dict[str, list[str]]]:
+    """The run's states (collected now only when missing from the store) and the rendered
+    prompt text of every row of every array (what cvector-generator is given)."""
+    from cvgen.generate.prepare import prepare_run
     from cvgen.generate.sharded import collected_states
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     settings = GenerateSettings(
         model=args.model,
         axes=tuple(axes),
@@ -513,197 +1048,389 @@ def collect(args: argparse.Namespace, axes: Sequence[str]) -> Any:
         seed=args.seed,
         skip_last=LayerSkip("0"),
         device="cpu",
+        threads=args.threads,
     )
-    return collected_states(
+    states = collected_states(
         settings, store_root=args.store or default_store_root(), show_progress=False
     )
-
-
-def open_backend(args: argparse.Namespace) -> Backend:
-    if args.backend == "llama.cpp":
-        return LlamaCppBackend(Path(args.model), top_k=args.top_k, threads=args.threads)
-    return HfBackend.load(args.model, device="cpu", threads=args.threads)
-
-
-def pick_variants(all_variants: Sequence[Variant], chosen: str | None) -> list[Variant]:
-    if chosen is None:
-        return list(all_variants)
-    names = [name.strip() for name in chosen.split(",")]
-    known = {v.name: v for v in all_variants}
-    for name in names:
-        if name not in known:
-            raise CompareError(
-                f"--variants: unknown variant '{name}'; choose from: {', '.join(known)}"
-            )
-    return [known[name] for name in names]
+    return states, prepare_run(settings).rendered
 
 
 def solve_all(
     states: Any, variants: Sequence[Variant], axes: Sequence[str]
 ) -> dict[str, dict[str, dict[int, BlockDirection]]]:
-    """variant -> axis -> block -> direction; each (method, block) is solved once."""
-    cache: dict[tuple[str, str, int], BlockDirection | None] = {}
+    """variant -> axis -> block -> direction for cvgen's variants; each (method, features,
+    samples, block) is solved once."""
+    cache: dict[tuple[str, str, int | None, str, int], BlockDirection | None] = {}
     out: dict[str, dict[str, dict[int, BlockDirection]]] = {}
     for variant in variants:
+        if not variant.solved:
+            continue
         out[variant.name] = {}
         for axis in axes:
-            missing = [b for b in variant.blocks if (variant.method, axis, b) not in cache]
+            key = (variant.method, variant.features, variant.samples, axis)
+            missing = [b for b in variant.blocks if (*key, b) not in cache]
             solved = solve_variant_blocks(
-                states.arrays, states.stored_blocks, axis, variant.method, missing
+                states.arrays,
+                states.stored_blocks,
+                axis,
+                variant.method,
+                missing,
+                features=variant.features,
+                samples=variant.samples,
             )
             for block in missing:
-                cache[(variant.method, axis, block)] = solved.get(block)
+                cache[(*key, block)] = solved.get(block)
             out[variant.name][axis] = {
-                b: d for b in variant.blocks if (d := cache[(variant.method, axis, b)]) is not None
+                b: d for b in variant.blocks if (d := cache[(*key, b)]) is not None
             }
     return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from cvgen.eval.engine_backend import EngineBackend
+
     started = time.perf_counter()
+    check_args(args)
     args.model = str(Path(os.path.expanduser(args.model)))
-    axes = list(args.axis or DEFAULT_AXES)
-    scales = parse_positive_scales(args.scales)
-    if not (math.isfinite(args.kl_target) and args.kl_target > 0):
-        raise CompareError(f"--kl-target: {args.kl_target} must be a positive number")
-    states = collect(args, axes)
+    axes = list(args.axis or default_axes())
+    states, rendered = collect(args, axes)
     print(
         f"states: {len(states.axes)} axes x {args.samples} samples, blocks "
         f"{states.stored_blocks[0]}..{states.stored_blocks[-1]} "
         f"({states.collected_prompts} prompts collected now)",
         flush=True,
     )
-    variants = pick_variants(default_variants(states.n_layer), args.variants)
+    variants = pick_variants(default_variants(states.n_layer, args.samples), args.variants)
+    anchors = [v.name for v in variants if v.anchor]
     solved = solve_all(states, variants, axes)
     eval_settings = EvalSettings(
         prompts=args.prompts,
         probe_pairs=args.probe_pairs,
+        probe_tokens=args.probe_tokens,
         neutral_texts=args.neutral_texts,
         kl_tokens=args.kl_tokens,
-        top_k=args.top_k,
         controls=False,
     )
-    backend = open_backend(args)
+    backend = EngineBackend(Path(args.model), threads=args.threads)
+    generator_runs: dict[str, Any] = {}
     try:
         classes = {axis.name: axis.classes for axis in states.axes}
         inputs = prepare_eval_inputs(backend, classes, eval_settings)
         for axis in axes:
             if not inputs.probe_ids[axis]:
                 raise CompareError(f"--axis {axis}: no shipped probes, so no propensity to compare")
-        runs, unsteered = measure_variants(
-            backend,
-            inputs,
-            eval_settings,
-            variants,
-            solved,
-            axes,
-            scales,
-            states.n_layer,
-            Path(args.model).stem,
-        )
+        with backend.session(Steering("unsteered")) as session:
+            reference = neutral_scores(session, inputs)
+            unsteered = {
+                axis: propensities(session, inputs.prompt_ids, inputs.probe_ids[axis])
+                for axis in axes
+            }
+        measurer = Measurer(backend, inputs, reference)
+        with tempfile.TemporaryDirectory(prefix="cvgen-compare-") as scratch:
+            folder = args.keep_files or Path(scratch)
+            folder.mkdir(parents=True, exist_ok=True)
+            recipes, files, blocks, starts = make_files(
+                folder,
+                variants,
+                solved,
+                axes,
+                rendered,
+                backend,
+                args,
+                n_layer=states.n_layer,
+                generator_runs=generator_runs,
+            )
+            results = measure_all(
+                measurer, variants, axes, recipes, blocks, starts, unsteered, args
+            )
     finally:
         backend.close()
-    default = variants[0].name
-    summary = summarise(runs, axes, scales, args.kl_target, default)
+    halves = split_halves(len(inputs.prompt_ids))
+    summary = summarise(results, variants, axes, anchors, halves)
     wall = time.perf_counter() - started
+    measurements = measurer.counts["kl"] + measurer.counts["propensity"]
     return {
         "settings": {
             "model": args.model,
+            "model_name": Path(args.model).name,
             "axes": axes,
             "samples": args.samples,
             "seed": args.seed,
-            "backend": args.backend,
+            "backend": "llama.cpp engine",
             "kl_target": args.kl_target,
-            "scales": scales,
+            "kl_tolerance": args.kl_tolerance,
+            "search_steps": args.search_steps,
+            "max_factor": args.max_factor,
             "prompts": len(inputs.prompt_ids),
+            "halves": {"a": halves[0], "b": halves[1]},
             "probe_pairs": args.probe_pairs,
+            "probe_tokens": args.probe_tokens,
             "neutral_texts": len(inputs.neutral),
             "kl_tokens": args.kl_tokens,
-            "top_k": args.top_k,
             "threads": args.threads,
+            "pca_iterations": args.pca_iterations,
         },
         "variants": {
-            v.name: {"method": v.method, "blocks": list(v.blocks), "shift": v.shift}
+            v.name: {
+                "method": (
+                    f"llama-cvector-generator --method {v.generator}" if v.generator else v.method
+                ),
+                "blocks": list(v.blocks),
+                "shift": v.shift,
+                "debias": v.debias and v.solved,
+                "features": v.features if v.solved else None,
+                "samples": v.samples,
+                "equal_norms": v.equal_norms,
+                "align": v.align,
+                "anchor": v.anchor,
+            }
             for v in variants
         },
-        "unsteered_propensity": unsteered,
+        "anchors": anchors,
+        "default": DEFAULT_VARIANT,
+        "unsteered_propensity": {axis: unsteered[axis].tolist() for axis in axes},
+        "files": files,
+        "generator_runs": generator_runs,
         "raw": {
-            name: {
-                axis: {
-                    "blocks": r.blocks,
-                    "propensity": {f"{s:g}": v.tolist() for s, v in r.propensity.items()},
-                    "kl": {f"{s:g}": v for s, v in r.kl.items()},
-                }
-                for axis, r in per_axis.items()
-            }
-            for name, per_axis in runs.items()
+            name: {axis: raw_result(result) for axis, result in per_axis.items()}
+            for name, per_axis in results.items()
         },
         "summary": summary,
-        "default": default,
+        "counts": {
+            **measurer.counts,
+            "measure_seconds": measurer.seconds,
+            "seconds_per_measurement": measurer.seconds / measurements if measurements else 0.0,
+        },
         "wall_seconds": wall,
         "collection": {"prompts_collected": states.collected_prompts, **states.timings},
     }
 
 
-def measure_variants(
-    backend: Backend,
-    inputs: EvalInputs,
-    eval_settings: EvalSettings,
+def make_files(
+    folder: Path,
     variants: Sequence[Variant],
     solved: Mapping[str, Mapping[str, Mapping[int, BlockDirection]]],
     axes: Sequence[str],
-    scales: Sequence[float],
+    rendered: Mapping[str, Sequence[str]],
+    backend: Any,
+    args: argparse.Namespace,
+    *,
     n_layer: int,
-    model_hint: str,
-) -> tuple[dict[str, dict[str, AxisRun]], dict[str, float]]:
-    """The unsteered reference once, then every variant x axis x signed scale."""
-    from cvgen.eval.backend import Steering
-    from cvgen.eval.measurement import propensities
+    generator_runs: dict[str, Any],
+) -> tuple[
+    dict[str, dict[str, Recipe]],
+    dict[str, dict[str, dict[str, Any]]],
+    dict[str, dict[str, list[int]]],
+    dict[str, dict[str, float]],
+]:
+    """Every variant's files per axis, how they are applied, their blocks and the scale each
+    search starts at (the default's mean pole norm over the variant's: about the same size)."""
+    from cvgen.llamacpp.cvector_generator import align_signs, run_generator
 
-    total = len(variants) * len(axes) * len(signed_scales(scales))
+    model_hint = Path(args.model).stem
+    recipes: dict[str, dict[str, Recipe]] = {}
+    files: dict[str, dict[str, dict[str, Any]]] = {}
+    blocks: dict[str, dict[str, list[int]]] = {}
+    for variant in variants:
+        recipes[variant.name], files[variant.name], blocks[variant.name] = {}, {}, {}
+        for axis in axes:
+            if not variant.solved:
+                continue
+            vectors = variant_vectors(variant, solved[variant.name][axis], n_layer)
+            recipe = write_solved_files(folder, variant, axis, vectors, model_hint=model_hint)
+            recipes[variant.name][axis] = recipe
+            files[variant.name][axis] = {
+                role: vector_description(vectors[role])
+                for role in ROLES
+                if role != "debias" or variant.debias
+            }
+            blocks[variant.name][axis] = sorted(vectors["positive"])
+    generators = sorted({v.generator for v in variants if v.generator})
+    if "pca" in generators and any(v.align for v in variants):
+        generators = sorted({*generators, "mean"})
+    bos_text = _bos_text(backend)
+    made: dict[tuple[str, str], Any] = {}
+    for axis in axes:
+        for method in generators:
+            print(f"  llama-cvector-generator --method {method}, axis {axis} ...", flush=True)
+            done = run_generator(
+                Path(args.model),
+                rendered[f"{axis}/positive"],
+                rendered[f"{axis}/negative"],
+                folder,
+                method=method,
+                n_layer=n_layer,
+                n_embd=backend.n_embd,
+                threads=args.threads,
+                stem=f"llama_cpp-{axis}",
+                bos_text=bos_text,
+                timeout=args.generator_timeout,
+                pca_iterations=args.pca_iterations,
+            )
+            made[(axis, method)] = done
+            generator_runs[f"{axis}/{method}"] = {
+                "arguments": done.arguments,
+                "seconds": done.seconds,
+                "pairs": len(rendered[f"{axis}/positive"]),
+                "bos_stripped": bool(bos_text),
+            }
+    for variant in variants:
+        if variant.solved:
+            continue
+        for axis in axes:
+            assert variant.generator is not None
+            done = made[(axis, variant.generator)]
+            directions = dict(done.vector.directions)
+            path = done.path
+            if variant.align:
+                directions, flipped = align_signs(
+                    directions, made[(axis, "mean")].vector.directions
+                )
+                path = folder / f"llama_cpp-{axis}.pca-aligned.gguf"
+                ControlVector(directions, done.vector.model_hint).to_gguf(path)
+                generator_runs[f"{axis}/pca"]["flipped_against_mean"] = flipped
+            recipes[variant.name][axis] = Recipe(path, path, None, signed=True)
+            files[variant.name][axis] = {"signed": vector_description(directions)}
+            if variant.generator == "pca":
+                files[variant.name][axis]["_cosine_to_mean"] = (
+                    _cosines(directions, made[(axis, "mean")].vector.directions)
+                    if (axis, "mean") in made
+                    else None
+                )
+            blocks[variant.name][axis] = sorted(directions)
+    starts = start_scales(files, axes)
+    return recipes, files, blocks, starts
+
+
+def _cosines(
+    vectors: Mapping[int, np.ndarray], reference: Mapping[int, np.ndarray]
+) -> dict[str, float]:
+    out = {}
+    for block, vector in sorted(vectors.items()):
+        other = np.asarray(reference[block], np.float64)
+        value = np.asarray(vector, np.float64)
+        out[str(block)] = float(value @ other / (np.linalg.norm(value) * np.linalg.norm(other)))
+    return out
+
+
+def _bos_text(backend: Any) -> str | None:
+    """The BOS token's text when llama.cpp adds BOS itself (cvector-generator then adds it to
+    every prompt line), else None."""
+    model = backend.model
+    llama = model.llama
+    if not llama.llama_vocab_get_add_bos(model.vocab):
+        return None
+    token = int(llama.llama_vocab_bos(model.vocab))
+    if token < 0:
+        return None
+    return str(model.piece(token, special=True).decode("utf-8", "replace")) or None
+
+
+def start_scales(
+    files: Mapping[str, Mapping[str, Mapping[str, Any]]], axes: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Per variant and axis, the |scale| its search starts at: the default's mean pole-vector
+    norm over this variant's (1 for the default; about 1 for its levers; the default's norm for
+    a unit-norm file)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, per_axis in files.items():
+        out[name] = {}
+        for axis in axes:
+            if axis not in per_axis:
+                continue
+            default = files[DEFAULT_VARIANT][axis]["positive"]["norms"]
+            entry = per_axis[axis]
+            own = (entry.get("positive") or entry["signed"])["norms"]
+            ratio = float(np.mean(default)) / float(np.mean(own)) if np.mean(own) > 0 else 1.0
+            out[name][axis] = float(f"{ratio:.3g}")
+    return out
+
+
+def measure_all(
+    measurer: Measurer,
+    variants: Sequence[Variant],
+    axes: Sequence[str],
+    recipes: Mapping[str, Mapping[str, Recipe]],
+    blocks: Mapping[str, Mapping[str, list[int]]],
+    starts: Mapping[str, Mapping[str, float]],
+    unsteered: Mapping[str, np.ndarray],
+    args: argparse.Namespace,
+) -> dict[str, dict[str, AxisResult]]:
+    total = len(variants) * len(axes)
     clock = time.perf_counter()
-    with backend.session(Steering("unsteered")) as session:
-        reference = neutral_scores(session, inputs)
-        unsteered = {
-            axis: float(np.mean(propensities(session, inputs.prompt_ids, inputs.probe_ids[axis])))
-            for axis in axes
-        }
-    first = time.perf_counter() - clock
-    print(f"unsteered measured in {first:.0f} s; {total} steered configurations to go", flush=True)
+    results: dict[str, dict[str, AxisResult]] = {}
     done = 0
-    measure_clock = time.perf_counter()
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if done in (3, total) or done % 13 == 0:
-            spent = time.perf_counter() - measure_clock
-            left = spent / done * (total - done)
+    for variant in variants:
+        results[variant.name] = {}
+        for axis in axes:
+            result = measure_variant_axis(
+                measurer,
+                recipes[variant.name][axis],
+                axis,
+                unsteered=unsteered[axis],
+                start=starts[variant.name][axis],
+                blocks=blocks[variant.name][axis],
+                args=args,
+            )
+            results[variant.name][axis] = result
+            done += 1
+            spent = time.perf_counter() - clock
             print(
-                f"  {done}/{total} configurations, {spent / 60:.1f} min, about {left / 60:.1f} min left",
+                f"  {done}/{total} {variant.name} / {axis}: s− {result.poles['negative'].matched:.3g}"
+                f", s+ {result.poles['positive'].matched:.3g}"
+                f"{'' if result.reached else ' (target not reached)'}; "
+                f"{spent / 60:.1f} min, about {spent / done * (total - done) / 60:.1f} min left",
                 flush=True,
             )
+    return results
 
-    runs: dict[str, dict[str, AxisRun]] = {}
-    with tempfile.TemporaryDirectory(prefix="cvgen-compare-") as scratch:
-        for variant in variants:
-            runs[variant.name] = {}
-            for axis in axes:
-                directions = solved[variant.name][axis]
-                files = write_variant_files(
-                    Path(scratch),
-                    variant,
-                    axis,
-                    role_vectors(directions),
-                    n_layer=n_layer,
-                    model_hint=model_hint,
-                )
-                result = AxisRun(blocks=sorted(shift_blocks(directions, variant.shift, n_layer)))
-                result.propensity, result.kl = measure_axis(
-                    backend, files, inputs, eval_settings, axis, scales, reference, tick
-                )
-                runs[variant.name][axis] = result
-    return runs, unsteered
+
+def summarise(
+    results: Mapping[str, Mapping[str, AxisResult]],
+    variants: Sequence[Variant],
+    axes: Sequence[str],
+    anchors: Sequence[str],
+    halves: tuple[list[int], list[int]],
+) -> dict[str, dict[str, Any]]:
+    """Per axis: every variant's figures and ratio, the best anchor, whether it steers, and
+    the selection on the split."""
+    candidates = [v.name for v in variants if not v.anchor]
+    out: dict[str, dict[str, Any]] = {}
+    for axis in axes:
+        figures = {
+            name: figure_summary(per_axis[axis], halves) for name, per_axis in results.items()
+        }
+        anchor = add_ratios(figures, anchors)
+        out[axis] = {
+            "figures": figures,
+            "blocks": {name: per_axis[axis].blocks for name, per_axis in results.items()},
+            "best_anchor": anchor,
+            "steers": axis_steers(figures, [DEFAULT_VARIANT, *([anchor] if anchor else [])]),
+            "selection": select_on_split(figures, candidates, anchors, DEFAULT_VARIANT),
+        }
+    return out
+
+
+def raw_result(result: AxisResult) -> dict[str, Any]:
+    return {
+        "blocks": result.blocks,
+        "start": result.start,
+        "zero_kl": result.zero_kl,
+        "poles": {
+            pole: {
+                "points": [[p.scale, p.kl] for p in sorted(search.points, key=lambda p: p.scale)],
+                "lower": [search.lower.scale, search.lower.kl],
+                "upper": None if search.upper is None else [search.upper.scale, search.upper.kl],
+                "matched": search.matched,
+                "reached": search.reached,
+                "matched_propensity": result.matched_propensity[pole].tolist(),
+                "matched_kl": result.matched_kl.get(pole),
+            }
+            for pole, search in result.poles.items()
+        },
+        "propensity": {f"{s:+.6g}": v.tolist() for s, v in sorted(result.propensity.items())},
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -713,22 +1440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CvgenError as error:
         print(f"compare_methods: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
-    settings = report["settings"]
+    text = render_report(report)
     print()
-    print(
-        f"effect = propensity change toward the pole (log p(pole probe) - log p(other), nats/token) "
-        f"at the scale where the neutral KL reaches {settings['kl_target']:g} nats/token; "
-        "'≥': the KL target was not reached, effect at the largest scale; @s: that scale"
-    )
-    print(
-        render_table(report["summary"], settings["axes"], report["default"], settings["kl_target"])
-    )
-    print(
-        f"\n{settings['backend']}, {settings['samples']} samples/class, scales ±{settings['scales']}, "
-        f"{settings['prompts']} prompts x {settings['probe_pairs']} probe pairs, "
-        f"{settings['neutral_texts']} neutral texts x {settings['kl_tokens']} tokens; "
-        f"wall time {report['wall_seconds'] / 60:.1f} min"
-    )
+    print(text)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text, encoding="utf-8")
+        print(f"tables: {args.markdown}")
     if args.json:
         write_json_atomically(args.json, report)
         print(f"raw numbers: {args.json}")

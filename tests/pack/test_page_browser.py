@@ -591,3 +591,31 @@ def test_the_address_keeps_the_selection_for_a_reload_or_a_link(
     )
     assert again.page.evaluate("window.__pwned") is None
     again.close()
+
+
+def test_the_suggested_scale_buttons_print_what_cvgen_commands_prints(
+    browser: Any, tmp_path: Path
+) -> None:
+    pack = tmp_path / "pack"
+    manifest = sample_manifest()
+    manifest["axes"]["language"]["suggested_scale"] = {
+        "negative": 0.75,
+        "positive": 1.125,
+        "calibrated": True,
+    }
+    tab = Tab(browser, make_pack(pack, manifest))
+    labels = tab.page.eval_on_selector_all(
+        "#axis-0 button.suggested", "bs => bs.map(b => b.textContent)"
+    )
+    assert labels == ["suggested -0.75", "suggested 1.13"]
+    # an axis that was never calibrated has no buttons
+    assert tab.page.eval_on_selector_all("#axis-1 button.suggested", "bs => bs.length") == 0
+    for role, sign in (("positive", "+"), ("negative", "-")):
+        tab.page.click(f"#axis-0 button.suggested.{role}")
+        printed = run(
+            "commands", str(pack.resolve()), "--set", f"language={sign}", "--target", TARGETS[0]
+        )
+        assert printed.exit_code == 0, printed.output
+        assert tab.text("#command") + "\n" == printed.stdout
+    assert tab.page.input_value("#axis-0-scale") == "-0.75"
+    tab.close()

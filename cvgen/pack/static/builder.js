@@ -277,6 +277,29 @@
     return Math.max(0.01, Math.floor(Math.round(safe * 1e6) / 1e4) / 100);
   }
 
+  // One button per pole for the scale `cvgen eval` calibrated (where the KL reaches a share of
+  // the budget); none for a pack that was never evaluated.
+  function suggestedButtons(axis, classes) {
+    var suggested = axis.suggested_scale;
+    if (!isObject(suggested) || suggested.calibrated !== true) {
+      return [];
+    }
+    var buttons = [];
+    [["negative", -1, classes[0]], ["positive", 1, classes[1]]].forEach(function (pole) {
+      var value = suggested[pole[0]];
+      if (typeof value === "number" && isFinite(value) && value > 0) {
+        var text = formatScale(pole[1] * value);
+        buttons.push(element("button", {
+          type: "button",
+          class: "suggested " + pole[0],
+          "data-scale": text,
+          title: "the scale cvgen eval suggests for " + pole[2],
+        }, "suggested " + text));
+      }
+    });
+    return buttons;
+  }
+
   function Page(data) {
     this.manifest = data.manifest;
     this.defaults = data.defaults || {};
@@ -465,6 +488,15 @@
       scaleBox.appendChild(scaleLabel);
       scaleBox.appendChild(scale);
       body.appendChild(scaleBox);
+      suggestedButtons(axis, classes).forEach(function (button) {
+        scaleBox.appendChild(button);
+        button.addEventListener("click", function () {
+          scale.value = button.getAttribute("data-scale");
+          page.syncSlider(name);
+          enable.checked = true;
+          page.edited();
+        });
+      });
 
       var range =
         negativeEnd === null && positiveEnd === null

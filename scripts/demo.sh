@@ -13,9 +13,10 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 SAMPLES="${CVGEN_DEMO_SAMPLES:-32}"
 OUT="${CVGEN_DEMO_OUT:-$REPO/demo-pack}"
-# the two axes with the largest measured propensity slope on SmolLM2-135M (docs/axes.md)
-AXIS_1=language
-AXIS_2=optimism
+# the two axes with the largest measured propensity slope on SmolLM2-135M (docs/axes.md:
+# register +0.542, language +0.199 per unit scale, 64 samples per class)
+AXIS_1=register
+AXIS_2=language
 LOGS="${CVGEN_CACHE:-$HOME/.cache/cvgen}/logs"
 mkdir -p "$LOGS"
 START=$SECONDS
@@ -34,8 +35,8 @@ step 4/6 "generating $OUT for $AXIS_1 and $AXIS_2 ($SAMPLES samples per class)"
   --samples "$SAMPLES" --out "$OUT" >"$LOGS/generate.log"
 head -2 "$LOGS/generate.log" >&2
 step 5/6 "measuring the pack (fast cvgen eval: propensity slope, KL, suggested scales; log: $LOGS/eval.log)"
-"$VENV/bin/cvgen" eval "$OUT" --quiet --scales=-2,-1,0,1,2 --calibration-scales 3,4 \
-  --prompts 8 --probe-pairs 0 --neutral-texts 4 --max-tokens 32 >"$LOGS/eval.log" 2>&1 \
+"$VENV/bin/cvgen" eval "$OUT" --quiet --scales=-2,-1,0,1,2 --calibration-scales 4 \
+  --prompts 6 --probe-pairs 3 --neutral-texts 4 --max-tokens 24 >"$LOGS/eval.log" 2>&1 \
   || { tail -20 "$LOGS/eval.log" >&2; exit 1; }
 step 6/6 "llama.cpp (greedy) at each axis's suggested scales (-, 0, +)"
 echo

@@ -61,13 +61,17 @@ def _run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def _section(stem: str, table: MeasuredTable, seconds: float) -> str:
+def _section(stem: str, table: MeasuredTable, seconds: float, generated: bool) -> str:
+    took = (
+        "the generation and evaluation" if generated else "the evaluation (of a pack made before)"
+    )
     lines = [
         f"<!-- measured:{stem} -->",
         f"### {table.model}",
         "",
-        f"Measured {table.date} with `{table.command}` ({seconds / 60:.0f} min on this "
-        "machine); the settings are in `eval/measured/" + stem + ".json`.",
+        f"Measured {table.date} with `{table.command}`; {took} took {seconds / 60:.0f} min "
+        f"with `--threads {table.settings['threads']}`. The settings are in "
+        f"`eval/measured/{stem}.json`.",
         "",
         *table_markdown(table.rows),
         "",
@@ -137,7 +141,7 @@ def main() -> None:
         path = measured_root() / f"{stem}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(path, json.dumps(table.to_dict(), indent=2) + "\n")
-        _update_doc(stem, _section(stem, table, seconds))
+        _update_doc(stem, _section(stem, table, seconds, generated=not args.skip_generate))
         print(f"wrote {path.relative_to(REPO)} and {DOC.relative_to(REPO)}", file=sys.stderr)
 
 

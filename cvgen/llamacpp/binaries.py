@@ -195,16 +195,7 @@ def complete(
         *vectors,
         *extra,
     ]
-    try:
-        done = subprocess.run(
-            arguments,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LlamaCppError(f"{binary.name} took longer than {timeout:.0f} s") from exc
+    done = run_bounded(arguments, timeout=timeout, what=binary.name)
     log = done.stderr.decode("utf-8", "replace")
     if done.returncode != 0:
         tail = " | ".join(log.strip().splitlines()[-3:])
@@ -372,3 +363,20 @@ class LlamaServer:
         reply = self.completion(tokens, n_predict=1, n_probs=top, post_sampling_probs=False)
         entries = reply["completion_probabilities"][0]["top_logprobs"]
         return {int(entry["id"]): float(entry["logprob"]) for entry in entries}
+
+
+def run_bounded(
+    arguments: Sequence[str], *, timeout: float, what: str
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a llama.cpp tool without stdin, its output captured, for at most `timeout` seconds
+    (`LlamaCppError` naming `what` when it takes longer)."""
+    try:
+        return subprocess.run(
+            list(arguments),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LlamaCppError(f"{what} took longer than {timeout:.0f} s") from exc

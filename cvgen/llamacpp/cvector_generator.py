@@ -25,7 +25,6 @@ What the pinned tool (0c1e570, tools/cvector-generator/) does, read from its sou
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvgen.llamacpp.binaries import LlamaCppError, error_lines, find_binary
+from cvgen.llamacpp.binaries import LlamaCppError, error_lines, find_binary, run_bounded
 from cvgen.vectors.control_vector import ControlVector
 from cvgen.vectors.format import ControlVectorError
 
@@ -225,16 +224,7 @@ def run_generator(
         context=context,
     )
     started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            arguments,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LlamaCppError(f"{binary.name} --method {method} took over {timeout:.0f} s") from exc
+    done = run_bounded(arguments, timeout=timeout, what=f"{binary.name} --method {method}")
     seconds = time.perf_counter() - started
     log = done.stdout.decode("utf-8", "replace") + done.stderr.decode("utf-8", "replace")
     (folder / f"{stem}.{method}.log").write_text(log, encoding="utf-8")

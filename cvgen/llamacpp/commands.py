@@ -80,7 +80,7 @@ __all__ = [
     "format_scale",
     "parse_assignment",
     "parse_assignment_in",
-    "suggested_scale",
+    "pack_suggested_scale",
     "preset_selection",
     "quote_argument",
     "vector_arguments",
@@ -119,7 +119,7 @@ def parse_assignment(text: str) -> tuple[str, float]:
     return axis, scale
 
 
-def suggested_scale(manifest: Mapping[str, Any], axis: str, sign: str) -> float:
+def pack_suggested_scale(manifest: Mapping[str, Any], axis: str, sign: str) -> float:
     """The pack's suggested scale for ``AXIS=+`` or ``AXIS=-`` (``sign``): the pole's
     ``suggested_scale`` in the manifest, with its sign (``cvgen eval`` calibrates it where the
     KL reaches a share of the budget; a pack never evaluated suggests 1). Raises
@@ -140,10 +140,10 @@ def suggested_scale(manifest: Mapping[str, Any], axis: str, sign: str) -> float:
 
 def parse_assignment_in(manifest: Mapping[str, Any], text: str) -> tuple[str, float]:
     """``parse_assignment``, where ``AXIS=+`` and ``AXIS=-`` also take the pack's suggested
-    scale of that pole (``suggested_scale``)."""
+    scale of that pole (``pack_suggested_scale``)."""
     axis, separator, value = text.partition("=")
     if separator and axis and value in ("+", "-"):
-        return axis, suggested_scale(manifest, axis, value)
+        return axis, pack_suggested_scale(manifest, axis, value)
     return parse_assignment(text)
 
 

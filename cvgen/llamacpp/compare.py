@@ -13,7 +13,7 @@ from typing import Any
 from cvgen.common.errors import CvgenError
 from cvgen.extract.chat import render_chat_prompt, template_of_model_file
 from cvgen.llamacpp.binaries import complete, find_binary
-from cvgen.llamacpp.commands import format_scale, suggested_scale, vector_arguments
+from cvgen.llamacpp.commands import format_scale, pack_suggested_scale, vector_arguments
 from cvgen.vectors.model_header import ModelFileInfo, read_model_file_info
 
 DEFAULT_PROMPT = (
@@ -80,7 +80,7 @@ def compare_scales(
 
     Every run is checked from llama.cpp's log: the vectors were applied and no error line.
     Scale 0 loads the axis's debias file alone, as ``cvgen commands`` would; a scale "+" or
-    "-" is the axis's suggested scale of that pole (``suggested_scale``).
+    "-" is the axis's suggested scale of that pole (``pack_suggested_scale``).
     """
     info = check_pack_fits_model(manifest, model, pack=pack)
     use_template = prompt.chat and info.chat_template is not None
@@ -91,7 +91,9 @@ def compare_scales(
     results = []
     for axis in axes:
         outputs = []
-        resolved = [suggested_scale(manifest, axis, s) if isinstance(s, str) else s for s in scales]
+        resolved = [
+            pack_suggested_scale(manifest, axis, s) if isinstance(s, str) else s for s in scales
+        ]
         for scale in resolved:
             if progress is not None:
                 progress(f"{axis} {format_scale(scale)}")

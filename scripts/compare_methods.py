@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/cvector_generator.py
 from cvgen.common.errors import CvgenError
 from cvgen.eval.backend import Backend, Scored, Steering
 from cvgen.eval.inputs import EvalInputs
@@ -1226,7 +1227,7 @@ def make_files(
 ]:
     """Every variant's files per axis, how they are applied, their blocks and the scale each
     search starts at (the default's mean pole norm over the variant's: about the same size)."""
-    from cvgen.llamacpp.cvector_generator import align_signs, run_generator
+    from cvector_generator import align_signs, run_generator
 
     model_hint = Path(args.model).stem
     recipes: dict[str, dict[str, Recipe]] = {}

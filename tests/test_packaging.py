@@ -79,7 +79,7 @@ def test_wheel_ships_the_data_and_runs_outside_the_checkout(tmp_path: Path) -> N
     facts = json.loads(done.stdout)
     assert facts["file"].startswith(str(site))
     assert facts["root"] == str(site / "cvgen" / "data")
-    assert len(facts["axes"]) == 8 and "language" in facts["axes"]
+    assert len(facts["axes"]) == 12 and "language" in facts["axes"]
     assert facts["prompts"] >= 500 and facts["stems"] >= 1600
     assert facts["eval_root"] == str(site / "cvgen" / "data" / "eval")
     assert facts["eval_prompts"] == 48 and facts["neutral"] == 12

@@ -1,4 +1,4 @@
-"""cvgen.llamacpp.cvector_generator without llama.cpp: the prompt files, the command line, the
+"""scripts/cvector_generator.py without llama.cpp: the prompt files, the command line, the
 checks of the written file, the sign alignment, and a run of a fake binary."""
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from cvgen.llamacpp.binaries import LlamaCppError
-from cvgen.llamacpp.cvector_generator import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from cvector_generator import (  # noqa: E402
     align_signs,
     block_norms,
     check_generator_vector,
@@ -23,6 +26,7 @@ from cvgen.llamacpp.cvector_generator import (
     unescape_prompt_line,
     write_prompt_files,
 )
+
 from cvgen.vectors.control_vector import ControlVector
 
 CHATML = "<|im_start|>system\nYou are a poet.<|im_end|>\n<|im_start|>user\nWrite.<|im_end|>\n"

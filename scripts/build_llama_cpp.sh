@@ -37,7 +37,11 @@ JOBS="${CVGEN_BUILD_JOBS:-$(nproc)}"
 # plain -march=native (AMX included). The choice is recorded in $PREFIX/CPU, and a cached build
 # made for the other choice is rebuilt (only ggml-cpu changes).
 native_has_amx() {
-  echo | "${CC:-cc}" -march=native -dM -E - 2>/dev/null | grep -q '__AMX_TILE__'
+  # the macros in a variable first: under pipefail, `cc ... | grep -q` fails whenever grep's
+  # early exit kills cc with SIGPIPE, which read an AMX machine as one without AMX
+  local macros
+  macros=$(echo | "${CC:-cc}" -march=native -dM -E - 2>/dev/null) || return 1
+  grep -q '#define __AMX_TILE__ ' <<<"$macros"
 }
 # the GGML_* switches for what -march=native would enable, AMX left out
 native_without_amx() {

@@ -86,7 +86,11 @@ def close(new: Any, golden: Any, path: str = "manifest") -> list[str]:
     if isinstance(new, list) and isinstance(golden, list):
         if len(new) != len(golden):
             return [f"{path}: {len(new)} items, the golden {len(golden)}"]
-        return [line for i, pair in enumerate(zip(new, golden)) for line in close(*pair, f"{path}[{i}]")]
+        return [
+            line
+            for i, pair in enumerate(zip(new, golden, strict=True))
+            for line in close(*pair, f"{path}[{i}]")
+        ]
     numbers = (int, float)
     if isinstance(new, numbers) and isinstance(golden, numbers) and not isinstance(new, bool):
         if isinstance(golden, bool) or not math.isclose(new, golden, rel_tol=1e-3, abs_tol=1e-4):

@@ -91,9 +91,11 @@ def test_shards_through_the_engine_give_the_states_of_one_run(
         float(merged[k] @ single[k] / np.linalg.norm(merged[k]) / np.linalg.norm(single[k]))
         for k in single
     ]
-    # measured: min 0.974, most above 0.99 (8 samples: a small difference of means); a row
-    # given to the wrong sample or class moves a block's direction far more
-    assert min(cosines) > 0.95 and float(np.median(cosines)) > 0.99, cosines
+    # measured: min 0.974 on one CI machine, 0.942 on an AVX-512 one (its llama.cpp build
+    # rounds otherwise), the median above 0.99 on both (8 samples: a small difference of means,
+    # so a few blocks' directions are mostly batch noise); a sample's rows given to the other
+    # class, or a shard's rows lost, turns or shortens every block's direction far more
+    assert min(cosines) > 0.9 and float(np.median(cosines)) > 0.99, cosines
     manifest = json.loads((tmp_path / "pack" / "pack.json").read_text())
     assert manifest["shards"] == ["0/2", "1/2"] and manifest["engine"]["name"] == "llama.cpp"
 

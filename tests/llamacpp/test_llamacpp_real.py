@@ -101,14 +101,25 @@ def test_every_pack_file_loads_in_llama_completion(bins: Path, model: Path, pack
         )
         assert ranged.applied == (10, 20), path.name
         if "__debias" not in path.name:
-            # proof that the vector reaches the computation, whatever the axis's strength:
-            # at scale 10 a pole file must change the greedy text (at 1, a weak axis such as
-            # character_focus on this model may leave 16 greedy tokens as they were)
-            strong = run(
-                bins, model, PROMPT, ["--control-vector-scaled", f"{path}:10"], n_predict=16
-            )
-            assert strong.applied == (1, N_LAYER), path.name
-            assert strong.text != plain.text, f"{path.name} does not change the output at scale 10"
+            # proof that the vector reaches the computation, whatever the axis's strength: at
+            # scale 10 or -10 a pole file must change the greedy text (at 1, a weak axis such as
+            # character_focus on this model may leave 16 greedy tokens as they were; on this
+            # story prompt the narration pole at +10 can push the model only further the way
+            # it already goes, and leave them too: measured on an AVX-512 build)
+            changed = []
+            for scale in (10, -10):
+                strong = run(
+                    bins,
+                    model,
+                    PROMPT,
+                    ["--control-vector-scaled", f"{path}:{scale}"],
+                    n_predict=16,
+                )
+                assert strong.applied == (1, N_LAYER), path.name
+                changed.append(strong.text != plain.text)
+                if changed[-1]:
+                    break
+            assert any(changed), f"{path.name} changes the output at neither scale 10 nor -10"
             again = run(bins, model, PROMPT, ["--control-vector-scaled", f"{path}:1"], n_predict=16)
             assert again.text == scaled.text, f"{path.name}: temperature 0 is not deterministic"
     # the lines `cvgen commands` prints for two axes at once

@@ -1,15 +1,44 @@
 """Text shared by every module's messages and documents: counted nouns, JSON parse
-positions, and user-given text made safe for Markdown."""
+positions, user-given text made safe for Markdown, and a measured slope as every table and
+line that shows one writes it."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Mapping
 
 # Markdown's inline control characters ('|' splits a table cell), escaped with a backslash
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
 _HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 _LINE_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+NOT_MEASURABLE = "not measurable on this model"
+
+
+def signed_number(value: object, digits: int = 3, missing: str = "–") -> str:
+    """``value`` as ``+0.123``, or ``missing`` where it is no finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return missing
+    return f"{value:+.{digits}f}"
+
+
+def slope_interval(slope: object, low: object, high: object, missing: str = "–") -> str:
+    """A slope with its 95% interval: ``+0.199 [+0.170, +0.228]``."""
+    numbers = [signed_number(value, missing=missing) for value in (slope, low, high)]
+    return f"{numbers[0]} [{numbers[1]}, {numbers[2]}]"
+
+
+def measured_parts(record: object, missing: str = "–") -> tuple[str, str, str] | None:
+    """The interval, the random direction's slope and the verdict of an axis's `measured`
+    entry in pack.json (what `cvgen eval` stored), or None where it holds no slope."""
+    if not isinstance(record, Mapping) or signed_number(record.get("slope")) == "–":
+        return None
+    interval = slope_interval(record.get("slope"), record.get("low"), record.get("high"), missing)
+    verdict = "steers" if record.get("steers") else NOT_MEASURABLE
+    return interval, signed_number(record.get("random_slope"), missing=missing), verdict
 
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:

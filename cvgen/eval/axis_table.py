@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from cvgen.common.files import DataError
+from cvgen.common.messages import NOT_MEASURABLE, signed_number, slope_interval
 from cvgen.data.eval_data import eval_root
 from cvgen.eval.records import AxisReport, EvalReport
 
 STEER_FACTOR = 3.0
 MEASURED_FORMAT = "cvgen-measured-axes"
-NOT_MEASURABLE = "not measurable on this model"
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def report_rows(report: EvalReport) -> list[AxisRow]:
 
 
 def _signed(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
+    return signed_number(value, digits)
 
 
 def _plain(value: float | None, digits: int = 3) -> str:
@@ -176,7 +176,7 @@ def table_markdown(rows: Sequence[AxisRow]) -> list[str]:
         verdict = "**steers**" if row.steers else NOT_MEASURABLE
         lines.append(
             f"| {row.axis} ({row.classes[0]} / {row.classes[1]}) "
-            f"| {_signed(row.slope)} [{_signed(row.low)}, {_signed(row.high)}] "
+            f"| {slope_interval(row.slope, row.low, row.high)} "
             f"| {_signed(row.random_slope)} | {_signed(row.negated_slope)} "
             f"| {_plain(row.kl_at_one[0])} / {_plain(row.kl_at_one[1])} "
             f"| {row.safe_scale[0]:.2f} ({row.limited_by[0]}) / "
@@ -267,7 +267,7 @@ def measured_text(table: MeasuredTable) -> str:
         f"{'KL at -1/+1':>13} {'safe -/+':>11}  verdict",
     ]
     for row in table.rows:
-        interval = f"{_signed(row.slope)} [{_signed(row.low)}, {_signed(row.high)}]"
+        interval = slope_interval(row.slope, row.low, row.high)
         kl = f"{_plain(row.kl_at_one[0])}/{_plain(row.kl_at_one[1])}"
         safe = f"{row.safe_scale[0]:.2f}/{row.safe_scale[1]:.2f}"
         lines.append(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cvgen.common.errors import CvgenError
+from cvgen.common.messages import measured_parts
 from cvgen.extract.chat import render_chat_prompt, template_of_model_file
 from cvgen.llamacpp.binaries import complete, find_binary
 from cvgen.llamacpp.commands import format_scale, pack_suggested_scale, vector_arguments
@@ -117,20 +118,14 @@ def compare_scales(
 def measured_note(record: Mapping[str, Any]) -> str:
     """One line on what `cvgen eval` stored for an axis (its `measured` propensity slope and
     its calibrated suggested scales), or "" for an axis never evaluated."""
-    measured = record.get("measured")
+    parts = measured_parts(record.get("measured"), missing="?")
     suggested = record.get("suggested_scale")
-    if not isinstance(measured, Mapping) or not isinstance(measured.get("slope"), int | float):
+    if parts is None:
         return ""
-
-    def signed(key: str) -> str:
-        value = measured.get(key)
-        return f"{value:+.3f}" if isinstance(value, int | float) else "?"
-
-    verdict = "steers" if measured.get("steers") else "not measurable on this model"
+    interval, random_slope, verdict = parts
     note = (
-        f"measured (cvgen eval): propensity slope {signed('slope')} [{signed('low')}, "
-        f"{signed('high')}] nats/token per unit scale, random direction "
-        f"{signed('random_slope')}: {verdict}"
+        f"measured (cvgen eval): propensity slope {interval} nats/token per unit scale, "
+        f"random direction {random_slope}: {verdict}"
     )
     if isinstance(suggested, Mapping) and suggested.get("calibrated"):
         negative, positive = suggested.get("negative"), suggested.get("positive")

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cvgen.common.messages import longest_backtick_run, markdown_code, markdown_text
+from cvgen.common.messages import (
+    longest_backtick_run,
+    markdown_code,
+    markdown_text,
+    measured_parts,
+)
 from cvgen.extract.chat import PLAIN_FORMAT
 from cvgen.llamacpp.commands import CommandError, build_command, default_model_path
 from cvgen.pack.names import ROLES, SAMPLES_NAME
@@ -123,18 +128,11 @@ def _scale_text(record: object, role: str) -> str:
 
 def _measured_text(record: object) -> str:
     """The slope and verdict that `cvgen eval` stored in an axis's `measured` entry."""
-    if not isinstance(record, dict) or not isinstance(record.get("slope"), int | float):
+    parts = measured_parts(record)
+    if parts is None:
         return "–"
-    verdict = "steers" if record.get("steers") else "not measurable on this model"
-
-    def signed(key: str) -> str:
-        value = record.get(key)
-        return f"{value:+.3f}" if isinstance(value, int | float) else "–"
-
-    return (
-        f"{signed('slope')} [{signed('low')}, {signed('high')}]; random {signed('random_slope')}"
-        f"; {verdict}"
-    )
+    interval, random_slope, verdict = parts
+    return f"{interval}; random {random_slope}; {verdict}"
 
 
 def _safe_scale_lines(manifest: PackManifest) -> list[str]:

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,13 @@ if str(SCRIPTS) not in sys.path:
 
 import bench_engine  # noqa: E402
 
+from cvgen.data.shipped import load_axis  # noqa: E402
 from cvgen.engine.context import LlamaContext  # noqa: E402
 from cvgen.engine.model import open_model  # noqa: E402
 from cvgen.generate.settings import GenerateSettings  # noqa: E402
 from cvgen.solve.blocks import solve_blocks  # noqa: E402
 from cvgen.solve.direction import BlockDirection, SolverOptions  # noqa: E402
+from cvgen.solve.methods import axis_method  # noqa: E402
 
 # --- the two collections -------------------------------------------------------------------
 
@@ -137,7 +140,7 @@ def solve_axis(
         baseline,
         list(blocks[1:]),
         features=settings.features,
-        method=settings.method,
+        method=axis_method(settings.method, None),  # main() resolved the axis's own
         options=SolverOptions(tau=settings.tau, eigen_candidates=settings.eigen_candidates),
     )
 
@@ -219,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     bench_engine.pin_threads(args.threads, arguments, script=__file__)
     settings = GenerateSettings(model=args.model, axes=(args.axis,), samples=args.samples)
+    # the axis's own solver, as `cvgen generate --method auto` picks it
+    settings = replace(settings, method=axis_method(settings.method, load_axis(args.axis).method))
     work = bench_engine.build_engine_workload(
         Path(args.model), samples=args.samples, axis=args.axis
     )

@@ -18,7 +18,7 @@ import click
 from cvgen.common.errors import CvgenError
 from cvgen.data.shipped import shipped_axis_names
 from cvgen.generate.settings import GenerateSettings, LayerSkip, option_flag
-from cvgen.solve.methods import METHODS
+from cvgen.solve.methods import AUTO_METHOD, METHODS
 
 DATASETS_BARS = "HF_DATASETS_DISABLE_PROGRESS_BARS"
 
@@ -73,7 +73,9 @@ def settings_options(command: F) -> F:
                 kwargs["type"] = type(default)
         choices = meta["choices"]
         if choices is not None:
-            kwargs["type"] = click.Choice(sorted(METHODS) if choices == "methods" else choices)
+            kwargs["type"] = click.Choice(
+                [AUTO_METHOD, *sorted(METHODS)] if choices == "methods" else choices
+            )
         command = click.option(*declarations, setting.name, **kwargs)(command)
     return command
 

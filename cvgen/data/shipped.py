@@ -24,6 +24,9 @@ from cvgen.data import prompt_files
 AXIS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 PROMPT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input")
+# The solvers an axis file's `method` may name (`cvgen.solve.methods.METHODS`, which a test
+# holds to this list): the method `cvgen generate --method auto` uses for that axis.
+AXIS_METHODS = ("cross-covariance", "mean-diff", "pca-diff")
 # The text statistics `cvgen eval` can measure (registered in `cvgen.eval.textstats`); an axis
 # file's `evaluation.statistics` names some of them.
 TEXT_STATISTIC_NAMES = (
@@ -70,6 +73,7 @@ class Axis:
     description: str = ""
     source: str = ""
     statistics: tuple[AxisStatistic, ...] = ()
+    method: str | None = None  # the file's `method`: its solver under --method auto
 
     @property
     def negative(self) -> str:
@@ -244,6 +248,12 @@ def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
         seen[pair] = index
         pairs.append(pair)
     description = raw.get("description", "")
+    method = raw.get("method")
+    if method is not None and method not in AXIS_METHODS:
+        raise DataError(
+            f"{path}: field 'method' is {json.dumps(method)}; expected one of "
+            f"{', '.join(AXIS_METHODS)}"
+        )
     return Axis(
         name=name,
         classes=(classes[0].strip(), classes[1].strip()),
@@ -251,6 +261,7 @@ def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
         description=description if isinstance(description, str) else "",
         source=str(path),
         statistics=_axis_statistics(path, raw),
+        method=method,
     )
 
 

@@ -16,6 +16,7 @@ from cvgen.pack.manifest import PACK_FORMAT, PACK_FORMAT_VERSION, parse_manifest
 from cvgen.pack.names import MANIFEST_NAME, SAMPLES_NAME, vector_file_names
 from cvgen.pack.records import PackManifest
 from cvgen.solve.direction import BlockDirection
+from cvgen.solve.methods import axis_method
 
 
 def draft_manifest(
@@ -78,11 +79,12 @@ def draft_manifest(
 
 
 def record_solved_axis(
-    manifest: PackManifest, axis: str, solved: dict[int, BlockDirection]
+    manifest: PackManifest, axis: str, solved: dict[int, BlockDirection], method: str
 ) -> None:
-    """Record in `manifest` the blocks of `axis` that got a direction, and each one's Fisher
-    ratio (rounded to 4 places, keyed by the block as text)."""
+    """Record in `manifest` the solver `method` of `axis`, the blocks that got a direction,
+    and each one's Fisher ratio (rounded to 4 places, keyed by the block as text)."""
     entry = manifest.axes[axis]
+    entry.extra["method"] = method
     entry.extra["layers"] = sorted(solved)
     entry.extra["fisher_ratio"] = {
         str(block): round(direction.fisher_ratio, 4) for block, direction in solved.items()
@@ -103,7 +105,7 @@ def file_metadata(
         "cvgen.axis": axis.name,
         "cvgen.class": class_name,
         "cvgen.role": role,
-        "cvgen.method": settings.method,
+        "cvgen.method": axis_method(settings.method, axis.method),
         "cvgen.features": settings.features,
         "cvgen.samples_per_class": settings.samples,
         "cvgen.seed": settings.seed,

@@ -33,6 +33,7 @@ from cvgen.pack.records import PackManifest
 from cvgen.pack.writer import check_pack_target, write_pack
 from cvgen.solve.blocks import solve_blocks
 from cvgen.solve.direction import BlockDirection, SolverOptions
+from cvgen.solve.methods import axis_method
 
 Vectors = dict[str, dict[str, dict[int, np.ndarray]]]  # axis -> role -> block -> vector
 FileMetadata = dict[str, dict[str, dict[str, Any]]]  # axis -> role -> cvgen.* keys
@@ -58,18 +59,19 @@ def _solve_axis(
     """Solve every steerable block of one axis: block -> direction (blocks with none left out).
 
     The first stored block is only the reference h_(k-1) of the first steerable one."""
+    method = axis_method(settings.method, axis.method)
     solved = solve_blocks(
         arrays[f"{axis.name}/negative"],
         arrays[f"{axis.name}/positive"],
         arrays[BASELINE],
         stored_blocks[1:],
         features=settings.features,
-        method=settings.method,
+        method=method,
         options=SolverOptions(tau=settings.tau, eigen_candidates=settings.eigen_candidates),
     )
     if not solved:
         raise GenerateError(
-            f"axis '{axis.name}': no block passed the {settings.method} solver "
+            f"axis '{axis.name}': no block passed the {method} solver "
             f"(tau={settings.tau}); add samples or lower --tau"
         )
     return solved
@@ -96,7 +98,7 @@ def _solve_into_manifest(
         metadata[axis.name] = {
             role: file_metadata(settings, axis, role, model_name) for role in ROLES
         }
-        record_solved_axis(manifest, axis.name, solved)
+        record_solved_axis(manifest, axis.name, solved, axis_method(settings.method, axis.method))
     return vectors, metadata
 
 

@@ -144,7 +144,11 @@ class GenerateSettings:
     )
     seed: int = option(0, "Seed of the sampler (stems, pairs, prompts).")
     method: str = option(
-        "cross-covariance", "Solver for each block's direction.", choices="methods"
+        "auto",
+        "Solver for each block's direction. auto: each axis's own, where its file names one "
+        "(measured: mean-diff for person, on whose states cross-covariance keeps few blocks; "
+        "docs/axes.md), else cross-covariance. A named method applies to every axis.",
+        choices="methods",
     )
     features: str = option(
         "delta",

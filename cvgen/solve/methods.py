@@ -171,6 +171,16 @@ METHODS: dict[str, SolveMethod] = {
     "pca-diff": solve_pca_diff,
 }
 DEFAULT_METHOD = "cross-covariance"
+# `--method auto`: each axis's own method (its file's `method`), else DEFAULT_METHOD
+AUTO_METHOD = "auto"
+
+
+def axis_method(method: str, axis_default: str | None) -> str:
+    """The solver of one axis: `method` itself, or under AUTO_METHOD the axis file's own
+    method (`axis_default`, None where the file names none), else DEFAULT_METHOD."""
+    if method != AUTO_METHOD:
+        return method
+    return axis_default or DEFAULT_METHOD
 
 
 def get_method(name: str) -> SolveMethod:

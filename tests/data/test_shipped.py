@@ -9,6 +9,7 @@ import pytest
 
 from cvgen.common.files import DataError
 from cvgen.data.shipped import (
+    AXIS_METHODS,
     AxisStatistic,
     load_axis,
     load_stems,
@@ -375,3 +376,19 @@ def test_prompt_folders_are_read_file_by_file(tmp_path: Path, no_datasets: Path)
     columns.write_text(json.dumps({"prompt": ["Write a fable.", None, "Write a song."]}))
     assert load_writing_prompts(str(columns)) == ("Write a fable.", "Write a song.")
     assert not no_datasets.exists()
+
+
+def test_an_axis_file_may_name_its_method_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    from cvgen.solve.methods import METHODS
+
+    assert tuple(sorted(METHODS)) == AXIS_METHODS
+    assert load_axis(str(_axis_file(tmp_path, {**GOOD, "method": "pca-diff"}))).method == "pca-diff"
+    assert load_axis(str(_axis_file(tmp_path, GOOD))).method is None
+    assert load_axis("person").method == "mean-diff"
+    path = _axis_file(tmp_path, {**GOOD, "method": "median"})
+    with pytest.raises(DataError) as caught:
+        load_axis(str(path))
+    assert str(caught.value) == (
+        f"{path}: field 'method' is \"median\"; expected one of cross-covariance, mean-diff, "
+        "pca-diff"
+    )

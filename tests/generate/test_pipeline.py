@@ -458,3 +458,37 @@ def test_pack_vectors_are_solved_from_the_chosen_features(
         assert by_hand is not None
         scale = float(np.abs(by_hand.positive).max())
         np.testing.assert_allclose(ornate[block], by_hand.positive, atol=1e-3 * scale)
+
+
+def test_method_auto_solves_each_axis_with_its_files_method(
+    pico_llama: Path, tmp_path: Path
+) -> None:
+    """`person` names mean-diff in its file: under the default (auto) it is solved so, exactly
+    as under an explicit --method mean-diff, while `language`, naming none, gets
+    cross-covariance; a named method applies to every axis."""
+    store = tmp_path / "store"
+    packs = {}
+    for method in ("auto", "mean-diff", "cross-covariance"):
+        settings = _settings(pico_llama, axes=("language", "person"), method=method)
+        packs[method] = generate_pack(
+            settings, tmp_path / method, store_root=store, show_progress=False
+        ).out
+    manifest = json.loads((packs["auto"] / "pack.json").read_text())
+    assert manifest["settings"]["method"] == "auto"
+    assert manifest["axes"]["person"]["method"] == "mean-diff"
+    assert manifest["axes"]["language"]["method"] == "cross-covariance"
+    (person_file,) = packs["auto"].glob("*person__third_person.gguf")
+    assert ControlVector.from_gguf(person_file).metadata["cvgen.method"] == "mean-diff"
+    auto, mean, cross = (_vectors(packs[m]) for m in ("auto", "mean-diff", "cross-covariance"))
+    for name, vectors in auto.items():
+        same = mean[name] if "-person__" in name else cross[name]
+        assert sorted(vectors) == sorted(same) and all(
+            np.array_equal(vectors[k], same[k]) for k in vectors
+        ), name
+    # and the two methods do differ on person (else the check above could not fail)
+    pole = next(name for name in auto if name.endswith("person__third_person.gguf"))
+    assert sorted(mean[pole]) != sorted(cross[pole]) or any(
+        not np.allclose(mean[pole][k], cross[pole][k]) for k in mean[pole]
+    )
+    explicit = json.loads((packs["cross-covariance"] / "pack.json").read_text())
+    assert explicit["axes"]["person"]["method"] == "cross-covariance"

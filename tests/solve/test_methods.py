@@ -135,3 +135,11 @@ def test_registry() -> None:
     assert get_method(DEFAULT_METHOD) is solve_cross_covariance
     assert get_method("mean-diff") is solve_mean_diff
     assert get_method("pca-diff") is solve_pca_diff
+
+
+def test_axis_method_takes_the_axis_files_method_only_under_auto() -> None:
+    from cvgen.solve.methods import AUTO_METHOD, DEFAULT_METHOD, axis_method
+
+    assert axis_method(AUTO_METHOD, "mean-diff") == "mean-diff"
+    assert axis_method(AUTO_METHOD, None) == DEFAULT_METHOD == "cross-covariance"
+    assert axis_method("pca-diff", "mean-diff") == "pca-diff"

@@ -33,6 +33,7 @@ from cvgen.eval.axis_table import (  # noqa: E402
     STEER_FACTOR,
     MeasuredTable,
     measured_root,
+    read_measured,
     report_rows,
     table_markdown,
 )
@@ -61,17 +62,28 @@ def _run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def _section(stem: str, table: MeasuredTable, seconds: float, generated: bool) -> str:
+def _section(stem: str, table: MeasuredTable) -> str:
+    """The model's section of docs/axes.md, all of it from the table's JSON."""
+    settings = table.settings
     took = (
-        "the generation and evaluation" if generated else "the evaluation (of a pack made before)"
+        "the generation and evaluation"
+        if settings.get("generated", True)
+        else "the evaluation (of a pack made before)"
     )
-    lines = [
-        f"<!-- measured:{stem} -->",
-        f"### {table.model}",
-        "",
-        f"Measured {table.date} with `{table.command}`; {took} took {seconds / 60:.0f} min "
-        f"with `--threads {table.settings['threads']}`. The settings are in "
-        f"`eval/measured/{stem}.json`.",
+    head = (
+        f"Measured {table.date} with `{table.command}`; {took} took "
+        f"{settings['seconds'] / 60:.0f} min with `--threads {settings['threads']}`."
+    )
+    if settings.get("note"):
+        head += " " + settings["note"]
+    lines = [f"<!-- measured:{stem} -->", f"### {table.model}", "", head]
+    for again in settings.get("remeasured", []):
+        lines.append(
+            f"Re-measured {again['date']}: {', '.join(again['axes'])}, with `{again['command']}` "
+            f"({again['seconds'] / 60:.0f} min): {again['why']}."
+        )
+    lines += [
+        f"The settings are in `eval/measured/{stem}.json`.",
         "",
         *table_markdown(table.rows),
         "",
@@ -93,18 +105,65 @@ def _update_doc(stem: str, section: str) -> None:
     write_text_atomically(DOC, text)
 
 
+def _methods(pack: Path) -> dict[str, str]:
+    """Each axis's solver as the pack records it (`axes.<name>.method`)."""
+    manifest = json.loads((pack / "pack.json").read_text(encoding="utf-8"))
+    return {name: str(entry.get("method", "")) for name, entry in manifest["axes"].items()}
+
+
+def _merged(old: MeasuredTable, new: MeasuredTable, why: str) -> MeasuredTable:
+    """`old` with the rows of `new` in place of its own (an axis re-measured), recorded in
+    `settings.remeasured`."""
+    fresh = {row.axis: row for row in new.rows}
+    rows = [fresh.pop(row.axis, row) for row in old.rows] + list(fresh.values())
+    again = {
+        "axes": [row.axis for row in new.rows],
+        "date": new.date,
+        "command": new.command,
+        "seconds": new.settings["seconds"],
+        "why": why,
+    }
+    settings = {**old.settings, "remeasured": [*old.settings.get("remeasured", []), again]}
+    return MeasuredTable(old.model, old.command, old.date, settings, rows)
+
+
+def _write(stem: str, table: MeasuredTable) -> None:
+    path = measured_root() / f"{stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, json.dumps(table.to_dict(), indent=2) + "\n")
+    _update_doc(stem, _section(stem, table))
+    print(f"wrote {path.relative_to(REPO)} and {DOC.relative_to(REPO)}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="the model (.gguf)")
-    parser.add_argument("--axis", action="append", help="an axis (default: every shipped one)")
+    parser.add_argument(
+        "--axis",
+        action="append",
+        help="an axis (default: every shipped one); with --write and a table already there, "
+        "only these rows are replaced (give --why)",
+    )
+    parser.add_argument("--why", default="", help="why the --axis rows are measured again")
     parser.add_argument("--samples", type=int, default=64, help="samples per class")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None, help="work folder")
     parser.add_argument("--skip-generate", action="store_true", help="evaluate WORK/pack as is")
     parser.add_argument("--write", action="store_true", help="write the table and the doc")
+    parser.add_argument(
+        "--doc-only",
+        action="store_true",
+        help="measure nothing: rewrite the model's section of docs/axes.md from its table",
+    )
     args = parser.parse_args()
     model = args.model.resolve()
     stem = model.stem
+    existing = measured_root() / f"{stem}.json"
+    if args.doc_only:
+        _update_doc(stem, _section(stem, read_measured(existing)))
+        return
+    if args.axis and args.write and existing.is_file() and not args.why:
+        parser.error("--axis with --write replaces rows of a table: say why with --why")
     axes = args.axis or shipped_axis_names()
     work = args.work or Path.home() / ".cache" / "cvgen" / "measure-axes" / stem
     pack = work / "pack"
@@ -121,6 +180,8 @@ def main() -> None:
     seconds = time.perf_counter() - started
     report = load_eval_report(pack / "eval.json")
     command = "python scripts/measure_axes.py --model " + model.name
+    if args.axis:
+        command += "".join(f" --axis {axis}" for axis in args.axis)
     if args.samples != 64:
         command += f" --samples {args.samples}"
     table = MeasuredTable(
@@ -132,17 +193,16 @@ def main() -> None:
             "eval_options": EVAL_OPTIONS,
             "threads": args.threads,
             "seconds": round(seconds),
+            "generated": not args.skip_generate,
             "steer_rule": f"slope low > 0 and > {STEER_FACTOR:g} x |random slope|",
         },
-        rows=report_rows(report),
+        rows=report_rows(report, _methods(pack)),
     )
     print("\n".join(table_markdown(table.rows)))
     if args.write:
-        path = measured_root() / f"{stem}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(path, json.dumps(table.to_dict(), indent=2) + "\n")
-        _update_doc(stem, _section(stem, table, seconds, generated=not args.skip_generate))
-        print(f"wrote {path.relative_to(REPO)} and {DOC.relative_to(REPO)}", file=sys.stderr)
+        if args.axis and existing.is_file():
+            table = _merged(read_measured(existing), table, args.why)
+        _write(stem, table)
 
 
 if __name__ == "__main__":

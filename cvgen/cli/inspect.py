@@ -9,6 +9,7 @@ import click
 from cvgen.cli.common import one_line_errors
 from cvgen.data.shipped import load_axis, shipped_axis_names
 from cvgen.eval.axis_table import measured_summary, measured_text, shipped_tables
+from cvgen.solve.methods import AUTO_METHOD, axis_method
 from cvgen.vectors.describe import describe_control_vector
 from cvgen.vectors.gguf_file import ModelFileGiven
 from cvgen.vectors.llamacpp_rules import llamacpp_problems
@@ -84,8 +85,8 @@ def inspect(file: Path, n_embd: int | None, n_layer: int | None, model: Path | N
 )
 @one_line_errors
 def axes(measured: bool, model_name: str | None) -> None:
-    """List the shipped axes: name, negative and positive class, number of pairs, and on which
-    measured models each steers."""
+    """List the shipped axes: name, negative and positive class, number of pairs, the solver
+    `cvgen generate` uses for each by default, and on which measured models each steers."""
     tables = shipped_tables()
     if model_name is not None and not measured:
         raise click.UsageError("--model goes with --measured")
@@ -98,9 +99,12 @@ def axes(measured: bool, model_name: str | None) -> None:
         return
     rows = [load_axis(name) for name in shipped_axis_names()]
     width = max(len(axis.name) for axis in rows)
-    click.echo(f"{'axis':<{width}}  {'negative':<12} {'positive':<18} pairs  measured")
+    click.echo(
+        f"{'axis':<{width}}  {'negative':<12} {'positive':<18} pairs  {'method':<16}  measured"
+    )
     for axis in rows:
+        method = axis_method(AUTO_METHOD, axis.method)  # what `generate` uses by default
         click.echo(
             f"{axis.name:<{width}}  {axis.classes[0]:<12} {axis.classes[1]:<18} "
-            f"{len(axis.pairs):<5}  {measured_summary(axis.name, tables)}"
+            f"{len(axis.pairs):<5}  {method:<16}  {measured_summary(axis.name, tables)}"
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ class AxisRow:
     limited_by: tuple[str, str]
     kl_at_safe: tuple[float | None, float | None]
     statistics: dict[str, tuple[float | None, int]] = field(default_factory=dict)
+    method: str = ""  # the solver of the axis's files ("" in a table from before it was kept)
 
     @property
     def steers(self) -> bool:
@@ -85,6 +86,7 @@ class AxisRow:
                     name: (_number(item["spearman"]), int(item["expected_sign"]))
                     for name, item in raw.get("statistics", {}).items()
                 },
+                method=str(raw.get("method", "")),
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             name = raw.get("axis", "?") if isinstance(raw, dict) else "?"
@@ -105,8 +107,9 @@ def _interpolate(
     return float(np.interp(at, xs, ys))
 
 
-def axis_row(axis: str, report: AxisReport) -> AxisRow | None:
-    """The table row of one axis of an eval report (None when it has no propensity)."""
+def axis_row(axis: str, report: AxisReport, method: str = "") -> AxisRow | None:
+    """The table row of one axis of an eval report (None when it has no propensity);
+    `method`: the solver of its files (pack.json's `axes.<axis>.method`)."""
     propensity = report.propensity
     if propensity is None:
         return None
@@ -137,12 +140,15 @@ def axis_row(axis: str, report: AxisReport) -> AxisRow | None:
             name: (summary.spearman, summary.expected_sign)
             for name, summary in report.statistics.items()
         },
+        method=method,
     )
 
 
-def report_rows(report: EvalReport) -> list[AxisRow]:
-    """Every axis of the report that has probes, in the report's order."""
-    rows = [axis_row(name, axis) for name, axis in report.axes.items()]
+def report_rows(report: EvalReport, methods: Mapping[str, str] | None = None) -> list[AxisRow]:
+    """Every axis of the report that has probes, in the report's order; `methods`: each
+    axis's solver, as the pack records it."""
+    methods = methods or {}
+    rows = [axis_row(name, axis, methods.get(name, "")) for name, axis in report.axes.items()]
     return [row for row in rows if row is not None]
 
 
@@ -163,9 +169,9 @@ def _statistics_text(row: AxisRow) -> str:
 
 
 TABLE_HEADER = (
-    "| axis (− / +) | slope [95% CI] | random | negated | KL at −1 / +1 | safe scale − / + "
+    "| axis (− / +) | method | slope [95% CI] | random | negated | KL at −1 / +1 | safe scale − / + "
     "| KL at safe − / + | text statistics | verdict |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|",
 )
 
 
@@ -175,7 +181,7 @@ def table_markdown(rows: Sequence[AxisRow]) -> list[str]:
     for row in rows:
         verdict = "**steers**" if row.steers else NOT_MEASURABLE
         lines.append(
-            f"| {row.axis} ({row.classes[0]} / {row.classes[1]}) "
+            f"| {row.axis} ({row.classes[0]} / {row.classes[1]}) | {row.method or '–'} "
             f"| {slope_interval(row.slope, row.low, row.high)} "
             f"| {_signed(row.random_slope)} | {_signed(row.negated_slope)} "
             f"| {_plain(row.kl_at_one[0])} / {_plain(row.kl_at_one[1])} "
@@ -263,7 +269,7 @@ def measured_text(table: MeasuredTable) -> str:
     """One model's table as plain text (`cvgen axes --measured`)."""
     lines = [
         f"{table.model}: measured {table.date} with `{table.command}`",
-        f"{'axis':<16} {'slope [95% CI]':<25} {'random':>7} {'negated':>8} "
+        f"{'axis':<16} {'method':<16} {'slope [95% CI]':<25} {'random':>7} {'negated':>8} "
         f"{'KL at -1/+1':>13} {'safe -/+':>11}  verdict",
     ]
     for row in table.rows:
@@ -271,7 +277,7 @@ def measured_text(table: MeasuredTable) -> str:
         kl = f"{_plain(row.kl_at_one[0])}/{_plain(row.kl_at_one[1])}"
         safe = f"{row.safe_scale[0]:.2f}/{row.safe_scale[1]:.2f}"
         lines.append(
-            f"{row.axis:<16} {interval:<25} {_signed(row.random_slope):>7} "
+            f"{row.axis:<16} {row.method or '–':<16} {interval:<25} {_signed(row.random_slope):>7} "
             f"{_signed(row.negated_slope):>8} {kl:>13} {safe:>11}  {row.verdict}"
         )
     lines.append(

@@ -31,6 +31,7 @@ def _row(axis: str = "language", *, low: float = 0.2, random: float | None = -0.
         limited_by=("kl", "kl"),
         kl_at_safe=(0.1, 0.1),
         statistics={"word_length": (0.12, 1)},
+        method="cross-covariance",
     )
 
 
@@ -61,7 +62,9 @@ def test_a_table_round_trips_through_its_json_file(tmp_path: Path) -> None:
     back = read_measured(path)
     assert back.rows == table.rows and back.model == "M.gguf"
     lines = table_markdown(back.rows)
-    assert lines[2].startswith("| language (simple / ornate) | +0.210 [+0.200, +0.220] | -0.010 |")
+    assert lines[2].startswith(
+        "| language (simple / ornate) | cross-covariance | +0.210 [+0.200, +0.220] | -0.010 |"
+    )
     assert lines[2].endswith("| word_length ρ=+0.12 (expected +) | **steers** |")
 
 
@@ -93,7 +96,7 @@ def test_cvgen_axes_shows_where_each_axis_steers(
     assert storytelling.endswith("not measured")
     shown = CliRunner().invoke(main, ["axes", "--measured", "--model", "small"]).output
     assert shown.startswith("Small.Q4_1.gguf: measured 2026-12-01 with `cmd`")
-    assert "character_focus  +0.019 [+0.009, +0.029]" in shown
+    assert "character_focus  cross-covariance +0.019 [+0.009, +0.029]" in shown
     assert shown.splitlines()[3].endswith("not measurable on this model")
     missing = CliRunner().invoke(main, ["axes", "--measured", "--model", "gemma"])
     assert missing.exit_code == 1

@@ -1,0 +1,83 @@
+"""scripts/measure_axes.py without a model: rows measured again replace only their own, and a
+model's section of docs/axes.md is made from its table's JSON alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+
+from cvgen.eval.axis_table import AxisRow, MeasuredTable
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "measure_axes.py"
+
+
+def _script() -> ModuleType:
+    if "cvgen_measure_axes" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("cvgen_measure_axes", SCRIPT)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["cvgen_measure_axes"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["cvgen_measure_axes"]
+
+
+def _row(axis: str, slope: float, method: str = "cross-covariance") -> AxisRow:
+    return AxisRow(
+        axis=axis,
+        classes=("a", "b"),
+        slope=slope,
+        low=slope - 0.01,
+        high=slope + 0.01,
+        wrong_sign=0.0,
+        random_slope=0.001,
+        negated_slope=-slope,
+        kl_at_one=(0.01, 0.01),
+        safe_scale=(4.0, 4.0),
+        limited_by=("sweep", "sweep"),
+        kl_at_safe=(0.05, 0.05),
+        method=method,
+    )
+
+
+def _table(rows: list[AxisRow], seconds: int = 1800) -> MeasuredTable:
+    settings = {"seconds": seconds, "threads": 2, "generated": False}
+    return MeasuredTable(
+        "M.gguf", "python scripts/measure_axes.py --model M.gguf", "2026-12-01", settings, rows
+    )
+
+
+def test_rows_measured_again_replace_their_own_and_are_recorded() -> None:
+    old = _table([_row("language", 0.2), _row("person", 0.004), _row("tense", 0.02)])
+    again = replace(
+        _table([_row("person", 0.06, "mean-diff")], seconds=240),
+        command="python scripts/measure_axes.py --model M.gguf --axis person",
+        date="2026-12-02",
+    )
+    merged = _script()._merged(old, again, "person names mean-diff now")
+    assert [(row.axis, row.slope, row.method) for row in merged.rows] == [
+        ("language", 0.2, "cross-covariance"),
+        ("person", 0.06, "mean-diff"),
+        ("tense", 0.02, "cross-covariance"),
+    ]
+    assert merged.date == "2026-12-01" and merged.settings["seconds"] == 1800
+    assert merged.settings["remeasured"] == [
+        {
+            "axes": ["person"],
+            "date": "2026-12-02",
+            "command": "python scripts/measure_axes.py --model M.gguf --axis person",
+            "seconds": 240,
+            "why": "person names mean-diff now",
+        }
+    ]
+    section = _script()._section("M", merged)
+    assert section.startswith("<!-- measured:M -->\n### M.gguf\n")
+    assert "the evaluation (of a pack made before) took 30 min with `--threads 2`." in section
+    assert (
+        "Re-measured 2026-12-02: person, with `python scripts/measure_axes.py --model M.gguf "
+        "--axis person` (4 min): person names mean-diff now." in section
+    )
+    assert "| person (a / b) | mean-diff | +0.060 [+0.050, +0.070] |" in section
+    assert section.endswith("<!-- /measured:M -->")

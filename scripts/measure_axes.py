@@ -19,15 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cvgen.common.messages import signed_number, slope_interval  # noqa: E402
 from cvgen.data.shipped import shipped_axis_names  # noqa: E402
 from cvgen.eval.axis_table import (  # noqa: E402
     STEER_FACTOR,
@@ -55,6 +60,20 @@ EVAL_OPTIONS = {
     "--max-tokens": "48",
 }
 DOC = REPO / "docs" / "axes.md"
+# point 4 of issue 17 (--statistics): each new axis's text statistics over a sweep within its
+# safe range (scales -S, -S/2, 0, S/2, S, S the smaller of its two safe scales in the table),
+# 16 prompts, generations of up to 256 tokens (so that a long reply is seldom cut)
+STATISTICS_AXES = ("person", "tense", "length", "register")
+STATISTICS_OPTIONS = {
+    "--prompts": "16",
+    "--probe-pairs": "3",
+    "--probe-tokens": "16",
+    "--neutral-texts": "4",
+    "--kl-tokens": "48",
+    "--max-tokens": "256",
+    "--calibration-scales": "",
+}
+RHO_TARGET = 0.5
 
 
 def _run(command: list[str]) -> None:
@@ -86,10 +105,110 @@ def _section(stem: str, table: MeasuredTable) -> str:
         f"The settings are in `eval/measured/{stem}.json`.",
         "",
         *table_markdown(table.rows),
+        *_check_lines(table.statistics_check),
         "",
         f"<!-- /measured:{stem} -->",
     ]
     return "\n".join(lines)
+
+
+def _check_lines(check: dict[str, Any]) -> list[str]:
+    """The statistics check (--statistics) as a paragraph and a table, if it was run."""
+    if not check:
+        return []
+    settings = check["settings"]
+    lines = [
+        "",
+        f"Text statistics (point 4 of issue 17), measured {check['date']} with "
+        f"`{check['command']}` ({settings['seconds'] / 60:.0f} min): "
+        f"{settings['prompts']} prompts × 5 scales within each axis's safe range, greedy "
+        f"replies of up to {settings['max_tokens']} tokens; Spearman ρ of each statistic "
+        f"with the scale over every reply, and the propensity slope at those scales. An axis "
+        f"meets point 4 where a statistic reaches ρ ≥ {RHO_TARGET} in its expected direction.",
+        "",
+        "| axis | method | scales | statistics: ρ (expected sign) | slope [95% CI] | meets |",
+        "|---|---|---|---|---|---|",
+    ]
+    for axis, entry in check["axes"].items():
+        statistics = "; ".join(
+            f"{name} ρ={signed_number(item['spearman'], 2)} "
+            f"({'+' if item['expected_sign'] > 0 else '−'})"
+            for name, item in entry["statistics"].items()
+        )
+        scales = ", ".join(f"{scale:g}" for scale in entry["scales"])
+        slope = slope_interval(entry["slope"], entry["low"], entry["high"])
+        meets = "**yes**" if entry["meets"] else "no"
+        lines.append(
+            f"| {axis} | {entry['method']} | {scales} | {statistics} | {slope} | {meets} |"
+        )
+    return lines
+
+
+def _statistics_check(
+    python: list[str],
+    pack: Path,
+    work: Path,
+    table: MeasuredTable,
+    axes: Sequence[str],
+    threads: int,
+) -> dict[str, Any]:
+    """Run point 4's sweep per axis on a copy of the pack (cvgen eval writes its report into
+    the pack it measures) and gather each statistic's ρ and the propensity slope."""
+    started = time.perf_counter()
+    methods = _methods(pack)
+    options = [item for pair in STATISTICS_OPTIONS.items() for item in pair]
+    entries: dict[str, Any] = {}
+    for axis in axes:
+        row = table.row(axis)
+        if row is None:
+            raise SystemExit(f"measure_axes: --statistics: the table has no row for '{axis}'")
+        top = round(min(row.safe_scale), 2)
+        scales = [-top, round(-top / 2, 2), 0.0, round(top / 2, 2), top]
+        folder = work / f"statistics-{axis}"  # this script's own copy
+        if folder.exists():
+            shutil.rmtree(folder)
+        shutil.copytree(pack, folder)
+        _run(
+            [*python, "eval", str(folder), "--axis", axis, "--threads", str(threads), *options]
+            + ["--scales", ",".join(f"{scale:g}" for scale in scales)]
+            + ["--no-controls", "--no-store", "--quiet"]
+        )
+        report = load_eval_report(folder / "eval.json").axes[axis]
+        statistics = {
+            name: {
+                "spearman": item.spearman,
+                "expected_sign": item.expected_sign,
+                "mean": item.mean,
+            }
+            for name, item in report.statistics.items()
+        }
+        best = max(
+            (item.expected_sign * item.spearman for item in report.statistics.values()
+             if item.spearman is not None),
+            default=float("-inf"),
+        )  # fmt: skip
+        slope = report.propensity.slope if report.propensity else None
+        entries[axis] = {
+            "method": methods.get(axis, ""),
+            "scales": scales,
+            "statistics": statistics,
+            "slope": slope.slope if slope else None,
+            "low": slope.low if slope else None,
+            "high": slope.high if slope else None,
+            "meets": best >= RHO_TARGET,
+        }
+    return {
+        "date": date.today().isoformat(),
+        "command": "python scripts/measure_axes.py --model " + table.model + " --statistics",
+        "settings": {
+            "prompts": int(STATISTICS_OPTIONS["--prompts"]),
+            "max_tokens": int(STATISTICS_OPTIONS["--max-tokens"]),
+            "eval_options": STATISTICS_OPTIONS,
+            "threads": threads,
+            "seconds": round(time.perf_counter() - started),
+        },
+        "axes": entries,
+    }
 
 
 def _update_doc(stem: str, section: str) -> None:
@@ -155,12 +274,34 @@ def main() -> None:
         action="store_true",
         help="measure nothing: rewrite the model's section of docs/axes.md from its table",
     )
+    parser.add_argument(
+        "--statistics",
+        action="store_true",
+        help="point 4's check of the text statistics (of --axis, default the four new axes) on "
+        "WORK/pack, within each axis's safe range in the model's table",
+    )
     args = parser.parse_args()
     model = args.model.resolve()
     stem = model.stem
     existing = measured_root() / f"{stem}.json"
     if args.doc_only:
         _update_doc(stem, _section(stem, read_measured(existing)))
+        return
+    if args.statistics:
+        # on the pack the table was measured from (WORK/pack), with the table's safe scales
+        work = args.work or Path.home() / ".cache" / "cvgen" / "measure-axes" / stem
+        table = read_measured(existing)
+        check = _statistics_check(
+            [sys.executable, "-m", "cvgen.cli"],
+            work / "pack",
+            work,
+            table,
+            args.axis or STATISTICS_AXES,
+            args.threads,
+        )
+        print(json.dumps(check, indent=2))
+        if args.write:
+            _write(stem, replace(table, statistics_check=check))
         return
     if args.axis and args.write and existing.is_file() and not args.why:
         parser.error("--axis with --write replaces rows of a table: say why with --why")

@@ -203,9 +203,12 @@ class MeasuredTable:
     settings: dict[str, Any]
     rows: list[AxisRow]
     source: str = ""
+    # point 4's check of the text statistics (scripts/measure_axes.py --statistics): its
+    # settings and one entry per axis; empty where it was not run
+    statistics_check: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        values = {
             "format": MEASURED_FORMAT,
             "model": self.model,
             "command": self.command,
@@ -213,6 +216,9 @@ class MeasuredTable:
             "settings": self.settings,
             "rows": [row.to_dict() for row in self.rows],
         }
+        if self.statistics_check:
+            values["statistics_check"] = self.statistics_check
+        return values
 
     def row(self, axis: str) -> AxisRow | None:
         return next((row for row in self.rows if row.axis == axis), None)
@@ -240,6 +246,7 @@ def read_measured(path: Path) -> MeasuredTable:
         settings=dict(raw.get("settings") or {}),
         rows=[AxisRow.from_dict(row, str(path)) for row in rows],
         source=str(path),
+        statistics_check=dict(raw.get("statistics_check") or {}),
     )
 
 

@@ -81,3 +81,45 @@ def test_rows_measured_again_replace_their_own_and_are_recorded() -> None:
     )
     assert "| person (a / b) | mean-diff | +0.060 [+0.050, +0.070] |" in section
     assert section.endswith("<!-- /measured:M -->")
+
+
+def test_the_statistics_check_is_shown_with_its_verdicts() -> None:
+    check = {
+        "date": "2026-12-02",
+        "command": "python scripts/measure_axes.py --model M.gguf --statistics",
+        "settings": {"prompts": 16, "max_tokens": 256, "seconds": 600},
+        "axes": {
+            "register": {
+                "method": "cross-covariance",
+                "scales": [-1.5, -0.75, 0.0, 0.75, 1.5],
+                "statistics": {
+                    "contraction_rate": {"spearman": -0.61, "expected_sign": -1},
+                    "words_per_sentence": {"spearman": 0.2, "expected_sign": 1},
+                },
+                "slope": 0.5,
+                "low": 0.45,
+                "high": 0.55,
+                "meets": True,
+            },
+            "tense": {
+                "method": "cross-covariance",
+                "scales": [-4.0, -2.0, 0.0, 2.0, 4.0],
+                "statistics": {"past_tense_share": {"spearman": None, "expected_sign": -1}},
+                "slope": None,
+                "low": None,
+                "high": None,
+                "meets": False,
+            },
+        },
+    }
+    lines = _script()._check_lines(check)
+    assert "16 prompts × 5 scales" in lines[1] and "up to 256 tokens" in lines[1]
+    assert "(10 min)" in lines[1]
+    assert lines[5] == (
+        "| register | cross-covariance | -1.5, -0.75, 0, 0.75, 1.5 | contraction_rate ρ=-0.61 (−); "
+        "words_per_sentence ρ=+0.20 (+) | +0.500 [+0.450, +0.550] | **yes** |"
+    )
+    assert lines[6] == (
+        "| tense | cross-covariance | -4, -2, 0, 2, 4 | past_tense_share ρ=– (−) | – [–, –] | no |"
+    )
+    assert _script()._check_lines({}) == []

@@ -7,10 +7,13 @@ default suite never touches the network.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,22 @@ NO_SYSTEM_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 PICO_LAYERS = 6
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module, loaded once and registered before it runs (a script's
+    dataclasses look their own module up)."""
+    key = f"cvgen_script_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, SCRIPTS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
 # the axes whose texts train the pico tokenizer: the eight shipped when the golden packs were
 # written (tests/golden), in the order glob gave them there; an axis added later must not change
 # the pico models (a new axis in the corpus changes the tokenizer, so every golden's bytes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,28 +9,28 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import SCRIPTS, load_script
 
 from cvgen.extract.prefix_cache import MIN_SHARED_PREFIX, shared_prefix_length
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
-
 
 def _bench() -> ModuleType:
-    """scripts/bench.py as a module (registered first: its dataclasses look themselves up)."""
-    if "cvgen_bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("cvgen_bench", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cvgen_bench"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["cvgen_bench"]
+    return load_script("bench")
 
 
 @pytest.fixture(scope="module")
 def smoke(pico_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--model", str(pico_llama), "--json", str(out)],
+        [
+            sys.executable,
+            str(SCRIPTS / "bench.py"),
+            "--smoke",
+            "--model",
+            str(pico_llama),
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         check=False,

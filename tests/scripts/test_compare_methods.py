@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import subprocess
 import sys
@@ -13,20 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_methods.py"
+from conftest import SCRIPTS, load_script
 
 
 def _script() -> ModuleType:
-    """scripts/compare_methods.py as a module (registered first: its dataclasses look
-    themselves up)."""
-    if "cvgen_compare_methods" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("cvgen_compare_methods", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cvgen_compare_methods"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["cvgen_compare_methods"]
+    return load_script("compare_methods")
 
 
 # --- the matched-KL search ---------------------------------------------------------------------
@@ -436,7 +426,10 @@ def test_start_scales_match_the_defaults_norm() -> None:
 
 def test_help_runs_and_bad_options_are_one_line_errors() -> None:
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=False
+        [sys.executable, str(SCRIPTS / "compare_methods.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     for option in ("--kl-target", "--variants", "--markdown", "--threads", "--prompts"):

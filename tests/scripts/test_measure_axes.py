@@ -3,25 +3,16 @@ model's section of docs/axes.md is made from its table's JSON alone."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 from types import ModuleType
+
+from conftest import load_script
 
 from cvgen.eval.axis_table import AxisRow, MeasuredTable
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "measure_axes.py"
-
 
 def _script() -> ModuleType:
-    if "cvgen_measure_axes" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("cvgen_measure_axes", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cvgen_measure_axes"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["cvgen_measure_axes"]
+    return load_script("measure_axes")
 
 
 def _row(axis: str, slope: float, method: str = "cross-covariance") -> AxisRow:

@@ -8,7 +8,8 @@ States are collected once with cvgen's own pipeline (`cvgen.generate.sharded.col
 `--skip-last 0`, so every block is stored; a re-run reuses the store). cvgen's variants are
 solved from those states; the anchors are made from the same samples:
 
-  cvgen default        cross-covariance on blocks 1..L-2, block k -> direction.k (the pack)
+  cvgen default        the axis's own method (`generate --method auto`: mean-diff for person,
+                       else cross-covariance) on blocks 1..L-2, block k -> direction.k (the pack)
   cc first half, cc middle third, cc last half
                        the default method on a band of the default blocks
   mean-diff, pca-diff  the other solve methods on the default blocks
@@ -53,6 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/cvector_generator.py
 from cvgen.common.errors import CvgenError
+from cvgen.data.shipped import load_axis
 from cvgen.eval.backend import Backend, Scored, Steering
 from cvgen.eval.inputs import EvalInputs
 from cvgen.eval.inputs import prepare_inputs as prepare_eval_inputs
@@ -62,7 +64,7 @@ from cvgen.extract.store import BlockStates, default_store_root
 from cvgen.generate.settings import GenerateSettings, LayerSkip, select_blocks
 from cvgen.solve.blocks import solve_blocks
 from cvgen.solve.direction import BlockDirection, SolverOptions
-from cvgen.solve.methods import DEFAULT_METHOD
+from cvgen.solve.methods import AUTO_METHOD, DEFAULT_METHOD, axis_method
 from cvgen.vectors.control_vector import ControlVector
 from cvgen.vectors.gguf_file import write_control_vector
 
@@ -132,7 +134,7 @@ def default_variants(n_layer: int, samples: int) -> list[Variant]:
     default = tuple(select_blocks(n_layer, LayerSkip("1"), LayerSkip("1")))
     cc = Variant(DEFAULT_VARIANT, DEFAULT_METHOD, default)
     return [
-        cc,
+        replace(cc, method=AUTO_METHOD),  # `generate`'s default: each axis's own method
         *(replace(cc, name=f"cc {which}", blocks=band(default, which)) for which in BANDS),
         replace(cc, name="mean-diff", method="mean-diff"),
         replace(cc, name="pca-diff", method="pca-diff"),
@@ -196,9 +198,11 @@ def solve_variant_blocks(
     samples: int | None = None,
     options: SolverOptions | None = None,
 ) -> dict[int, BlockDirection]:
-    """Solve `blocks` of one axis with `method`, from the pipeline's stored states, by the
-    same `cvgen.solve.blocks.solve_blocks` the pipeline uses (on the first `samples` rows when
-    given). Blocks whose solver finds nothing are left out."""
+    """Solve `blocks` of one axis with `method` (auto: the axis's own, as `generate`), from
+    the pipeline's stored states, by the same `cvgen.solve.blocks.solve_blocks` the pipeline
+    uses (on the first `samples` rows when given). Blocks whose solver finds nothing are left
+    out."""
+    method = axis_method(method, load_axis(axis).method)
     for block in blocks:
         if block not in stored_blocks or (features == "delta" and block - 1 not in stored_blocks):
             raise CompareError(
@@ -286,7 +290,11 @@ def write_solved_files(
             path,
             vectors[role],
             model_hint=model_hint,
-            metadata={"cvgen.axis": axis, "cvgen.role": role, "cvgen.method": variant.method},
+            metadata={
+                "cvgen.axis": axis,
+                "cvgen.role": role,
+                "cvgen.method": axis_method(variant.method, load_axis(axis).method),
+            },
         )
         paths[role] = path
     return Recipe(paths["negative"], paths["positive"], paths.get("debias"))
@@ -1069,13 +1077,14 @@ def solve_all(
             continue
         out[variant.name] = {}
         for axis in axes:
-            key = (variant.method, variant.features, variant.samples, axis)
+            method = axis_method(variant.method, load_axis(axis).method)
+            key = (method, variant.features, variant.samples, axis)
             missing = [b for b in variant.blocks if (*key, b) not in cache]
             solved = solve_variant_blocks(
                 states.arrays,
                 states.stored_blocks,
                 axis,
-                variant.method,
+                method,
                 missing,
                 features=variant.features,
                 samples=variant.samples,

@@ -337,7 +337,7 @@ def test_default_variants_cover_the_levers_and_the_anchors() -> None:
     compare = _script()
     variants = {v.name: v for v in compare.default_variants(30, 128)}
     default = variants["cvgen default"]
-    assert default.blocks == tuple(range(1, 29)) and default.method == "cross-covariance"
+    assert default.blocks == tuple(range(1, 29)) and default.method == "auto"
     assert variants["cc first half"].blocks == tuple(range(1, 15))
     assert variants["cc middle third"].blocks == tuple(range(10, 20))
     assert variants["cc last half"].blocks == tuple(range(15, 29))

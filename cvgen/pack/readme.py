@@ -77,6 +77,20 @@ def render_pack_readme(manifest: PackManifest, example_command: str) -> str:
     return "\n".join(lines)
 
 
+def _methods_text(manifest: PackManifest) -> str:
+    """The solver: "the `mean-diff` method", or under `auto` each axis's own as the pack
+    records it ("each axis's own method (`auto`): person `mean-diff`, language
+    `cross-covariance`")."""
+    method = manifest.extra["settings"]["method"]
+    if method != "auto":
+        return f"the {markdown_code(method)} method"
+    per_axis = [
+        f"{markdown_text(name)} {markdown_code(str(entry.extra.get('method', '?')))}"
+        for name, entry in manifest.axes.items()
+    ]
+    return f"each axis's own method (`auto`): {', '.join(per_axis)},"
+
+
 def _header_lines(manifest: PackManifest) -> list[str]:
     """The title, how the pack was made, and the notes on blocks, prompts and llama.cpp."""
     md = markdown_text
@@ -86,8 +100,8 @@ def _header_lines(manifest: PackManifest) -> list[str]:
     return [
         f"# Control vectors for {md(model.name)}",
         "",
-        f"Made by cvgen {md(manifest.extra['cvgen_version'])} with the "
-        f"{markdown_code(settings['method'])} method from {md(settings['samples'])} samples per "
+        f"Made by cvgen {md(manifest.extra['cvgen_version'])} with "
+        f"{_methods_text(manifest)} from {md(settings['samples'])} samples per "
         f"class (seed {md(settings['seed'])}), features: {markdown_code(settings['features'])}, blocks {md(layers[0])}..{md(layers[-1])} "
         f"of {md(model.n_layer)} (hidden size {md(model.extra['n_embd'])}).",
         *_engine_line(manifest),

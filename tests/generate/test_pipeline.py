@@ -492,3 +492,10 @@ def test_method_auto_solves_each_axis_with_its_files_method(
     )
     explicit = json.loads((packs["cross-covariance"] / "pack.json").read_text())
     assert explicit["axes"]["person"]["method"] == "cross-covariance"
+    readme = (packs["auto"] / "README.md").read_text()
+    assert "with each axis's own method (`auto`): language `cross-covariance`, person " in readme
+    assert "`mean-diff`, from 16 samples" in " ".join(readme.split())
+    assert (
+        "with the `cross-covariance` method from 16"
+        in (packs["cross-covariance"] / "README.md").read_text()
+    )

@@ -33,15 +33,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cvgen.common.messages import signed_number, slope_interval  # noqa: E402
-from cvgen.data.shipped import shipped_axis_names  # noqa: E402
-from cvgen.eval.axis_table import (  # noqa: E402
+from cvgen.data.measured import (  # noqa: E402
     STEER_FACTOR,
     MeasuredTable,
     measured_root,
     read_measured,
-    report_rows,
-    table_markdown,
 )
+from cvgen.data.shipped import shipped_axis_names  # noqa: E402
+from cvgen.eval.axis_table import report_rows, table_markdown  # noqa: E402
 from cvgen.eval.records import load_eval_report  # noqa: E402
 from cvgen.pack.manifest import write_text_atomically  # noqa: E402
 

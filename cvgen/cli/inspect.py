@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from cvgen.cli.common import one_line_errors
+from cvgen.data.measured import measured_summary, shipped_tables
 from cvgen.data.shipped import load_axis, shipped_axis_names
-from cvgen.eval.axis_table import measured_summary, measured_text, shipped_tables
+from cvgen.eval.axis_table import measured_text
 from cvgen.solve.methods import AUTO_METHOD, axis_method
 from cvgen.vectors.describe import describe_control_vector
 from cvgen.vectors.gguf_file import ModelFileGiven

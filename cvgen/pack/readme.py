@@ -10,7 +10,10 @@ from cvgen.common.messages import (
     markdown_code,
     markdown_text,
     measured_parts,
+    signed_number,
+    slope_interval,
 )
+from cvgen.data.measured import table_for_model
 from cvgen.extract.chat import PLAIN_FORMAT
 from cvgen.llamacpp.commands import CommandError, build_command, default_model_path
 from cvgen.pack.names import ROLES, SAMPLES_NAME
@@ -54,6 +57,7 @@ def render_pack_readme(manifest: PackManifest, example_command: str) -> str:
             f"| {markdown_text(name)} | {negative} | {positive} | {description} | {files} |"
         )
     lines += _safe_scale_lines(manifest)
+    lines += _shipped_measured_lines(manifest)
     fence = "`" * max(3, longest_backtick_run(example_command) + 1)
     lines += [
         "",
@@ -175,6 +179,34 @@ def _safe_scale_lines(manifest: PackManifest) -> list[str]:
         "",
         "| axis | suggested − / + | safe − / + | propensity slope [95% CI]; random; verdict |",
         "|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _shipped_measured_lines(manifest: PackManifest) -> list[str]:
+    """Where cvgen ships a measured table for a model file of this pack's model's name: each
+    axis's verdict there, with its numbers ("not measurable on this model" included)."""
+    source = manifest.model.source
+    table = table_for_model(Path(source).name) if source else None
+    rows = []
+    for name in manifest.axes:
+        row = table.row(name) if table is not None else None
+        if row is not None:
+            interval = slope_interval(row.slope, row.low, row.high)
+            rows.append(
+                f"| {markdown_text(name)} | {markdown_code(row.method or '–')} | {interval}; "
+                f"random {signed_number(row.random_slope)}; {row.verdict} |"
+            )
+    if table is None or not rows:
+        return []
+    return [
+        "",
+        f"Measured by cvgen on a model file of this name ({markdown_text(table.model)}, "
+        f"{markdown_text(table.date)}), from a pack of its own (`cvgen axes --measured`; "
+        "docs/axes.md in cvgen's source explains the rule):",
+        "",
+        "| axis | method | propensity slope [95% CI]; random; verdict |",
+        "|---|---|---|",
         *rows,
     ]
 

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from cvgen.cli import main
 from cvgen.common.files import DataError
-from cvgen.eval import axis_table
-from cvgen.eval.axis_table import AxisRow, MeasuredTable, read_measured, table_markdown
+from cvgen.data import measured
+from cvgen.data.measured import AxisRow, MeasuredTable, read_measured
+from cvgen.eval.axis_table import table_markdown
 from cvgen.eval.calibration import suggested_scale
 
 
@@ -86,7 +87,7 @@ def test_cvgen_axes_shows_where_each_axis_steers(
     rows = [_row(), _row("character_focus", low=0.009, random=-0.016)]
     table = MeasuredTable("Small.Q4_1.gguf", "cmd", "2026-12-01", {}, rows)
     (tmp_path / "Small.Q4_1.json").write_text(json.dumps(table.to_dict()))
-    monkeypatch.setattr(axis_table, "measured_root", lambda: tmp_path)
+    monkeypatch.setattr(measured, "measured_root", lambda: tmp_path)
     listed = CliRunner().invoke(main, ["axes"], catch_exceptions=False).output
     language = next(line for line in listed.splitlines() if line.startswith("language"))
     assert language.endswith("steers on Small.Q4_1 (+0.210)")

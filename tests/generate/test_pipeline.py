@@ -499,3 +499,45 @@ def test_method_auto_solves_each_axis_with_its_files_method(
         "with the `cross-covariance` method from 16"
         in (packs["cross-covariance"] / "README.md").read_text()
     )
+
+
+def test_the_readme_shows_cvgens_own_verdicts_for_a_model_it_measured(
+    pico_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where cvgen ships a measured table for a model file of this name, the pack README gives
+    each axis's verdict there with its numbers, "not measurable on this model" included."""
+    from cvgen.data import measured
+    from cvgen.data.measured import AxisRow, MeasuredTable
+
+    def row(axis: str, low: float, random: float, method: str) -> AxisRow:
+        return AxisRow(
+            axis, ("a", "b"), low + 0.003, low, low + 0.006, 0.0, random, -low, (0.01, 0.01),
+            (4.0, 4.0), ("sweep", "sweep"), (0.05, 0.05), {}, method,
+        )  # fmt: skip
+
+    rows = [
+        row("language", 0.19, -0.007, "cross-covariance"),
+        row("person", 0.001, 0.003, "mean-diff"),
+    ]
+    table = MeasuredTable(pico_llama.name, "cmd", "2026-12-02", {}, rows)
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "pico.json").write_text(json.dumps(table.to_dict()))
+    monkeypatch.setattr(measured, "measured_root", lambda: tmp_path / "tables")
+    settings = _settings(pico_llama, axes=("language", "person"), samples=12)
+    out = generate_pack(settings, tmp_path / "pack", show_progress=False).out
+    readme = (out / "README.md").read_text()
+    assert (
+        f"Measured by cvgen on a model file of this name ({pico_llama.name}, 2026-12-02)" in readme
+    )
+    assert (
+        "| language | `cross-covariance` | +0.193 [+0.190, +0.196]; random -0.007; steers |"
+        in readme
+    )
+    assert (
+        "| person | `mean-diff` | +0.004 [+0.001, +0.007]; random +0.003; not measurable on this "
+        "model |" in readme
+    )
+    other = MeasuredTable("another-model.gguf", "cmd", "2026-12-02", {}, rows)
+    (tmp_path / "tables" / "pico.json").write_text(json.dumps(other.to_dict()))
+    again = generate_pack(settings, tmp_path / "pack2", show_progress=False).out
+    assert "Measured by cvgen on a model file" not in (again / "README.md").read_text()

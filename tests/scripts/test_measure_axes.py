@@ -8,7 +8,7 @@ from types import ModuleType
 
 from conftest import load_script
 
-from cvgen.eval.axis_table import AxisRow, MeasuredTable
+from cvgen.data.measured import AxisRow, MeasuredTable
 
 
 def _script() -> ModuleType:

@@ -114,8 +114,13 @@ def table_markdown(rows: Sequence[AxisRow]) -> list[str]:
 
 def measured_text(table: MeasuredTable) -> str:
     """One model's table as plain text (`cvgen axes --measured`)."""
+    again = [
+        f"{', '.join(item.get('axes', []))} re-measured {item.get('date', '?')}"
+        for item in table.settings.get("remeasured", [])
+    ]
     lines = [
-        f"{table.model}: measured {table.date} with `{table.command}`",
+        f"{table.model}: measured {table.date} with `{table.command}`"
+        + (f" ({'; '.join(again)})" if again else ""),
         f"{'axis':<16} {'method':<16} {'slope [95% CI]':<25} {'random':>7} {'negated':>8} "
         f"{'KL at -1/+1':>13} {'safe -/+':>11}  verdict",
     ]

@@ -110,3 +110,16 @@ def test_the_suggested_scale_is_where_the_kl_reaches_its_target_within_the_safe_
     assert suggested_scale(scales, kl, kl_target=0.05, cap=1.2) == pytest.approx(1.2)
     # a curve that never reaches the target suggests the safe scale itself
     assert suggested_scale(scales, kl, kl_target=0.5, cap=3.0) == 3.0
+
+
+def test_the_measured_text_names_rows_measured_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"remeasured": [{"axes": ["person", "tense"], "date": "2026-12-02"}]}
+    table = MeasuredTable("Small.Q4_1.gguf", "cmd", "2026-12-01", settings, [_row()])
+    (tmp_path / "Small.Q4_1.json").write_text(json.dumps(table.to_dict()))
+    monkeypatch.setattr(measured, "measured_root", lambda: tmp_path)
+    shown = CliRunner().invoke(main, ["axes", "--measured"]).output
+    assert shown.splitlines()[0] == (
+        "Small.Q4_1.gguf: measured 2026-12-01 with `cmd` (person, tense re-measured 2026-12-02)"
+    )

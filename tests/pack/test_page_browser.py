@@ -619,3 +619,22 @@ def test_the_suggested_scale_buttons_print_what_cvgen_commands_prints(
         assert tab.text("#command") + "\n" == printed.stdout
     assert tab.page.input_value("#axis-0-scale") == "-0.75"
     tab.close()
+
+
+def test_the_method_fact_names_each_axiss_own_method_under_auto(
+    browser: Any, tmp_path: Path
+) -> None:
+    manifest = sample_manifest()
+    assert manifest["settings"]["method"] == "cross_covariance"
+    tab = Tab(browser, make_pack(tmp_path / "named", manifest))
+    assert tab.text("[data-fact='method']") == "cross_covariance"
+    tab.close()
+    manifest["settings"]["method"] = "auto"
+    names = list(manifest["axes"])
+    for name in names:
+        manifest["axes"][name]["method"] = "cross-covariance"
+    manifest["axes"][names[1]]["method"] = "mean-diff"
+    tab = Tab(browser, make_pack(tmp_path / "auto", manifest))
+    parts = [f"{name}: {manifest['axes'][name]['method']}" for name in names]
+    assert tab.text("[data-fact='method']") == f"auto ({', '.join(parts)})"
+    tab.close()

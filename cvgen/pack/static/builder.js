@@ -403,6 +403,18 @@
     byId("multiline").checked = params.get("lines") === "multi";
   };
 
+  // the solver; under "auto" each axis's own, as the pack records it
+  function methodText(method, axes) {
+    if (method !== "auto" || !isObject(axes)) {
+      return method;
+    }
+    var parts = Object.keys(axes).map(function (name) {
+      var own = isObject(axes[name]) ? axes[name].method : undefined;
+      return name + ": " + (typeof own === "string" ? own : "?");
+    });
+    return parts.length ? "auto (" + parts.join(", ") + ")" : method;
+  }
+
   Page.prototype.renderModel = function () {
     var model = isObject(this.manifest.model) ? this.manifest.model : {};
     var settings = isObject(this.manifest.settings) ? this.manifest.settings : {};
@@ -414,7 +426,7 @@
       ["hidden size", model.n_embd],
       ["architecture", model.hint],
       ["steered blocks", layers.length ? layers[0] + " to " + layers[layers.length - 1] : undefined],
-      ["method", settings.method],
+      ["method", methodText(settings.method, this.manifest.axes)],
       ["samples per class", settings.samples],
       ["llama.cpp commit", llama.commit || "not recorded"],
       ["made by", this.manifest.cvgen_version ? "cvgen " + this.manifest.cvgen_version : undefined],

@@ -20,20 +20,11 @@ from typing import Any
 from cvgen.common.files import DataError, read_text_file
 from cvgen.common.messages import json_error_text, plural
 from cvgen.data import prompt_files
+from cvgen.data.axis_fields import AxisStatistic, axis_method_field, axis_statistics, json_type
 
 AXIS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 PROMPT_COLUMN_GUESSES = ("prompt", "text", "instruction", "question", "input")
-# The solvers an axis file's `method` may name (`cvgen.solve.methods.METHODS`, which a test
-# holds to this list): the method `cvgen generate --method auto` uses for that axis.
-AXIS_METHODS = ("cross-covariance", "mean-diff", "pca-diff")
-# The text statistics `cvgen eval` can measure (registered in `cvgen.eval.textstats`); an axis
-# file's `evaluation.statistics` names some of them.
-TEXT_STATISTIC_NAMES = (
-    "casual_word_rate", "contraction_rate", "first_person_share", "past_tense_share",
-    "quoted_fraction", "sentiment", "word_length", "words_per_reply", "words_per_sentence",
-    "zipf_frequency",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,16 +41,6 @@ class Stems:
         """Stem number `index` in [0, len(self)): pre index `index // len(post)`."""
         pre, post = divmod(index, len(self.post))
         return f"{self.pre[pre]} {self.post[post]}"
-
-
-@dataclass(frozen=True)
-class AxisStatistic:
-    """A text statistic that shows an axis at work (from the axis file's `evaluation` field):
-    its name (one of `TEXT_STATISTIC_NAMES`) and the sign of its change, +1 or -1, as the
-    scale rises toward the axis's SECOND (positive) class."""
-
-    name: str
-    expected_sign: int
 
 
 @dataclass(frozen=True)
@@ -130,13 +111,13 @@ def shipped_axis_names() -> list[str]:
 def _check_pair(path: Path, index: int, pair: Any) -> tuple[str, str]:
     field = f"data[{index}]"
     if not isinstance(pair, list) or len(pair) != 2:
-        got = plural(len(pair), "item") if isinstance(pair, list) else _json_type(pair)
+        got = plural(len(pair), "item") if isinstance(pair, list) else json_type(pair)
         raise DataError(f"{path}: field '{field}' has {got}; expected [negative, positive]")
     sides: list[str] = []
     for position, (side, text) in enumerate(zip(("negative", "positive"), pair, strict=True)):
         if not isinstance(text, str):
             raise DataError(
-                f"{path}: field '{field}[{position}]' is {_json_type(text)}, not a string; "
+                f"{path}: field '{field}[{position}]' is {json_type(text)}, not a string; "
                 f"expected the {side} continuation"
             )
         cleaned = text.strip().rstrip(".").rstrip()
@@ -146,63 +127,6 @@ def _check_pair(path: Path, index: int, pair: Any) -> tuple[str, str]:
     if sides[0] == sides[1]:
         raise DataError(f"{path}: field '{field}' has the same text on both sides: '{sides[0]}'")
     return sides[0], sides[1]
-
-
-def _json_type(value: Any) -> str:
-    """A parsed JSON value described for a message: "the number 1", "null", "a list", ..."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int | float):
-        return f"the number {json.dumps(value)}"
-    names: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _check_statistic(path: Path, field: str, item: Any) -> AxisStatistic:
-    """One entry of `evaluation.statistics`: {"name": ..., "expected_sign": 1 or -1}."""
-    if not isinstance(item, dict) or set(item) != {"name", "expected_sign"}:
-        raise DataError(
-            f"{path}: field '{field}' is {json.dumps(item)}; expected an object with exactly "
-            "'name' and 'expected_sign'"
-        )
-    name, sign = item["name"], item["expected_sign"]
-    if name not in TEXT_STATISTIC_NAMES:
-        raise DataError(
-            f"{path}: field '{field}.name' is {json.dumps(name)}; "
-            f"choose one of: {', '.join(TEXT_STATISTIC_NAMES)}"
-        )
-    if isinstance(sign, bool) or sign not in (1, -1):
-        raise DataError(
-            f"{path}: field '{field}.expected_sign' is {json.dumps(sign)}; expected 1 (rises "
-            "toward the second class) or -1 (falls)"
-        )
-    return AxisStatistic(name, int(sign))
-
-
-def _axis_statistics(path: Path, raw: dict[str, Any]) -> tuple[AxisStatistic, ...]:
-    """The optional `evaluation` field: {"statistics": [{"name", "expected_sign"}, ...]}."""
-    if "evaluation" not in raw:
-        return ()
-    evaluation = raw["evaluation"]
-    if not isinstance(evaluation, dict) or set(evaluation) != {"statistics"}:
-        raise DataError(
-            f"{path}: field 'evaluation' is {json.dumps(evaluation)}; expected an object "
-            'with one field \'statistics\': [{"name": ..., "expected_sign": 1 or -1}, ...]'
-        )
-    items = evaluation["statistics"]
-    if not isinstance(items, list):
-        raise DataError(
-            f"{path}: field 'evaluation.statistics' is {_json_type(items)}, expected a list"
-        )
-    found: list[AxisStatistic] = []
-    for index, item in enumerate(items):
-        statistic = _check_statistic(path, f"evaluation.statistics[{index}]", item)
-        if statistic.name in [earlier.name for earlier in found]:
-            raise DataError(
-                f"{path}: field 'evaluation.statistics[{index}].name' repeats '{statistic.name}'"
-            )
-        found.append(statistic)
-    return tuple(found)
 
 
 def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
@@ -248,20 +172,14 @@ def parse_axis(path: Path, raw: Any, *, default_name: str) -> Axis:
         seen[pair] = index
         pairs.append(pair)
     description = raw.get("description", "")
-    method = raw.get("method")
-    if method is not None and method not in AXIS_METHODS:
-        raise DataError(
-            f"{path}: field 'method' is {json.dumps(method)}; expected one of "
-            f"{', '.join(AXIS_METHODS)}"
-        )
     return Axis(
         name=name,
         classes=(classes[0].strip(), classes[1].strip()),
         pairs=tuple(pairs),
         description=description if isinstance(description, str) else "",
         source=str(path),
-        statistics=_axis_statistics(path, raw),
-        method=method,
+        statistics=axis_statistics(path, raw),
+        method=axis_method_field(path, raw),
     )
 
 

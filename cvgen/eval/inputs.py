@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cvgen.data.axis_fields import AxisStatistic
 from cvgen.data.eval_data import (
     Probes,
     find_probes,
@@ -16,7 +17,7 @@ from cvgen.data.eval_data import (
     load_neutral_texts,
     load_probes,
 )
-from cvgen.data.shipped import AxisStatistic, load_axis, shipped_axis_names
+from cvgen.data.shipped import load_axis, shipped_axis_names
 from cvgen.eval.backend import Backend
 from cvgen.eval.settings import EvalError, EvalSettings
 from cvgen.pack.records import AxisRecord

@@ -1,7 +1,7 @@
 """Text statistics that show an axis at work in generated text (word length and rarity, the
 share of quoted speech, sentiment; person, tense, length and register from
 `cvgen.eval.style_stats`), registered by name in `TEXT_STATISTICS`. An axis file names
-the ones that fit it in its `evaluation` field (`cvgen.data.shipped.AxisStatistic`)."""
+the ones that fit it in its `evaluation` field (`cvgen.data.axis_fields.AxisStatistic`)."""
 
 from __future__ import annotations
 

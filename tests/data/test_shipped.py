@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from cvgen.common.files import DataError
+from cvgen.data.axis_fields import AXIS_METHODS, AxisStatistic
 from cvgen.data.shipped import (
-    AXIS_METHODS,
-    AxisStatistic,
     load_axis,
     load_stems,
     load_writing_prompts,

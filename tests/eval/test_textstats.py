@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvgen.data.shipped import TEXT_STATISTIC_NAMES, load_axis, shipped_axis_names
+from cvgen.data.axis_fields import TEXT_STATISTIC_NAMES
+from cvgen.data.shipped import load_axis, shipped_axis_names
 from cvgen.eval.statistics import MetricError
 from cvgen.eval.textstats import TEXT_STATISTICS, get_statistic
 

@@ -163,8 +163,14 @@ def _statistics_check(
             raise SystemExit(f"measure_axes: --statistics: the table has no row for '{axis}'")
         top = round(min(row.safe_scale), 2)
         scales = [-top, round(-top / 2, 2), 0.0, round(top / 2, 2), top]
-        folder = work / f"statistics-{axis}"  # this script's own copy
+        folder = work / f"statistics-{axis}"  # this script's own copy of the pack
         if folder.exists():
+            # replaced only when it is that copy (a cvgen pack holding this script's eval)
+            if not (folder / "pack.json").is_file() or not (folder / "eval.json").is_file():
+                raise SystemExit(
+                    f"measure_axes: {folder} exists and is not a pack copy this script made; "
+                    "move it or give another --work"
+                )
             shutil.rmtree(folder)
         shutil.copytree(pack, folder)
         _run(

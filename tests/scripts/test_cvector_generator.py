@@ -7,6 +7,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -160,39 +161,18 @@ def test_run_generator_runs_the_tool_and_reads_its_file(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
     binary = _fake_binary(tmp_path, pairs=2, n_layer=6)
     folder = tmp_path / "work"
-    done = run_generator(
-        tmp_path / "m.gguf",
-        ["p1", "p2"],
-        ["n1", "n2"],
-        folder,
-        method="mean",
-        n_layer=6,
-        n_embd=4,
-        binary=binary,
-        stem="language",
-    )
+
+    def run(method: str, n_layer: int, **extra: str) -> Any:
+        return run_generator(
+            tmp_path / "m.gguf", ["p1", "p2"], ["n1", "n2"], folder,
+            method=method, n_layer=n_layer, n_embd=4, binary=binary, **extra,
+        )  # fmt: skip
+
+    done = run("mean", 6, stem="language")
     assert done.vector.blocks == (1, 2, 3, 4, 5)
     assert done.path == folder / "language.mean.gguf" and "wrote file" in done.log
     assert (folder / "language.mean.log").is_file()
     with pytest.raises(LlamaCppError, match="exited with 1 and wrote no file: E something"):
-        run_generator(
-            tmp_path / "m.gguf",
-            ["p1", "p2"],
-            ["n1", "n2"],
-            folder,
-            method="pca",
-            n_layer=6,
-            n_embd=4,
-            binary=binary,
-        )
+        run("pca", 6)
     with pytest.raises(LlamaCppError, match="blocks 1..5 \\(5\\), expected 1..7"):
-        run_generator(
-            tmp_path / "m.gguf",
-            ["p1", "p2"],
-            ["n1", "n2"],
-            folder,
-            method="mean",
-            n_layer=8,
-            n_embd=4,
-            binary=binary,
-        )
+        run("mean", 8)

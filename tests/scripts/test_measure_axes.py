@@ -4,8 +4,10 @@ model's section of docs/axes.md is made from its table's JSON alone."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from types import ModuleType
 
+import pytest
 from conftest import load_script
 
 from cvgen.data.measured import AxisRow, MeasuredTable
@@ -114,3 +116,15 @@ def test_the_statistics_check_is_shown_with_its_verdicts() -> None:
         "| tense | cross-covariance | -4, -2, 0, 2, 4 | past_tense_share ρ=– (−) | – [–, –] | no |"
     )
     assert _script()._check_lines({}) == []
+
+
+def test_the_statistics_check_never_removes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "pack").mkdir()
+    (tmp_path / "pack" / "pack.json").write_text('{"axes": {}}')
+    mine = tmp_path / "statistics-person"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own")
+    table = _table([_row("person", 0.06, "mean-diff")])
+    with pytest.raises(SystemExit, match="is not a pack copy this script made"):
+        _script()._statistics_check(["python"], tmp_path / "pack", tmp_path, table, ["person"], 2)
+    assert (mine / "notes.txt").read_text() == "the user's own"

@@ -18,7 +18,7 @@ AXIS_METHODS = ("cross-covariance", "mean-diff", "pca-diff")
 # The text statistics `cvgen eval` can measure (registered in `cvgen.eval.textstats`); an axis
 # file's `evaluation.statistics` names some of them.
 TEXT_STATISTIC_NAMES = (
-    "casual_word_rate", "contraction_rate", "first_person_share", "past_tense_share",
+    "casual_rate", "casual_word_rate", "contraction_rate", "first_person_share", "past_tense_share",
     "quoted_fraction", "sentiment", "word_length", "words_per_reply", "words_per_sentence",
     "zipf_frequency",
 )  # fmt: skip

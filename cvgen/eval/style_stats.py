@@ -7,7 +7,8 @@ simple patterns on the generated text, written for English prose and checked on 
 - tense: the share of past-tense verb forms among past and present ones: irregular forms from
   a list, plus regular "-ed" forms, with words that only look like them left out;
 - length: words per reply;
-- register: contractions per word, casual words per word, and words per sentence.
+- register: contractions per word, casual words per word, both together per word, and words
+  per sentence.
 
 A share with nothing to count (no pronoun, no verb form found) is 0.5, the middle, so a reply
 that says nothing about the trait does not pull a mean either way.
@@ -52,7 +53,13 @@ CASUAL_WORDS = _set("""
     yeah yep nope hey ok okay gonna wanna gotta kinda sorta stuff guys cool awesome totally
     super dude lol hmm wow nah yup pretty basically literally like anyway ya y'know bro
 """)
-_CONTRACTION = re.compile(r"['\u2019](?:s|t|re|ve|ll|d|m)$", re.IGNORECASE)
+_CONTRACTION = re.compile(r"['\u2019](?:t|re|ve|ll|d|m)$", re.IGNORECASE)
+# "'s" is a contraction ("it's", "there's", "let's") only after these words; after a noun
+# ("the captain's") it is mostly the possessive, which formal writing uses as much as any
+S_CONTRACTED = _set("""
+    it that there here what who where when why how he she let this everything nothing
+    something someone everyone anyone nobody
+""")
 
 
 def _words(text: str) -> list[str]:
@@ -90,16 +97,31 @@ def words_per_reply(text: str) -> float:
     return float(len(_words(text)))
 
 
+def _is_contraction(word: str) -> bool:
+    if word.endswith("'s"):
+        return word[:-2] in S_CONTRACTED
+    return bool(_CONTRACTION.search(word))
+
+
 def contraction_rate(text: str) -> float:
-    """Contractions ("don't", "it's", "we'll") per word (0 for a text with no word)."""
+    """Contractions ("don't", "it's", "we'll"; not the possessive "the captain's") per word
+    (0 for a text with no word)."""
     found = _words(text)
-    return sum(bool(_CONTRACTION.search(word)) for word in found) / len(found) if found else 0.0
+    return sum(_is_contraction(word) for word in found) / len(found) if found else 0.0
 
 
 def casual_word_rate(text: str) -> float:
     """Casual words ("yeah", "gonna", "stuff", ...) per word (0 for a text with no word)."""
     found = _words(text)
     return sum(word in CASUAL_WORDS for word in found) / len(found) if found else 0.0
+
+
+def casual_rate(text: str) -> float:
+    """Contractions and casual words together, per word (0 for a text with no word): the
+    register's one count of both marks of chatty writing."""
+    found = _words(text)
+    marks = sum(_is_contraction(word) or word in CASUAL_WORDS for word in found)
+    return marks / len(found) if found else 0.0
 
 
 def words_per_sentence(text: str) -> float:

@@ -98,6 +98,7 @@ TEXT_STATISTICS: dict[str, TextStatistic] = {
         TextStatistic("words_per_reply", "words in the reply", style.words_per_reply),
         TextStatistic("contraction_rate", "contractions per word", style.contraction_rate),
         TextStatistic("casual_word_rate", "casual words per word", style.casual_word_rate),
+        TextStatistic("casual_rate", "contractions and casual words per word", style.casual_rate),
         TextStatistic("words_per_sentence", "mean words per sentence", style.words_per_sentence),
     )
 }

@@ -40,6 +40,18 @@ def test_register_statistics() -> None:
     assert stat("contraction_rate", "We\u2019ll see.") == pytest.approx(1 / 2)  # curly apostrophe
     assert stat("casual_word_rate", casual) == pytest.approx(4 / 10)  # yeah, gonna, cool, stuff
     assert stat("casual_word_rate", formal) == 0.0
+    # it's, don't, and yeah, gonna, cool, stuff: one count of both marks
+    assert stat("casual_rate", casual) == pytest.approx(6 / 10)
+    assert stat("casual_rate", formal) == 0.0
     assert stat("words_per_sentence", "One two three. Four five! Six") == pytest.approx(2.0)
     assert stat("words_per_sentence", formal) == 11.0
     assert stat("words_per_sentence", "") == 0.0
+
+
+def test_a_possessive_is_no_contraction() -> None:
+    # "the captain's" and "Mary's" are possessives; "it's", "there's" and "let's" contract "is",
+    # "is" and "us"
+    possessive = "The captain's log and Mary's letter lay on the ship's desk."
+    assert stat("contraction_rate", possessive) == 0.0
+    assert stat("contraction_rate", "It's late, there's rain, so let's go.") == pytest.approx(3 / 7)
+    assert stat("casual_rate", possessive) == 0.0

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import SCRIPTS, load_script
 
+from cvgen.eval import matched
+
 
 def _script() -> ModuleType:
     return load_script("compare_methods")
@@ -23,20 +25,19 @@ def _script() -> ModuleType:
 
 
 def test_matched_between_is_exact_on_a_power_law_above_the_debias_kl() -> None:
-    compare = _script()
     # KL = 0.01 + 0.02 s^2 reaches 0.05 at s = sqrt(2); the points are at 1 and 2
-    point = compare.KlPoint
+    point = matched.KlPoint
     low, high = point(1.0, 0.03), point(2.0, 0.09)
-    assert compare.matched_between(low, high, 0.05, 0.01) == pytest.approx(math.sqrt(2), 1e-12)
+    assert matched.matched_between(low, high, 0.05, 0.01) == pytest.approx(math.sqrt(2), 1e-12)
     # a cube law is exact too (the power comes from the two points)
     low, high = point(1.0, 0.002), point(3.0, 0.054)
-    assert compare.matched_between(low, high, 0.016, 0.0) == pytest.approx(2.0, 1e-12)
+    assert matched.matched_between(low, high, 0.016, 0.0) == pytest.approx(2.0, 1e-12)
     # from scale 0: the square law through the upper point (KL 0.08 at 2 -> 0.02 at 1)
-    assert compare.matched_between(point(0.0, 0.0), point(2.0, 0.08), 0.02, 0.0) == pytest.approx(
+    assert matched.matched_between(point(0.0, 0.0), point(2.0, 0.08), 0.02, 0.0) == pytest.approx(
         1.0
     )
     # no power law (KL falls below kl0 at the lower point): linear in KL
-    assert compare.matched_between(point(1.0, 0.0), point(3.0, 0.1), 0.05, 0.01) == pytest.approx(
+    assert matched.matched_between(point(1.0, 0.0), point(3.0, 0.1), 0.05, 0.01) == pytest.approx(
         2.0
     )
 
@@ -52,9 +53,8 @@ def _counting(kl: Any) -> tuple[list[float], Any]:
 
 
 def test_search_finds_the_matched_scale_of_a_square_law_in_few_steps() -> None:
-    compare = _script()
     seen, kl_at = _counting(lambda s: 0.003 * s**2)  # 0.05 at s = 4.0825
-    found = compare.search_pole(
+    found = matched.search_pole(
         kl_at, 0.05, zero_kl=0.0, start=1.0, max_scale=64.0, steps=7, tolerance=0.1
     )
     assert found.reached
@@ -65,16 +65,15 @@ def test_search_finds_the_matched_scale_of_a_square_law_in_few_steps() -> None:
 
 
 def test_search_reaches_unit_norm_scales_and_a_debias_offset() -> None:
-    compare = _script()
     # a unit-norm file: KL 1e-5 at scale 1, the target near 70 (a fixed grid of 1..3 misses it)
     seen, kl_at = _counting(lambda s: 1e-5 * s**2.2)
-    found = compare.search_pole(
+    found = matched.search_pole(
         kl_at, 0.05, zero_kl=0.0, start=1.0, max_scale=1000.0, steps=8, tolerance=0.1
     )
     assert found.reached and found.matched == pytest.approx((0.05 / 1e-5) ** (1 / 2.2), rel=1e-6)
     # with a debias file: KL 0.02 at scale 0, the excess a power law
     seen, kl_at = _counting(lambda s: 0.02 + 0.01 * s**1.5)
-    found = compare.search_pole(
+    found = matched.search_pole(
         kl_at, 0.05, zero_kl=0.02, start=1.0, max_scale=64.0, steps=7, tolerance=0.1
     )
     assert found.matched == pytest.approx(3.0 ** (1 / 1.5), rel=1e-6)
@@ -83,27 +82,26 @@ def test_search_reaches_unit_norm_scales_and_a_debias_offset() -> None:
 def test_search_marks_a_target_never_reached_and_one_reached_at_scale_0() -> None:
     compare = _script()
     seen, kl_at = _counting(lambda s: 0.02 * (1 - math.exp(-s)))  # saturates below 0.05
-    found = compare.search_pole(
+    found = matched.search_pole(
         kl_at, 0.05, zero_kl=0.0, start=1.0, max_scale=16.0, steps=10, tolerance=0.1
     )
     assert not found.reached and found.upper is None
     assert found.matched == max(seen) == 16.0  # given up at the largest scale
     assert all(s <= 16.0 for s in seen)
     seen, kl_at = _counting(lambda s: 0.5)
-    found = compare.search_pole(
+    found = matched.search_pole(
         kl_at, 0.05, zero_kl=0.06, start=1.0, max_scale=16.0, steps=5, tolerance=0.1
     )
     assert found.reached and found.matched == 0.0 and seen == []
     with pytest.raises(compare.CompareError, match="max scale"):
-        compare.search_pole(
+        matched.search_pole(
             kl_at, 0.05, zero_kl=0.0, start=2.0, max_scale=1.0, steps=5, tolerance=0.1
         )
 
 
 def test_search_shrinks_when_the_start_overshoots() -> None:
-    compare = _script()
     seen, kl_at = _counting(lambda s: 0.2 * s**2)  # 0.05 at s = 0.5
-    found = compare.search_pole(
+    found = matched.search_pole(
         kl_at, 0.05, zero_kl=0.0, start=2.0, max_scale=128.0, steps=7, tolerance=0.05
     )
     assert found.reached and found.matched == pytest.approx(0.5, rel=1e-9)
@@ -201,11 +199,11 @@ def test_a_signed_file_has_no_scale_0_measurement_and_flips_for_the_negative_pol
 def _result(
     compare: ModuleType, positive: list[float], negative: list[float], *, reached: bool = True
 ) -> Any:
-    point = compare.KlPoint
+    point = matched.KlPoint
     result = compare.AxisResult(blocks=[1, 2], start=1.0, zero_kl=0.0)
     for pole, values in (("positive", positive), ("negative", negative)):
         upper = point(2.0, 0.06) if reached else None
-        result.poles[pole] = compare.PoleSearch(
+        result.poles[pole] = matched.PoleSearch(
             [point(0.0, 0.0), point(1.0, 0.02)], point(1.0, 0.02), upper, 1.5 if reached else 1.0
         )
         result.matched_propensity[pole] = np.array(values)
@@ -230,7 +228,7 @@ def test_split_halves_and_the_interval() -> None:
     assert compare.split_halves(5) == ([0, 2, 4], [1, 3])
     with pytest.raises(compare.CompareError, match="--prompts"):
         compare.split_halves(1)
-    mean, half = compare.interval(np.array([1.0]))
+    mean, half = matched.interval(np.array([1.0]))
     assert mean == 1.0 and math.isnan(half)
 
 

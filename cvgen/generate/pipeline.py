@@ -19,6 +19,7 @@ import numpy as np
 from cvgen.common.preflight import check_run_folders
 from cvgen.data.shipped import Axis
 from cvgen.extract.store import BlockStates, default_store_root
+from cvgen.generate.choices import AxisChoice, Chooser
 from cvgen.generate.collection import collect_run
 from cvgen.generate.inputs import BASELINE, GenerateError, RunInputs, samples_rows
 from cvgen.generate.manifest import file_metadata, record_solved_axis
@@ -55,11 +56,13 @@ def _solve_axis(
     axis: Axis,
     arrays: Mapping[str, BlockStates],
     stored_blocks: Sequence[int],
+    method: str | None = None,
 ) -> dict[int, BlockDirection]:
     """Solve every steerable block of one axis: block -> direction (blocks with none left out).
 
-    The first stored block is only the reference h_(k-1) of the first steerable one."""
-    method = axis_method(settings.method, axis.method)
+    The first stored block is only the reference h_(k-1) of the first steerable one. `method`:
+    the solver (default: the axis's own under `--method`)."""
+    method = method or axis_method(settings.method, axis.method)
     solved = solve_blocks(
         arrays[f"{axis.name}/negative"],
         arrays[f"{axis.name}/positive"],
@@ -84,32 +87,67 @@ def _solve_into_manifest(
     stored_blocks: list[int],
     manifest: PackManifest,
     model_name: str,
+    choices: Mapping[str, AxisChoice],
 ) -> tuple[Vectors, FileMetadata]:
-    """Solve every axis; return the vectors and file metadata per axis and role, and record
-    each axis's blocks and Fisher ratios in the manifest."""
+    """Solve every axis (an axis in `choices` with the chosen method, on the chosen blocks);
+    return the vectors and file metadata per axis and role, and record each axis's blocks,
+    Fisher ratios and choice in the manifest."""
     vectors: Vectors = {}
     metadata: FileMetadata = {}
     for axis in inputs.axes:
-        solved = _solve_axis(settings, axis, arrays, stored_blocks)
+        choice = choices.get(axis.name)
+        method = choice.method if choice else axis_method(settings.method, axis.method)
+        solved = _solve_axis(settings, axis, arrays, stored_blocks, method)
+        if choice:
+            solved = {block: solved[block] for block in choice.blocks}
         vectors[axis.name] = {
             role: {block: getattr(direction, role) for block, direction in solved.items()}
             for role in ROLES
         }
         metadata[axis.name] = {
-            role: file_metadata(settings, axis, role, model_name) for role in ROLES
+            role: {**file_metadata(settings, axis, role, model_name), "cvgen.method": method}
+            for role in ROLES
         }
-        record_solved_axis(manifest, axis.name, solved, axis_method(settings.method, axis.method))
+        record_solved_axis(manifest, axis.name, solved, method)
+        if choice:
+            manifest.axes[axis.name].extra["selection"] = choice.record
     return vectors, metadata
 
 
+def _solve_axis_or_none(
+    settings: GenerateSettings,
+    axis: Axis,
+    arrays: Mapping[str, BlockStates],
+    stored_blocks: Sequence[int],
+    method: str,
+) -> dict[int, BlockDirection]:
+    """The blocks `method` solves for `axis`; none (an empty dict) where it solves none."""
+    try:
+        return _solve_axis(settings, axis, arrays, stored_blocks, method)
+    except GenerateError:
+        return {}
+
+
 def write_solved_pack(
-    run: PreparedRun, arrays: Mapping[str, BlockStates], out: Path, *, force: bool
+    run: PreparedRun,
+    arrays: Mapping[str, BlockStates],
+    out: Path,
+    *,
+    force: bool,
+    choices: Mapping[str, AxisChoice] | None = None,
 ) -> None:
-    """Solve every axis from `arrays` and write the pack at `out` (keeping the presets of a
-    pack already there whose axes are all in this one; `force` as in `check_pack_target`)."""
+    """Solve every axis from `arrays` (as `choices` says, for the axes it has) and write the
+    pack at `out` (keeping the presets of a pack already there whose axes are all in this one;
+    `force` as in `check_pack_target`)."""
     run.manifest.presets = carried_presets(out, run.manifest.axes)
     vectors, metadata = _solve_into_manifest(
-        run.settings, run.inputs, arrays, run.stored_blocks, run.manifest, run.source.name
+        run.settings,
+        run.inputs,
+        arrays,
+        run.stored_blocks,
+        run.manifest,
+        run.source.name,
+        choices or {},
     )
     example = example_command(run.manifest, out)
     readme = render_pack_readme(run.manifest, example)
@@ -138,6 +176,7 @@ def generate_pack(
     store_root: Path | None = None,
     show_progress: bool = True,
     force: bool = False,
+    choose: Chooser | None = None,
 ) -> PackResult:
     """Make a pack at `out` for `settings` on this machine: sample, collect (reusing stored
     states), solve, write the GGUF files, `pack.json`, `samples.jsonl`, the pack's README.md
@@ -145,13 +184,25 @@ def generate_pack(
 
     Before any model work, `out` must be absent, empty or a cvgen pack holding only cvgen's
     files (with `force`, any cvgen pack: its other files are deleted with it), and the folders
-    must pass `check_run_folders`."""
+    must pass `check_run_folders`. With `choose` (`cvgen generate --select`), the axes it
+    gives a choice are written with the method and blocks it picked from the collected states."""
     out = check_pack_target(out, force=force)
     root = store_root or default_store_root()
     check_run_folders(out=out, store=root, store_option="--cache-dir")
     run, arrays, collected, timings = collect_run(settings, root, show_progress)
+    choices = None
+    if choose is not None:
+        clock = time.perf_counter()
+        by_name = {axis.name: axis for axis in run.inputs.axes}
+        choices = choose(
+            run,
+            lambda axis, method: _solve_axis_or_none(
+                settings, by_name[axis], arrays, run.stored_blocks, method
+            ),
+        )
+        timings["select"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    write_solved_pack(run, arrays, out, force=force)
+    write_solved_pack(run, arrays, out, force=force, choices=choices)
     timings["solve_and_write"] = time.perf_counter() - clock
     total = sum(len(texts) for texts in run.rendered.values())
     return PackResult(

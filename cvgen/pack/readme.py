@@ -57,6 +57,7 @@ def render_pack_readme(manifest: PackManifest, example_command: str) -> str:
             f"| {markdown_text(name)} | {negative} | {positive} | {description} | {files} |"
         )
     lines += _safe_scale_lines(manifest)
+    lines += _selection_lines(manifest)
     lines += _shipped_measured_lines(manifest)
     fence = "`" * max(3, longest_backtick_run(example_command) + 1)
     lines += [
@@ -179,6 +180,48 @@ def _safe_scale_lines(manifest: PackManifest) -> list[str]:
         "",
         "| axis | suggested − / + | safe − / + | propensity slope [95% CI]; random; verdict |",
         "|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _half(entry: dict[str, Any], half: str) -> str:
+    value, width = entry.get(half), entry.get(f"ci95_{half}")
+    if not isinstance(value, int | float):
+        return "–"
+    return f"{value:.3f}" + (f" ±{width:.3f}" if isinstance(width, int | float) else "")
+
+
+def _selection_lines(manifest: PackManifest) -> list[str]:
+    """The choice of `cvgen generate --select` per axis, with both halves' figures."""
+    md = markdown_text
+    rows = []
+    settings: dict[str, Any] = {}
+    for name, axis in manifest.axes.items():
+        record = axis.extra.get("selection")
+        if not isinstance(record, dict):
+            continue
+        settings = record.get("settings", {})
+        picked = record["candidates"][record["picked"]]
+        default = record["candidates"].get(record["default"], {})
+        blocks = picked["blocks"]
+        rows.append(
+            f"| {md(name)} | {md(record['picked'])} | {md(blocks[0])}..{md(blocks[-1])} | "
+            f"{_half(picked, 'a')} | {_half(picked, 'b')} | {md(record['default'])}: "
+            f"{_half(default, 'a')} / {_half(default, 'b')} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "Each axis's method and blocks were picked by `cvgen generate --select`: the figure is "
+        "the propensity change p(+s+) − p(−s−) between the poles' scales where the KL on "
+        f"neutral text reaches {md(settings.get('kl_target'))} nats/token. The pick was made on "
+        f"half A of {md(settings.get('prompts'))} held-out prompts (even ones); half B (odd "
+        "ones) took no part in it. Every candidate's figures are in `pack.json` "
+        "(`axes.<name>.selection`).",
+        "",
+        "| axis | picked | blocks | half A | half B | default: half A / half B |",
+        "|---|---|---|---|---|---|",
         *rows,
     ]
 

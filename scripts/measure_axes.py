@@ -73,11 +73,23 @@ STATISTICS_OPTIONS = {
     "--calibration-scales": "",
 }
 RHO_TARGET = 0.5
+ROLES_NP = ("negative", "positive")
+# a pole the table found safe up to its largest tested scale ("sweep") is calibrated further
+# before the check, so that the check's range is the safe range and not the table's sweep
+WIDER_CALIBRATION = {
+    "--scales": "-4,0,4",
+    "--calibration-scales": "6,8,11,16",
+    "--prompts": "4",
+    "--probe-pairs": "1",
+    "--neutral-texts": "4",
+    "--kl-tokens": "48",
+    "--max-tokens": "48",
+}
 
 
 def _run(command: list[str]) -> None:
     print("$ " + shlex.join(command), file=sys.stderr, flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, stdout=sys.stderr)  # stdout: this script's JSON only
 
 
 def _section(stem: str, table: MeasuredTable) -> str:
@@ -123,7 +135,10 @@ def _check_lines(check: dict[str, Any]) -> list[str]:
         f"{settings['prompts']} prompts × 5 scales within each axis's safe range, greedy "
         f"replies of up to {settings['max_tokens']} tokens; Spearman ρ of each statistic "
         f"with the scale over every reply, and the propensity slope at those scales. An axis "
-        f"meets point 4 where a statistic reaches ρ ≥ {RHO_TARGET} in its expected direction.",
+        f"meets point 4 where a statistic reaches ρ ≥ {RHO_TARGET} in its expected direction "
+        "and its row of the table steers (point 2's rule). A pole whose table sweep ended "
+        "before its KL reached the budget is first calibrated on scales up to 16, so that the "
+        "range is the safe range.",
         "",
         "| axis | method | scales | statistics: ρ (expected sign) | slope [95% CI] | meets |",
         "|---|---|---|---|---|---|",
@@ -135,12 +150,30 @@ def _check_lines(check: dict[str, Any]) -> list[str]:
             for name, item in entry["statistics"].items()
         )
         scales = ", ".join(f"{scale:g}" for scale in entry["scales"])
+        if "calibrated" in entry:
+            limits = "/".join(entry["calibrated"][role]["limited_by"] for role in ROLES_NP)
+            scales += f" (calibrated: {limits})"
         slope = slope_interval(entry["slope"], entry["low"], entry["high"])
         meets = "**yes**" if entry["meets"] else "no"
         lines.append(
             f"| {axis} | {entry['method']} | {scales} | {statistics} | {slope} | {meets} |"
         )
     return lines
+
+
+def _calibrate(python: list[str], folder: Path, axis: str, threads: int) -> dict[str, Any]:
+    """The safe scale of each pole of `axis` over scales up to 16 (`WIDER_CALIBRATION`), for a
+    row whose table sweep ended before its KL reached the budget."""
+    options = [item for pair in WIDER_CALIBRATION.items() for item in pair]
+    _run(
+        [*python, "eval", str(folder), "--axis", axis, "--threads", str(threads), *options]
+        + ["--no-controls", "--no-store", "--quiet"]
+    )
+    report = load_eval_report(folder / "eval.json").axes[axis]
+    return {
+        role: {"scale": round(safe.scale, 3), "limited_by": safe.limited_by}
+        for role, safe in report.safe_scale.items()
+    } | {"options": WIDER_CALIBRATION}
 
 
 def _statistics_check(
@@ -161,8 +194,6 @@ def _statistics_check(
         row = table.row(axis)
         if row is None:
             raise SystemExit(f"measure_axes: --statistics: the table has no row for '{axis}'")
-        top = round(min(row.safe_scale), 2)
-        scales = [-top, round(-top / 2, 2), 0.0, round(top / 2, 2), top]
         folder = work / f"statistics-{axis}"  # this script's own copy of the pack
         if folder.exists():
             # replaced only when it is that copy (a cvgen pack holding this script's eval)
@@ -173,6 +204,13 @@ def _statistics_check(
                 )
             shutil.rmtree(folder)
         shutil.copytree(pack, folder)
+        safe = list(row.safe_scale)
+        calibrated = None
+        if "sweep" in row.limited_by:
+            calibrated = _calibrate(python, folder, axis, threads)
+            safe = [calibrated[role]["scale"] for role in ROLES_NP]
+        top = round(min(safe), 2)
+        scales = [-top, round(-top / 2, 2), 0.0, round(top / 2, 2), top]
         _run(
             [*python, "eval", str(folder), "--axis", axis, "--threads", str(threads), *options]
             + ["--scales", ",".join(f"{scale:g}" for scale in scales)]
@@ -200,7 +238,10 @@ def _statistics_check(
             "slope": slope.slope if slope else None,
             "low": slope.low if slope else None,
             "high": slope.high if slope else None,
-            "meets": best >= RHO_TARGET,
+            "rho_meets": best >= RHO_TARGET,
+            "steers": row.steers,  # the propensity criterion of point 2, from the table
+            "meets": best >= RHO_TARGET and row.steers,
+            **({"calibrated": calibrated} if calibrated else {}),
         }
     return {
         "date": date.today().isoformat(),

@@ -102,6 +102,10 @@ def test_the_statistics_check_is_shown_with_its_verdicts() -> None:
                 "low": None,
                 "high": None,
                 "meets": False,
+                "calibrated": {
+                    "negative": {"scale": 4.0, "limited_by": "kl"},
+                    "positive": {"scale": 4.2, "limited_by": "repetition"},
+                },
             },
         },
     }
@@ -113,7 +117,8 @@ def test_the_statistics_check_is_shown_with_its_verdicts() -> None:
         "words_per_sentence ρ=+0.20 (+) | +0.500 [+0.450, +0.550] | **yes** |"
     )
     assert lines[6] == (
-        "| tense | cross-covariance | -4, -2, 0, 2, 4 | past_tense_share ρ=– (−) | – [–, –] | no |"
+        "| tense | cross-covariance | -4, -2, 0, 2, 4 (calibrated: kl/repetition) | "
+        "past_tense_share ρ=– (−) | – [–, –] | no |"
     )
     assert _script()._check_lines({}) == []
 

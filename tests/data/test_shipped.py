@@ -134,7 +134,7 @@ def test_user_axis_names_its_evaluation_statistics(tmp_path: Path) -> None:
         (
             {"statistics": [{"name": "rhyme", "expected_sign": 1}]},
             "field 'evaluation.statistics[0].name' is \"rhyme\"; choose one of: "
-            "casual_word_rate, contraction_rate, first_person_share, past_tense_share, "
+            "casual_rate, casual_word_rate, contraction_rate, first_person_share, past_tense_share, "
             "quoted_fraction, sentiment, word_length, words_per_reply, words_per_sentence, "
             "zipf_frequency",
         ),

@@ -23,7 +23,12 @@ STYLE_AXES = {
     "person": (("first_person_share", -1),),
     "tense": (("past_tense_share", -1),),
     "length": (("words_per_reply", +1),),
-    "register": (("contraction_rate", -1), ("casual_word_rate", -1), ("words_per_sentence", +1)),
+    "register": (
+        ("casual_rate", -1),
+        ("contraction_rate", -1),
+        ("casual_word_rate", -1),
+        ("words_per_sentence", +1),
+    ),
 }
 
 
@@ -49,7 +54,7 @@ def test_unknown_statistic_lists_the_valid_names() -> None:
     with pytest.raises(
         MetricError,
         match=r"^unknown statistic 'rhyme'; choose one of: "
-        r"casual_word_rate, contraction_rate, first_person_share, past_tense_share, "
+        r"casual_rate, casual_word_rate, contraction_rate, first_person_share, past_tense_share, "
         r"quoted_fraction, sentiment, word_length, words_per_reply, words_per_sentence, "
         r"zipf_frequency$",
     ):

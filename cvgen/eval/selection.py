@@ -187,9 +187,11 @@ class _AxisTrial:
             blocks = sorted(solved[method])
             if len(blocks) >= 2:
                 self._measure(method, which, {b: solved[method][b] for b in band(blocks, which)})
-        picked = self._best(list(self.figures)) or default
-        if picked not in self.figures:
+        if not self.figures:
             raise SelectError(f"--select: axis '{self.axis}': no method solved a block")
+        # none reached the target on both poles: the default, or the first that was measured
+        fallback = default if default in self.figures else next(iter(self.figures))
+        picked = self._best(list(self.figures)) or fallback
         entry = self.figures[picked]
         record = {
             "picked": picked,
